@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Tailor vs llama.cpp on the same GGUF, same settings, back to back; prints a table.
+#
+#   bench/compare.sh --model M.gguf [--threads 2] [--prompt-tokens 128] [--gen-tokens 128] [--repeat 5]
+#
+# Tailor: $TAILOR_BIN (default target/release/tailor; build: cargo build --release -p tailor-cli).
+# llama.cpp: bench/llamacpp_peer.py in the peer venv ($PEER_VENV or .venv-peer/, see
+# scripts/peer-venv.sh). The two JSON results are kept in $OUT_DIR (default: a temp dir).
+# Run it on an otherwise idle machine: both engines use all the threads asked for.
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+model="" threads=2 prompt=128 gen=128 repeat=5
+while [ "$#" -gt 0 ]; do
+    case "$1" in
+        --model) model="$2"; shift 2 ;;
+        --threads) threads="$2"; shift 2 ;;
+        --prompt-tokens) prompt="$2"; shift 2 ;;
+        --gen-tokens) gen="$2"; shift 2 ;;
+        --repeat) repeat="$2"; shift 2 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
+    esac
+done
+[ -n "$model" ] || { echo "compare.sh: --model PATH is required" >&2; exit 2; }
+[ -f "$model" ] || { echo "compare.sh: model not found: $model" >&2; exit 2; }
+
+tailor_bin="${TAILOR_BIN:-$root/target/release/tailor}"
+out="${OUT_DIR:-$(mktemp -d)}"
+mkdir -p "$out"
+settings=(--model "$model" --threads "$threads" --prompt-tokens "$prompt" --gen-tokens "$gen" --repeat "$repeat")
+
+: > "$out/tailor.json"
+if [ ! -x "$tailor_bin" ]; then
+    echo "compare.sh: no tailor binary at $tailor_bin (build it: cargo build --release -p tailor-cli);" \
+         "showing llama.cpp only" >&2
+else
+    echo "compare.sh: tailor bench ..." >&2
+    if ! "$tailor_bin" bench --json "${settings[@]}" > "$out/tailor.json"; then
+        echo "compare.sh: '$tailor_bin bench --json ...' failed; showing llama.cpp only" >&2
+        : > "$out/tailor.json"
+    fi
+fi
+
+echo "compare.sh: llama.cpp peer ..." >&2
+python3 "$root/bench/llamacpp_peer.py" "${settings[@]}" > "$out/llamacpp.json"
+
+python3 "$root/bench/compare.py" "$out/tailor.json" "$out/llamacpp.json"
+echo "(results: $out)" >&2
