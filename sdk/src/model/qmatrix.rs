@@ -1,0 +1,481 @@
+//! Weight matrices held in GGML block formats, viewed in place (in the memory-mapped GGUF or
+//! in an owned buffer), and the quantized matrix multiplication of the decode path.
+//!
+//! The formats the decode path runs most (Q4_0, Q4_1, Q8_0, F32) go through our own kernels
+//! ([`crate::kernels`], chosen at run time for AVX2/NEON); every other GGML type candle knows
+//! (Q5_0, Q5_1, the K-quants, F16, BF16) goes through candle's `GgmlType::vec_dot`.
+
+use std::sync::Arc;
+
+use candle_core::quantized::k_quants::{self, GgmlType};
+use candle_core::quantized::GgmlDType;
+use half::{bf16, f16};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+use crate::kernels::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels};
+use crate::{Error, Result};
+
+/// Bytes behind a matrix: a region of a mapped file, or an owned buffer (8-byte aligned).
+#[derive(Clone)]
+enum Storage {
+    Mapped(Arc<Mmap>),
+    Owned(Arc<Vec<u64>>),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(m) => m,
+            Storage::Owned(v) => {
+                // SAFETY: any initialised u64 buffer is a valid u8 buffer of 8x the length.
+                unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8) }
+            }
+        }
+    }
+}
+
+/// A `[rows, cols]` weight matrix in a GGML type (row-major: one row = one output feature).
+#[derive(Clone)]
+pub struct QMatrix {
+    dtype: GgmlDType,
+    rows: usize,
+    cols: usize,
+    storage: Storage,
+    offset: usize,
+    len: usize,
+}
+
+impl std::fmt::Debug for QMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QMatrix")
+            .field("dtype", &self.dtype)
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish()
+    }
+}
+
+/// Which activation format a weight type's dot product consumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lane {
+    F32,
+    Q8_0,
+    Q8_1,
+    Candle(GgmlDType),
+}
+
+fn lane(dtype: GgmlDType) -> Lane {
+    match dtype {
+        GgmlDType::F32 => Lane::F32,
+        GgmlDType::Q4_0 | GgmlDType::Q8_0 => Lane::Q8_0,
+        GgmlDType::Q4_1 => Lane::Q8_1,
+        other => Lane::Candle(other),
+    }
+}
+
+/// Runs `$body` with `$T` bound to candle's block type for `$dtype` (types without a kernel of
+/// our own).
+macro_rules! with_candle_type {
+    ($dtype:expr, $T:ident => $body:expr) => {
+        match $dtype {
+            GgmlDType::F32 => { type $T = f32; $body }
+            GgmlDType::F16 => { type $T = f16; $body }
+            GgmlDType::BF16 => { type $T = bf16; $body }
+            GgmlDType::Q4_0 => { type $T = k_quants::BlockQ4_0; $body }
+            GgmlDType::Q4_1 => { type $T = k_quants::BlockQ4_1; $body }
+            GgmlDType::Q5_0 => { type $T = k_quants::BlockQ5_0; $body }
+            GgmlDType::Q5_1 => { type $T = k_quants::BlockQ5_1; $body }
+            GgmlDType::Q8_0 => { type $T = k_quants::BlockQ8_0; $body }
+            GgmlDType::Q8_1 => { type $T = k_quants::BlockQ8_1; $body }
+            GgmlDType::Q2K => { type $T = k_quants::BlockQ2K; $body }
+            GgmlDType::Q3K => { type $T = k_quants::BlockQ3K; $body }
+            GgmlDType::Q4K => { type $T = k_quants::BlockQ4K; $body }
+            GgmlDType::Q5K => { type $T = k_quants::BlockQ5K; $body }
+            GgmlDType::Q6K => { type $T = k_quants::BlockQ6K; $body }
+            GgmlDType::Q8K => { type $T = k_quants::BlockQ8K; $body }
+        }
+    };
+}
+
+/// Views `bytes` as a slice of `T`. Callers have checked length and alignment.
+fn cast<T>(bytes: &[u8]) -> &[T] {
+    assert!(bytes.len() % std::mem::size_of::<T>() == 0);
+    assert!((bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0);
+    // SAFETY: length and alignment checked above; all GGML block types (and f32/f16/bf16) are
+    // plain `repr(C)` data valid for any bit pattern.
+    unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / std::mem::size_of::<T>()) }
+}
+
+fn cast_mut<T>(bytes: &mut [u8]) -> &mut [T] {
+    assert!(bytes.len() % std::mem::size_of::<T>() == 0);
+    assert!((bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0);
+    // SAFETY: as in `cast`; the slice is uniquely borrowed.
+    unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut T, bytes.len() / std::mem::size_of::<T>()) }
+}
+
+fn align_of_dtype(dtype: GgmlDType) -> usize {
+    with_candle_type!(dtype, T => std::mem::align_of::<T>())
+}
+
+impl QMatrix {
+    /// A view of `len` bytes at `offset` in a mapped file.
+    pub(crate) fn from_mapped(
+        name: &str,
+        dtype: GgmlDType,
+        rows: usize,
+        cols: usize,
+        map: Arc<Mmap>,
+        offset: usize,
+        len: usize,
+    ) -> Result<Self> {
+        let m = Self { dtype, rows, cols, storage: Storage::Mapped(map), offset, len };
+        m.validate(name)?;
+        if (m.bytes().as_ptr() as usize) % align_of_dtype(dtype) != 0 {
+            // A file with odd alignment still loads: copy this tensor into an aligned buffer.
+            return Self::from_bytes(name, dtype, rows, cols, m.bytes());
+        }
+        Ok(m)
+    }
+
+    /// A matrix owning a copy of `bytes` (GGML blocks of `dtype`, row-major).
+    pub fn from_bytes(name: &str, dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
+        let mut buf = vec![0u64; bytes.len().div_ceil(8)];
+        bytemuck_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(bytes);
+        let m = Self { dtype, rows, cols, storage: Storage::Owned(Arc::new(buf)), offset: 0, len: bytes.len() };
+        m.validate(name)?;
+        Ok(m)
+    }
+
+    /// Quantizes a dense row-major `[rows, cols]` f32 matrix into `dtype` (for tests, tools and
+    /// adapters; the model's own weights come from the file).
+    pub fn quantize(dtype: GgmlDType, rows: usize, cols: usize, data: &[f32]) -> Result<Self> {
+        if data.len() != rows * cols {
+            return Err(Error::invalid(format!("quantize: {} values for a {rows}x{cols} matrix", data.len())));
+        }
+        if cols % dtype.block_size() != 0 {
+            return Err(Error::invalid(format!("quantize: {cols} columns is not a multiple of the {dtype:?} block size")));
+        }
+        let row_bytes = cols / dtype.block_size() * dtype.type_size();
+        let mut buf = vec![0u64; (rows * row_bytes).div_ceil(8)];
+        {
+            let bytes = &mut bytemuck_bytes_mut(&mut buf)[..rows * row_bytes];
+            with_candle_type!(dtype, T => {
+                let blocks = cast_mut::<T>(bytes);
+                T::from_float(data, blocks);
+            });
+        }
+        Ok(Self { dtype, rows, cols, storage: Storage::Owned(Arc::new(buf)), offset: 0, len: rows * row_bytes })
+    }
+
+    fn validate(&self, name: &str) -> Result<()> {
+        let bs = self.dtype.block_size();
+        if self.cols % bs != 0 {
+            return Err(Error::TensorShape {
+                name: name.to_string(),
+                expected: vec![self.rows, self.cols.next_multiple_of(bs)],
+                actual: vec![self.rows, self.cols],
+            });
+        }
+        if matches!(self.dtype, GgmlDType::Q8_1) {
+            return Err(Error::UnsupportedTensorType { name: name.into(), dtype: "Q8_1".into() });
+        }
+        let expected = self.rows * self.row_bytes();
+        if self.len != expected {
+            return Err(Error::InvalidGguf {
+                path: name.into(),
+                reason: format!("tensor holds {} bytes, {} expected", self.len, expected),
+            });
+        }
+        Ok(())
+    }
+
+    /// GGML element type.
+    pub fn dtype(&self) -> GgmlDType {
+        self.dtype
+    }
+    /// Number of rows (output features).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Number of columns (input features).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.cols / self.dtype.block_size() * self.dtype.type_size()
+    }
+    /// The raw GGML bytes, row-major.
+    pub fn bytes(&self) -> &[u8] {
+        &self.storage.bytes()[self.offset..self.offset + self.len]
+    }
+    fn row(&self, r: usize) -> &[u8] {
+        let rb = self.row_bytes();
+        &self.bytes()[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantizes row `r` into `out` (`cols` values).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let row = self.row(r);
+        with_candle_type!(self.dtype, T => T::to_float(cast::<T>(row), &mut out[..self.cols]))
+    }
+
+    /// The whole matrix as dense f32 (reference computations and tools; the decode path never
+    /// does this).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, chunk) in out.chunks_mut(self.cols).enumerate() {
+            self.dequantize_row(r, chunk);
+        }
+        out
+    }
+}
+
+fn bytemuck_bytes_mut(v: &mut [u64]) -> &mut [u8] {
+    // SAFETY: reinterpreting initialised u64s as bytes is always valid.
+    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 8) }
+}
+
+/// An input batch `[n, cols]` quantized once into every activation format the matrices it
+/// multiplies need (q, k and v share one quantization).
+pub(crate) struct Prepared<'a> {
+    x: &'a [f32],
+    n: usize,
+    cols: usize,
+    q8_0: Vec<BlockQ8_0>,
+    q8_1: Vec<BlockQ8_1>,
+    candle: Vec<(GgmlDType, Vec<u64>)>,
+}
+
+impl<'a> Prepared<'a> {
+    /// Quantizes `x` (`[n, cols]`) for the given weight types.
+    pub(crate) fn new(x: &'a [f32], n: usize, cols: usize, dtypes: &[GgmlDType]) -> Self {
+        debug_assert_eq!(x.len(), n * cols);
+        let k = Kernels::detect();
+        let mut p = Prepared { x, n, cols, q8_0: Vec::new(), q8_1: Vec::new(), candle: Vec::new() };
+        for &dt in dtypes {
+            match lane(dt) {
+                Lane::F32 => {}
+                Lane::Q8_0 if p.q8_0.is_empty() => {
+                    p.q8_0 = vec![bytemuck::Zeroable::zeroed(); n * cols / 32];
+                    for (xr, yr) in x.chunks(cols).zip(p.q8_0.chunks_mut(cols / 32)) {
+                        (k.quantize_q8_0)(xr, yr);
+                    }
+                }
+                Lane::Q8_1 if p.q8_1.is_empty() => {
+                    p.q8_1 = vec![bytemuck::Zeroable::zeroed(); n * cols / 32];
+                    for (xr, yr) in x.chunks(cols).zip(p.q8_1.chunks_mut(cols / 32)) {
+                        (k.quantize_q8_1)(xr, yr);
+                    }
+                }
+                Lane::Candle(dt) if !p.candle.iter().any(|(d, _)| *d == dt) => {
+                    let buf = with_candle_type!(dt, T => quantize_for::<T>(x, n, cols));
+                    p.candle.push((dt, buf));
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+fn quantize_for<T: GgmlType>(x: &[f32], n: usize, cols: usize) -> Vec<u64> {
+    type V<T> = <T as GgmlType>::VecDotType;
+    let per_row = cols / V::<T>::BLCK_SIZE * std::mem::size_of::<V<T>>();
+    let mut buf = vec![0u64; (n * per_row).div_ceil(8)];
+    let bytes = &mut bytemuck_bytes_mut(&mut buf)[..n * per_row];
+    for (xr, yr) in x.chunks(cols).zip(bytes.chunks_mut(per_row)) {
+        V::<T>::from_float(xr, cast_mut::<V<T>>(yr));
+    }
+    buf
+}
+
+/// One matrix product of a batch: `out[n, w.rows] = x[n, cols] · wᵀ`.
+pub(crate) struct MatJob<'a> {
+    pub(crate) w: &'a QMatrix,
+    pub(crate) out: &'a mut [f32],
+}
+
+/// A raw output pointer shared by the tasks of one parallel matmul; each task writes a
+/// disjoint set of elements.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: tasks write disjoint (row, token) elements of a buffer that outlives the scope.
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+/// Computes every job (in parallel, on the current rayon pool), splitting rows into chunks.
+pub(crate) fn matmul(input: &Prepared<'_>, jobs: &mut [MatJob<'_>]) {
+    let threads = rayon::current_num_threads().max(1);
+    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
+    let mut outs = Vec::with_capacity(jobs.len());
+    for (j, job) in jobs.iter_mut().enumerate() {
+        assert_eq!(job.w.cols, input.cols, "matmul: input width");
+        assert_eq!(job.out.len(), input.n * job.w.rows, "matmul: output size");
+        let rows = job.w.rows;
+        // Enough chunks to balance the threads, large enough to amortise the scheduling.
+        let chunk = (rows / (threads * 4)).clamp(16, 1024).next_multiple_of(4);
+        let mut r = 0;
+        while r < rows {
+            let e = (r + chunk).min(rows);
+            tasks.push((j, r, e));
+            r = e;
+        }
+        outs.push(OutPtr(job.out.as_mut_ptr()));
+    }
+    let run = |&(j, r0, r1): &(usize, usize, usize)| {
+        let w = jobs_w(jobs, j);
+        // SAFETY: task (j, r0..r1) writes only elements [t * rows + r] for r in r0..r1 of job
+        // j's output, which no other task touches, and the outputs outlive this call.
+        unsafe { rows_into(w, input, r0, r1, outs[j]) }
+    };
+    if threads == 1 || tasks.len() == 1 {
+        tasks.iter().for_each(run);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+fn jobs_w<'a>(jobs: &'a [MatJob<'_>], j: usize) -> &'a QMatrix {
+    jobs[j].w
+}
+
+/// Computes rows `r0..r1` of `w` against every token of `input`, writing `out[t*rows + r]`.
+///
+/// # Safety
+/// `out` must point to a buffer of `input.n * w.rows` floats that no one else writes in the
+/// rows `r0..r1` during the call.
+unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out: OutPtr) {
+    let k = Kernels::detect();
+    let (n, cols, rows) = (input.n, input.cols, w.rows);
+    let put = |t: usize, r: usize, v: f32| {
+        // SAFETY: t < n and r < rows, inside the caller's buffer; disjointness is the
+        // caller's contract.
+        unsafe { *out.0.add(t * rows + r) = v };
+    };
+    match lane(w.dtype) {
+        Lane::F32 => {
+            let wf = cast::<f32>(w.bytes());
+            for r in r0..r1 {
+                let wr = &wf[r * cols..(r + 1) * cols];
+                for t in 0..n {
+                    put(t, r, (k.dot_f32)(wr, &input.x[t * cols..(t + 1) * cols]));
+                }
+            }
+        }
+        Lane::Q8_0 => {
+            let bpr = cols / 32;
+            let xq = &input.q8_0;
+            if w.dtype == GgmlDType::Q4_0 {
+                let wb = cast::<BlockQ4_0>(w.bytes());
+                for r in r0..r1 {
+                    let wr = &wb[r * bpr..(r + 1) * bpr];
+                    for t in 0..n {
+                        put(t, r, (k.dot_q4_0_q8_0)(wr, &xq[t * bpr..(t + 1) * bpr]));
+                    }
+                }
+            } else {
+                let wb = cast::<BlockQ8_0>(w.bytes());
+                for r in r0..r1 {
+                    let wr = &wb[r * bpr..(r + 1) * bpr];
+                    for t in 0..n {
+                        put(t, r, (k.dot_q8_0_q8_0)(wr, &xq[t * bpr..(t + 1) * bpr]));
+                    }
+                }
+            }
+        }
+        Lane::Q8_1 => {
+            let bpr = cols / 32;
+            let xq = &input.q8_1;
+            let wb = cast::<BlockQ4_1>(w.bytes());
+            for r in r0..r1 {
+                let wr = &wb[r * bpr..(r + 1) * bpr];
+                for t in 0..n {
+                    put(t, r, (k.dot_q4_1_q8_1)(wr, &xq[t * bpr..(t + 1) * bpr]));
+                }
+            }
+        }
+        Lane::Candle(dt) => {
+            let acts = &input.candle.iter().find(|(d, _)| *d == dt).expect("input prepared for this dtype").1;
+            with_candle_type!(dt, T => candle_rows::<T>(w, acts, n, r0, r1, &put))
+        }
+    }
+}
+
+fn candle_rows<T: GgmlType>(w: &QMatrix, acts: &[u64], n: usize, r0: usize, r1: usize, put: &dyn Fn(usize, usize, f32)) {
+    type V<T> = <T as GgmlType>::VecDotType;
+    let cols = w.cols;
+    let wb = cast::<T>(w.bytes());
+    let bpr = cols / T::BLCK_SIZE;
+    let vpr = cols / V::<T>::BLCK_SIZE;
+    let all = cast::<u8>(acts_bytes(acts));
+    let xs = cast::<V<T>>(&all[..n * vpr * std::mem::size_of::<V<T>>()]);
+    for r in r0..r1 {
+        let wr = &wb[r * bpr..(r + 1) * bpr];
+        for t in 0..n {
+            put(t, r, T::vec_dot(cols, wr, &xs[t * vpr..(t + 1) * vpr]));
+        }
+    }
+}
+
+fn acts_bytes(v: &[u64]) -> &[u8] {
+    // SAFETY: reinterpreting initialised u64s as bytes is always valid.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{Rng, SeedableRng};
+
+    fn dense_matmul(w: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * rows];
+        for t in 0..n {
+            for r in 0..rows {
+                out[t * rows + r] = (0..cols).map(|c| w[r * cols + c] as f64 * x[t * cols + c] as f64).sum::<f64>() as f32;
+            }
+        }
+        out
+    }
+
+    /// Every weight type against a dense f32 product with the dequantized weight. Tolerance:
+    /// the activations are quantized to 8 bits (Q8_0/Q8_1/Q8_K, relative error ≤ 1/254 per
+    /// element) or to f16/bf16, so |err| ≤ tol · Σ|w·x| with tol 1e-2 (bf16 2e-2).
+    #[test]
+    fn matmul_matches_dense_for_every_type() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+        let types = [
+            GgmlDType::F32, GgmlDType::F16, GgmlDType::BF16, GgmlDType::Q4_0, GgmlDType::Q4_1,
+            GgmlDType::Q5_0, GgmlDType::Q5_1, GgmlDType::Q8_0, GgmlDType::Q2K, GgmlDType::Q3K,
+            GgmlDType::Q4K, GgmlDType::Q5K, GgmlDType::Q6K,
+        ];
+        for dt in types {
+            let (rows, cols, n) = (37, 512, 3);
+            let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+            let q = QMatrix::quantize(dt, rows, cols, &w).unwrap();
+            let wd = q.dequantize();
+            let want = dense_matmul(&wd, &x, rows, cols, n);
+            let mut got = vec![0f32; n * rows];
+            let p = Prepared::new(&x, n, cols, &[dt]);
+            matmul(&p, &mut [MatJob { w: &q, out: &mut got }]);
+            let tol = if dt == GgmlDType::BF16 { 2e-2 } else { 1e-2 };
+            for t in 0..n {
+                for r in 0..rows {
+                    let mag: f32 = (0..cols).map(|c| (wd[r * cols + c] * x[t * cols + c]).abs()).sum();
+                    let (g, e) = (got[t * rows + r], want[t * rows + r]);
+                    assert!((g - e).abs() <= tol * mag + 1e-6, "{dt:?} row {r} tok {t}: {g} vs {e} (mag {mag})");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        assert!(QMatrix::quantize(GgmlDType::Q4_1, 2, 30, &[0.0; 60]).is_err());
+        assert!(QMatrix::quantize(GgmlDType::Q4_1, 2, 32, &[0.0; 63]).is_err());
+        assert!(QMatrix::from_bytes("t", GgmlDType::Q4_1, 2, 32, &[0u8; 39]).is_err());
+    }
+}

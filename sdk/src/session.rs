@@ -1,0 +1,550 @@
+//! A [`Session`]: one conversation with its KV cache, generating with streaming, stop
+//! conditions and cancellation.
+//!
+//! # Context policy
+//! A session holds at most its context window of tokens (prompt and answer). A prompt that
+//! does not fit is rejected with [`Error::ContextOverflow`] before any work; a generation that
+//! fills the window stops with [`FinishReason::ContextFull`]. Nothing is dropped silently: a
+//! host that wants a sliding conversation trims its history and sends it again, and the
+//! session re-uses the longest cached prefix.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::decode::forward::{Logits, Scratch};
+use crate::decode::hooks::Hooks;
+use crate::decode::kv_cache::KvCache;
+use crate::decode::sampler::{log_softmax, Sampler, SamplingParams};
+use crate::engine::Engine;
+use crate::text::chat_template::ChatMessage;
+use crate::{Error, Result};
+
+/// Settings of one session.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct SessionConfig {
+    /// Context window in tokens (`None`: the engine's default). Clamped to the model's.
+    pub context_length: Option<usize>,
+}
+
+impl SessionConfig {
+    /// A session with a context window of `n` tokens.
+    pub fn with_context(n: usize) -> Self {
+        Self { context_length: Some(n) }
+    }
+}
+
+/// What to generate from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Prompt {
+    /// Raw text, used as is (no template); control tokens written in it are parsed.
+    Text(String),
+    /// Token ids, used as is.
+    Tokens(Vec<u32>),
+    /// A conversation, rendered with the model's chat template and a generation prompt.
+    Chat(Vec<ChatMessage>),
+}
+
+/// Settings of one generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+#[non_exhaustive]
+pub struct GenerateParams {
+    /// How to pick tokens.
+    pub sampling: SamplingParams,
+    /// At most this many new tokens.
+    pub max_tokens: usize,
+    /// Stop as soon as the text contains one of these (the stop string is not returned).
+    pub stop: Vec<String>,
+    /// Keep going past end-of-generation tokens (benchmarks).
+    pub ignore_eos: bool,
+    /// Report the log-probability of each generated token and the `top` most likely
+    /// alternatives (`Some(0)`: only the chosen token's).
+    pub logprobs: Option<usize>,
+}
+
+impl Default for GenerateParams {
+    fn default() -> Self {
+        Self { sampling: SamplingParams::default(), max_tokens: 256, stop: Vec::new(), ignore_eos: false, logprobs: None }
+    }
+}
+
+/// Whether generation goes on after a streamed token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Go on.
+    Continue,
+    /// Stop now ([`FinishReason::Callback`]).
+    Stop,
+}
+
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop string.
+    Stop,
+    /// `max_tokens` reached.
+    Length,
+    /// The context window is full.
+    ContextFull,
+    /// The token callback returned [`Flow::Stop`].
+    Callback,
+    /// Cancelled through a [`CancelHandle`].
+    Cancelled,
+}
+
+/// One alternative at a position, in OpenAI's `top_logprobs` shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    /// The token's text (lossy UTF-8).
+    pub token: String,
+    /// Natural-log probability under the model.
+    pub logprob: f32,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A generated token's log-probability, in OpenAI's `logprobs.content[]` shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    /// The token's text (lossy UTF-8).
+    pub token: String,
+    /// Natural-log probability under the model (before sampling transforms).
+    pub logprob: f32,
+    /// The token's bytes.
+    pub bytes: Vec<u8>,
+    /// The most likely tokens at this position.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+/// A streamed piece of a generation.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct TokenEvent<'a> {
+    /// The token just generated.
+    pub token_id: u32,
+    /// Index of the token in the answer.
+    pub index: usize,
+    /// Text that became final with this token: whole UTF-8 characters only; may be empty
+    /// (a character still incomplete, or text held back while it may begin a stop string).
+    pub text: &'a str,
+    /// The token's log-probabilities, when asked for.
+    pub logprob: Option<&'a TokenLogprob>,
+}
+
+/// Time spent, in milliseconds, and rates.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Prompt tokens actually run (excludes the reused prefix).
+    pub prefill_tokens: usize,
+    /// Time to run them.
+    pub prefill_ms: f64,
+    /// Tokens run one by one after the first generated token.
+    pub decode_tokens: usize,
+    /// Time for those.
+    pub decode_ms: f64,
+    /// From the call to the first generated token.
+    pub ttft_ms: f64,
+}
+
+impl Timings {
+    /// Prompt tokens per second.
+    pub fn prefill_tok_per_s(&self) -> f64 {
+        rate(self.prefill_tokens, self.prefill_ms)
+    }
+    /// Generated tokens per second (after the first).
+    pub fn decode_tok_per_s(&self) -> f64 {
+        rate(self.decode_tokens, self.decode_ms)
+    }
+}
+
+fn rate(n: usize, ms: f64) -> f64 {
+    if ms > 0.0 { n as f64 * 1000.0 / ms } else { 0.0 }
+}
+
+/// The result of a generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// Generated token ids (without the end-of-generation token).
+    pub token_ids: Vec<u32>,
+    /// Generated text (without a matched stop string).
+    pub text: String,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose keys and values were reused from the session's cache.
+    pub reused_tokens: usize,
+    /// Why generation ended.
+    pub finish_reason: FinishReason,
+    /// Time spent.
+    pub timings: Timings,
+    /// Per-token log-probabilities, when asked for.
+    pub logprobs: Option<Vec<TokenLogprob>>,
+}
+
+/// Stops a session's generation from another thread. `Send + Sync`, cheap to clone; it
+/// outlives its session harmlessly (cancelling a dropped session does nothing).
+#[derive(Debug, Clone, Default)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    /// Asks the generation in progress to stop at the next token (or prefill chunk). A
+    /// request made while no generation runs is cleared when the next one starts.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether a cancel is pending.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// One conversation: a KV cache and the tokens it holds. `Send` (move it to any thread) but
+/// used by one thread at a time (`&mut self`). Follow-up prompts that extend what the cache
+/// holds only run their new tokens.
+pub struct Session {
+    engine: Engine,
+    cache: KvCache,
+    cached: Vec<u32>,
+    scratch: Scratch,
+    hooks: Hooks,
+    cancel: CancelHandle,
+    history: Vec<ChatMessage>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("cached_tokens", &self.cached.len()).field("context", &self.cache.capacity()).finish()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(engine: Engine, config: SessionConfig) -> Self {
+        let ctx = engine.context_for(config.context_length);
+        let c = &engine.inner.model.cfg;
+        let cache = KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, ctx);
+        Self { engine, cache, cached: Vec::new(), scratch: Scratch::default(), hooks: Hooks::none(), cancel: CancelHandle::default(), history: Vec::new() }
+    }
+
+    /// The engine this session runs on.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Context window in tokens.
+    pub fn context_length(&self) -> usize {
+        self.cache.capacity()
+    }
+
+    /// The tokens whose keys and values the cache holds.
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.cached
+    }
+
+    /// A handle that cancels this session's generations from another thread.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// The hooks (LoRA deltas, steering) this session runs with.
+    pub fn hooks(&self) -> &Hooks {
+        &self.hooks
+    }
+
+    /// Replaces the hooks. The cache was computed with the old ones, so it is cleared.
+    pub fn set_hooks(&mut self, hooks: Hooks) {
+        self.hooks = hooks;
+        self.clear_cache();
+    }
+
+    /// Forgets the cached tokens (the conversation history is kept).
+    pub fn clear_cache(&mut self) {
+        self.cache.truncate(0);
+        self.cached.clear();
+    }
+
+    /// The conversation so far (for [`Session::chat`]).
+    pub fn history(&self) -> &[ChatMessage] {
+        &self.history
+    }
+
+    /// Replaces the conversation (e.g. to set a system prompt or restore a saved one).
+    pub fn set_history(&mut self, history: Vec<ChatMessage>) {
+        self.history = history;
+    }
+
+    /// Sends a user message in the session's conversation and generates the answer, which is
+    /// appended to the history. Only the tokens the cache does not hold yet are run.
+    pub fn chat(
+        &mut self,
+        user: &str,
+        params: &GenerateParams,
+        on_token: &mut dyn FnMut(&TokenEvent<'_>) -> Flow,
+    ) -> Result<Generation> {
+        let mut messages = self.history.clone();
+        messages.push(ChatMessage::user(user));
+        let g = self.generate(&Prompt::Chat(messages), params, on_token)?;
+        self.history.push(ChatMessage::user(user));
+        self.history.push(ChatMessage::assistant(g.text.clone()));
+        Ok(g)
+    }
+
+    /// Tokenizes a prompt as [`Session::generate`] would.
+    pub fn prompt_tokens(&self, prompt: &Prompt) -> Result<Vec<u32>> {
+        let inner = &self.engine.inner;
+        match prompt {
+            Prompt::Text(t) => inner.tokenizer.encode(t, true),
+            Prompt::Tokens(t) => Ok(t.clone()),
+            Prompt::Chat(m) => inner.tokenizer.encode(&inner.template.render(m, true)?, true),
+        }
+    }
+
+    /// Logits of every position of `tokens` run from an empty cache (for tests and
+    /// evaluation; `[n, vocab]` row-major). Leaves the cache holding `tokens`.
+    pub fn logits_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.clear_cache();
+        self.run(tokens, Logits::All)?;
+        Ok(self.scratch.logits.clone())
+    }
+
+    /// Runs `tokens` after what the cache holds and returns the last position's logits.
+    pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.run(tokens, Logits::Last)?;
+        Ok(self.scratch.logits.clone())
+    }
+
+    fn run(&mut self, tokens: &[u32], want: Logits) -> Result<()> {
+        let inner = self.engine.inner.clone();
+        let chunk = inner.config.prefill_chunk;
+        if self.cached.len() + tokens.len() > self.cache.capacity() {
+            return Err(Error::ContextOverflow { needed: self.cached.len() + tokens.len(), context: self.cache.capacity() });
+        }
+        let mut all = Vec::new();
+        let pieces: Vec<&[u32]> = tokens.chunks(chunk).collect();
+        for (i, piece) in pieces.iter().enumerate() {
+            if self.cancel.is_cancelled() {
+                return Err(Error::Cancelled);
+            }
+            let last = i + 1 == pieces.len();
+            let w = match want {
+                Logits::All => Logits::All,
+                Logits::Last if last => Logits::Last,
+                _ => Logits::None,
+            };
+            let (cache, hooks, scratch) = (&mut self.cache, &self.hooks, &mut self.scratch);
+            inner.pool.install(|| inner.model.forward(piece, cache, hooks, scratch, w))?;
+            self.cached.extend_from_slice(piece);
+            if want == Logits::All {
+                all.extend_from_slice(&self.scratch.logits);
+            }
+        }
+        if want == Logits::All {
+            self.scratch.logits = all;
+        }
+        Ok(())
+    }
+
+    /// Generates from `prompt`, streaming through `on_token`.
+    ///
+    /// The prompt is the whole context: the longest prefix of it the cache already holds is
+    /// reused, the rest is run. Returns [`Error::EmptyPrompt`] or [`Error::ContextOverflow`]
+    /// for a prompt that cannot run; otherwise the generation, whatever ended it.
+    pub fn generate(
+        &mut self,
+        prompt: &Prompt,
+        params: &GenerateParams,
+        on_token: &mut dyn FnMut(&TokenEvent<'_>) -> Flow,
+    ) -> Result<Generation> {
+        let start = Instant::now();
+        self.cancel.0.store(false, Ordering::SeqCst);
+        params.sampling.validate().map_err(Error::invalid)?;
+        let tokens = self.prompt_tokens(prompt)?;
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let ctx = self.cache.capacity();
+        if tokens.len() > ctx {
+            return Err(Error::ContextOverflow { needed: tokens.len(), context: ctx });
+        }
+        let vocab = self.engine.inner.model.cfg.vocab_size;
+        if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid(format!("token id {bad} outside the vocabulary of {vocab}")));
+        }
+
+        // Reuse the longest cached prefix, keeping at least one token to run for logits.
+        let common = self.cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
+        self.cache.truncate(common);
+        self.cached.truncate(common);
+        let mut timings = Timings { prefill_tokens: tokens.len() - common, ..Timings::default() };
+        let mut out = Generation {
+            token_ids: Vec::new(),
+            text: String::new(),
+            prompt_tokens: tokens.len(),
+            reused_tokens: common,
+            finish_reason: FinishReason::Length,
+            timings: Timings::default(),
+            logprobs: params.logprobs.map(|_| Vec::new()),
+        };
+        match self.run(&tokens[common..], Logits::Last) {
+            Ok(()) => {}
+            Err(Error::Cancelled) => {
+                out.finish_reason = FinishReason::Cancelled;
+                out.timings = timings;
+                return Ok(out);
+            }
+            Err(e) => return Err(e),
+        }
+        timings.prefill_ms = ms(start);
+
+        let inner = self.engine.inner.clone();
+        let tok = &inner.tokenizer;
+        let mut sampler = Sampler::new(params.sampling.clone());
+        let mut stream = tok.decode_stream(true);
+        let mut history = tokens.clone();
+        let mut emitted = 0usize;
+        let stop_max = params.stop.iter().map(String::len).max().unwrap_or(0);
+        let mut decode_start = None;
+        let mut logits = std::mem::take(&mut self.scratch.logits);
+
+        let reason = loop {
+            if params.max_tokens == 0 {
+                break FinishReason::Length;
+            }
+            let lp = params.logprobs.map(|top| logprob_of(tok, &logits, top));
+            let id = sampler.sample(&mut logits, &history);
+            let index = out.token_ids.len();
+            if index == 0 {
+                timings.ttft_ms = ms(start);
+                decode_start = Some(Instant::now());
+            }
+            if !params.ignore_eos && tok.end_of_generation().contains(&id) {
+                break FinishReason::Stop;
+            }
+            let lp = lp.map(|f| f(id));
+            out.token_ids.push(id);
+            history.push(id);
+            out.text.push_str(&stream.step(tok, id));
+            let at_length = out.token_ids.len() >= params.max_tokens;
+            let at_ctx = self.cached.len() + 1 > ctx;
+            if at_length || at_ctx {
+                out.text.push_str(&stream.finish());
+            }
+            // Stop strings: cut the text at the first match; hold back a tail that may
+            // still become one.
+            let search_from = emitted.saturating_sub(stop_max);
+            let hit = params.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| out.text[search_from..].find(s.as_str()).map(|i| search_from + i)).min();
+            let final_text = hit.is_some() || at_length || at_ctx;
+            if let Some(cut) = hit {
+                out.text.truncate(cut);
+            }
+            let ready = if final_text { out.text.len() } else { safe_len(&out.text, &params.stop) };
+            let ready = ready.max(emitted);
+            let piece = &out.text[emitted..ready];
+            let flow = on_token(&TokenEvent { token_id: id, index, text: piece, logprob: lp.as_ref() });
+            emitted = ready;
+            if let (Some(v), Some(lp)) = (out.logprobs.as_mut(), lp) {
+                v.push(lp);
+            }
+            if hit.is_some() {
+                break FinishReason::Stop;
+            }
+            if at_length {
+                break FinishReason::Length;
+            }
+            if at_ctx {
+                break FinishReason::ContextFull;
+            }
+            if flow == Flow::Stop {
+                break FinishReason::Callback;
+            }
+            if self.cancel.is_cancelled() {
+                break FinishReason::Cancelled;
+            }
+            self.scratch.logits = logits;
+            match self.run(&[id], Logits::Last) {
+                Ok(()) => {}
+                Err(Error::Cancelled) => {
+                    logits = std::mem::take(&mut self.scratch.logits);
+                    break FinishReason::Cancelled;
+                }
+                Err(e) => return Err(e),
+            }
+            timings.decode_tokens += 1;
+            logits = std::mem::take(&mut self.scratch.logits);
+        };
+        self.scratch.logits = logits;
+        if let Some(t) = decode_start {
+            timings.decode_ms = ms(t);
+        }
+        out.finish_reason = reason;
+        out.timings = timings;
+        Ok(out)
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Length of the prefix of `text` that cannot be the start of a stop string (on a char
+/// boundary).
+fn safe_len(text: &str, stops: &[String]) -> usize {
+    let mut hold = 0;
+    for s in stops {
+        for k in (1..s.len().min(text.len() + 1)).rev() {
+            if text.is_char_boundary(text.len() - k) && s.is_char_boundary(k) && text.ends_with(&s[..k]) {
+                hold = hold.max(k);
+                break;
+            }
+        }
+    }
+    text.len() - hold
+}
+
+/// Log-probabilities of a position, computed once; returns a closure picking the chosen one.
+fn logprob_of<'a>(tok: &'a crate::text::tokenizer::Tokenizer, logits: &[f32], top: usize) -> impl FnOnce(u32) -> TokenLogprob + 'a {
+    let ls = log_softmax(logits);
+    let mut idx: Vec<u32> = (0..ls.len() as u32).collect();
+    let k = top.min(idx.len());
+    if k > 0 {
+        idx.select_nth_unstable_by(k - 1, |a, b| ls[*b as usize].total_cmp(&ls[*a as usize]));
+        idx.truncate(k);
+        idx.sort_by(|a, b| ls[*b as usize].total_cmp(&ls[*a as usize]));
+    } else {
+        idx.clear();
+    }
+    let entry = move |id: u32, lp: f32| {
+        let bytes = tok.token_bytes(id).to_vec();
+        (String::from_utf8_lossy(&bytes).into_owned(), lp, bytes)
+    };
+    let tops: Vec<TopLogprob> = idx
+        .iter()
+        .map(|&i| {
+            let (token, logprob, bytes) = entry(i, ls[i as usize]);
+            TopLogprob { token, logprob, bytes }
+        })
+        .collect();
+    move |id| {
+        let (token, logprob, bytes) = entry(id, ls.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY));
+        TokenLogprob { token, logprob, bytes, top_logprobs: tops }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn safe_len_holds_back_stop_prefixes() {
+        let stops = vec!["\nUser:".to_string()];
+        assert_eq!(safe_len("Hello\nUs", &stops), 5);
+        assert_eq!(safe_len("Hello", &stops), 5);
+        assert_eq!(safe_len("Hello\n", &stops), 5);
+        assert_eq!(safe_len("héllo", &["lo!".to_string()]), "héllo".len() - 2);
+    }
+}

@@ -1,0 +1,49 @@
+//! Helpers shared by the test modules.
+
+use std::path::PathBuf;
+
+use candle_core::quantized::GgmlDType;
+use tailor::testing::TinyModel;
+use tailor::{Engine, EngineConfig};
+
+/// A temporary directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("tailor-test-{tag}-{}-{}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Writes a tiny model and loads it.
+pub fn tiny(spec: TinyModel, threads: usize) -> (TempDir, PathBuf, Engine) {
+    let dir = TempDir::new("tiny");
+    let path = dir.path("tiny.gguf");
+    spec.write(&path).unwrap();
+    let mut cfg = EngineConfig::default();
+    cfg.threads = threads;
+    cfg.prefill_chunk = 7; // odd chunking exercises the chunked prefill
+    let engine = Engine::load(&path, cfg).unwrap();
+    (dir, path, engine)
+}
+
+pub fn spec(dtype: GgmlDType, d_model: usize, seed: u64) -> TinyModel {
+    let mut s = TinyModel::default();
+    s.dtype = dtype;
+    s.embd_dtype = dtype;
+    s.d_model = d_model;
+    s.ffn_dim = if d_model % 256 == 0 { 512 } else { 128 };
+    s.seed = seed;
+    s
+}

@@ -1,0 +1,8 @@
+//! Behaviour tests of the `tailor` crate (one binary, a module per feature).
+
+mod bad_input;
+mod common;
+mod real_model;
+mod reference;
+mod session;
+mod tokenizer;
