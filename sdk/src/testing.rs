@@ -39,6 +39,8 @@ pub struct TinyModel {
     pub seed: u64,
     /// Scale of the random weights.
     pub weight_scale: f32,
+    /// `llama.rope.freq_base`.
+    pub rope_base: f32,
 }
 
 impl Default for TinyModel {
@@ -56,6 +58,7 @@ impl Default for TinyModel {
             architecture: "llama".into(),
             seed: 0,
             weight_scale: 0.15,
+            rope_base: 10_000.0,
         }
     }
 }
@@ -144,7 +147,7 @@ impl TinyModel {
             (format!("{a}.attention.head_count"), Value::U32(self.n_heads as u32)),
             (format!("{a}.attention.head_count_kv"), Value::U32(self.n_kv_heads as u32)),
             (format!("{a}.attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
-            (format!("{a}.rope.freq_base"), Value::F32(10000.0)),
+            (format!("{a}.rope.freq_base"), Value::F32(self.rope_base)),
             (format!("{a}.rope.dimension_count"), Value::U32(hd as u32)),
             (format!("{a}.context_length"), Value::U32(self.context_length as u32)),
             ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),

@@ -110,8 +110,10 @@ fn greedy_generation_matches_llama_cpp() {
 }
 
 /// Logits at every position of a chat prompt against candle-transformers' reference on the same
-/// file: max |Δ| ≤ 3% of the logit range, same argmax where the reference's top-2 margin
-/// exceeds that.
+/// file. Both quantize activations to 8 bits before each quantized matmul, with different
+/// rounding, so over 30 layers the logits drift apart by quantization noise: max |Δ| ≤ 5% of
+/// the logit range, ≤ 1.0 among tokens within 10 of the best, argmax equal at ≥ 90% of
+/// positions and different only where the reference's top-2 margin is under 0.5.
 #[test]
 fn logits_match_candle_reference_on_the_real_model() {
     let e = engine();
@@ -122,6 +124,7 @@ fn logits_match_candle_reference_on_the_real_model() {
     let ours = e.new_session().logits_all(&ids).unwrap();
     let vocab = e.model_config().vocab_size;
     let mut agree = 0;
+    let mut worst_top = 0f32;
     for (i, &t) in ids.iter().enumerate() {
         let x = Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
         let want = m.forward(&x, i).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
@@ -129,17 +132,22 @@ fn logits_match_candle_reference_on_the_real_model() {
         let hi = want.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
         let lo = want.iter().cloned().fold(f32::INFINITY, f32::min);
         let diff = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(diff <= 0.03 * (hi - lo), "position {i}: max |Δ| {diff}, range {}", hi - lo);
+        assert!(diff <= 0.05 * (hi - lo), "position {i}: max |Δ| {diff}, range {}", hi - lo);
+        // Where it matters (tokens within 10 of the best), the two agree much more closely.
+        let top_diff = got.iter().zip(&want).filter(|(_, w)| **w > hi - 10.0).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(top_diff <= 1.0, "position {i}: |Δ| {top_diff} among the likely tokens");
+        worst_top = worst_top.max(top_diff);
         let am = |v: &[f32]| v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (j, &x)| if x > b.1 { (j, x) } else { b }).0;
         if am(got) == am(&want) {
             agree += 1;
         } else {
             let mut s = want.clone();
             s.sort_by(|a, b| b.total_cmp(a));
-            assert!(s[0] - s[1] <= 0.03 * (hi - lo), "position {i}: argmax differs with a clear margin");
+            assert!(s[0] - s[1] <= 0.5, "position {i}: argmax differs with a clear margin");
         }
     }
-    eprintln!("top-1 agreement with candle reference: {agree}/{}", ids.len());
+    eprintln!("top-1 agreement with candle reference: {agree}/{}; worst |Δ| among likely tokens {worst_top:.3}", ids.len());
+    assert!(agree * 10 >= ids.len() * 9, "top-1 agreement {agree}/{}", ids.len());
 }
 
 #[test]

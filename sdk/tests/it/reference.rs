@@ -30,8 +30,12 @@ fn argmax(v: &[f32]) -> usize {
 /// logits differ by quantization noise: max |Δ| ≤ 2% of the logits' range per position, and
 /// the argmax agrees wherever the reference's top-2 margin exceeds that noise.
 fn compare(dtype: GgmlDType, d_model: usize, threads: usize) {
-    let seed = rand::random::<u64>();
-    let (_dir, path, engine) = tiny(spec(dtype, d_model, seed), threads);
+    compare_spec(spec(dtype, d_model, rand::random::<u64>()), threads);
+}
+
+fn compare_spec(sp: tailor::testing::TinyModel, threads: usize) {
+    let (dtype, seed) = (sp.dtype, sp.seed);
+    let (_dir, path, engine) = tiny(sp, threads);
     let vocab = engine.model_config().vocab_size;
     let tokens: Vec<u32> = (0..40).map(|_| rand::random::<u32>() % vocab as u32).collect();
     let want = reference_logits(&path, &tokens);
@@ -99,4 +103,15 @@ fn untied_output_matches_candle_reference() {
         let diff = got[p * vocab..(p + 1) * vocab].iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         assert!(diff < 0.05, "pos {p}: {diff}");
     }
+}
+
+#[test]
+fn wide_heads_and_groups_of_three_match_candle_reference() {
+    // SmolLM2's shape: head width 64, three query heads per KV head, RoPE base 1e5.
+    let mut sp = spec(GgmlDType::Q8_0, 192, rand::random());
+    sp.n_heads = 3;
+    sp.n_kv_heads = 1;
+    sp.rope_base = 100_000.0;
+    sp.weight_scale = 0.6; // sharp attention: scores far from uniform
+    compare_spec(sp, 2);
 }
