@@ -1,0 +1,190 @@
+//! Kernel benchmark: nanoseconds per row dot product (and per row quantized) for the scalar
+//! reference and every kernel set this CPU can run, at SmolLM2-135M's widths (576 = d_model,
+//! 1536 = FFN), with the speedup of the detected set over scalar.
+//!
+//! `cargo bench -p tailor --bench kernels`
+//!
+//! Each measurement times one pass over a 256-row matrix (a small mat-vec, rows resident in
+//! L1/L2 as in a tiled matmul) and reports the median over many passes.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use tailor::kernels::{scalar, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+
+const ROWS: usize = 256;
+const WIDTHS: [usize; 2] = [576, 1536];
+
+/// Deterministic pseudo-random floats in [-1, 1) (a 64-bit LCG; no dependency needed).
+fn random_floats(seed: u64, n: usize) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+/// Median nanoseconds per row of `pass`, which processes `ROWS` rows.
+fn time_per_row(mut pass: impl FnMut() -> f32) -> f64 {
+    // Warm up, then size the repetition count to ~0.2 s per measurement.
+    let t = Instant::now();
+    let mut warm = 0;
+    while t.elapsed().as_millis() < 20 {
+        black_box(pass());
+        warm += 1;
+    }
+    let per_pass = t.elapsed().as_secs_f64() / f64::from(warm);
+    let reps = ((0.2 / per_pass) as usize).clamp(21, 20_001);
+    let mut samples: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t = Instant::now();
+            black_box(pass());
+            t.elapsed().as_secs_f64() * 1e9 / ROWS as f64
+        })
+        .collect();
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+struct Data {
+    w_q4_0: Vec<BlockQ4_0>,
+    w_q4_1: Vec<BlockQ4_1>,
+    w_q8_0: Vec<BlockQ8_0>,
+    w_f32: Vec<f32>,
+    x_f32: Vec<f32>,
+    x_q8_0: Vec<BlockQ8_0>,
+    x_q8_1: Vec<BlockQ8_1>,
+}
+
+impl Data {
+    fn new(width: usize) -> Self {
+        let nb = width / QK;
+        let w = random_floats(1, ROWS * width);
+        let x = random_floats(2, width);
+        let mut d = Data {
+            w_q4_0: vec![BlockQ4_0::default(); ROWS * nb],
+            w_q4_1: vec![BlockQ4_1::default(); ROWS * nb],
+            w_q8_0: vec![BlockQ8_0::default(); ROWS * nb],
+            w_f32: w.clone(),
+            x_f32: x.clone(),
+            x_q8_0: vec![BlockQ8_0::default(); nb],
+            x_q8_1: vec![BlockQ8_1::default(); nb],
+        };
+        scalar::quantize_row_q4_0(&w, &mut d.w_q4_0);
+        scalar::quantize_row_q4_1(&w, &mut d.w_q4_1);
+        scalar::quantize_row_q8_0(&w, &mut d.w_q8_0);
+        scalar::quantize_row_q8_0(&x, &mut d.x_q8_0);
+        scalar::quantize_row_q8_1(&x, &mut d.x_q8_1);
+        d
+    }
+}
+
+const OPS: [&str; 6] = [
+    "q4_0·q8_0",
+    "q4_1·q8_1",
+    "q8_0·q8_0",
+    "f32·f32",
+    "quantize q8_0",
+    "quantize q8_1",
+];
+
+/// ns per row of operation `op` with kernels `k` at `width`.
+fn measure(k: &Kernels, op: &str, width: usize, d: &Data) -> f64 {
+    let nb = width / QK;
+    let x = black_box(d);
+    match op {
+        "q4_0·q8_0" => time_per_row(|| {
+            x.w_q4_0
+                .chunks_exact(nb)
+                .map(|w| (k.dot_q4_0_q8_0)(w, &x.x_q8_0))
+                .sum()
+        }),
+        "q4_1·q8_1" => time_per_row(|| {
+            x.w_q4_1
+                .chunks_exact(nb)
+                .map(|w| (k.dot_q4_1_q8_1)(w, &x.x_q8_1))
+                .sum()
+        }),
+        "q8_0·q8_0" => time_per_row(|| {
+            x.w_q8_0
+                .chunks_exact(nb)
+                .map(|w| (k.dot_q8_0_q8_0)(w, &x.x_q8_0))
+                .sum()
+        }),
+        "f32·f32" => time_per_row(|| {
+            x.w_f32
+                .chunks_exact(width)
+                .map(|w| (k.dot_f32)(w, &x.x_f32))
+                .sum()
+        }),
+        "quantize q8_0" => {
+            let mut out = vec![BlockQ8_0::default(); nb];
+            time_per_row(|| {
+                x.w_f32
+                    .chunks_exact(width)
+                    .map(|w| {
+                        (k.quantize_q8_0)(w, &mut out);
+                        f32::from(out[0].qs[0])
+                    })
+                    .sum()
+            })
+        }
+        "quantize q8_1" => {
+            let mut out = vec![BlockQ8_1::default(); nb];
+            time_per_row(|| {
+                x.w_f32
+                    .chunks_exact(width)
+                    .map(|w| {
+                        (k.quantize_q8_1)(w, &mut out);
+                        f32::from(out[0].qs[0])
+                    })
+                    .sum()
+            })
+        }
+        _ => unreachable!("unknown op {op}"),
+    }
+}
+
+fn main() {
+    let detected = Kernels::detect();
+    let all = Kernels::available();
+    let names: Vec<&str> = all.iter().map(|k| k.name()).collect();
+    println!(
+        "kernels: detected = {} (available: {})",
+        detected.name(),
+        names.join(", ")
+    );
+    println!("ns per row (median of passes over {ROWS} rows); speedup = scalar / detected\n");
+
+    let mut header = format!("{:<14} {:>5}", "op", "width");
+    for k in all.iter().rev() {
+        header += &format!(" {:>12}", k.name());
+    }
+    header += &format!(" {:>9}", "speedup");
+    println!("{header}");
+    for width in WIDTHS {
+        let data = Data::new(width);
+        for op in OPS {
+            let mut line = format!("{op:<14} {width:>5}");
+            let (mut t_scalar, mut t_detected) = (f64::NAN, f64::NAN);
+            for k in all.iter().rev() {
+                let t = measure(k, op, width, &data);
+                if k.name() == "scalar" {
+                    t_scalar = t;
+                }
+                if k.name() == detected.name() {
+                    t_detected = t;
+                }
+                line += &format!(" {t:>12.1}");
+            }
+            line += &format!(" {:>8.1}x", t_scalar / t_detected);
+            println!("{line}");
+        }
+    }
+}

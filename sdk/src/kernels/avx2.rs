@@ -1,0 +1,401 @@
+//! x86-64 kernels: AVX2 + FMA + F16C, with optional VNNI dot instructions.
+//!
+//! The dot products follow ggml's AVX2 code (`ggml-cpu/arch/x86/quants.c`):
+//! `bytes_from_nibbles_32`, the sign trick that turns a signed×signed byte product into the
+//! unsigned×signed one x86 has, `_mm256_maddubs_epi16` + `_mm256_madd_epi16` for 32 products
+//! into eight i32 lanes, f16 scales through `_mm_cvtph_ps`, and one FMA per block into a
+//! float accumulator; unlike ggml, two blocks per iteration go into two accumulators, as one
+//! FMA chain per block is latency-bound (~20% faster here). With VNNI the byte products are summed by one `vpdpbusd` instead
+//! (`K = AVX_VNNI`: VEX encoding, Alder Lake and later; `K = AVX512_VNNI`: EVEX encoding on
+//! ymm registers, Ice Lake / Zen 4 and later, needs AVX512VL). `vpdpbusd` is emitted with
+//! inline assembly so that no AVX-512 target feature has to be enabled at compile time.
+//!
+//! The quantizers compute exactly what the scalar reference computes (same scale, same
+//! `1 / d`, ties rounded away from zero) and so are bit-identical to it for finite inputs;
+//! ggml's own AVX2 quantizers are not (they use `127 / amax` and round ties to even).
+//!
+//! # Safety
+//! Every function here may only be called when the CPU supports AVX2, FMA and F16C, and
+//! for `K = AVX_VNNI` / `K = AVX512_VNNI` also AVX-VNNI / AVX512-VNNI + AVX512VL.
+//! Slices are only read within bounds; mismatched lengths are truncated to the shorter one.
+
+// Register-only intrinsics are safe to call inside `#[target_feature]` functions since Rust
+// 1.87; the workspace's MSRV (1.85) still needs them in `unsafe` blocks, so keep those.
+#![allow(unused_unsafe)]
+
+use std::arch::asm;
+use std::arch::x86_64::*;
+
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+
+/// Byte products summed with `_mm256_maddubs_epi16` + `_mm256_madd_epi16` (plain AVX2).
+pub(super) const MADDUBS: u8 = 0;
+/// Byte products summed with VEX-encoded `vpdpbusd` (AVX-VNNI).
+pub(super) const AVX_VNNI: u8 = 1;
+/// Byte products summed with EVEX-encoded `vpdpbusd` on ymm (AVX512-VNNI + AVX512VL).
+pub(super) const AVX512_VNNI: u8 = 2;
+
+/// For each i32 lane `k`: `Σ_{i<4} a[4k+i]·b[4k+i]`, `a` unsigned bytes, `b` signed bytes.
+///
+/// With `MADDUBS` the pairwise i16 sums saturate above 32767; callers keep `a·b` pairs below
+/// that (|a| ≤ 128 and |b| ≤ 127, which ggml's quantizers guarantee).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mul_sum_us8<const K: u8>(a: __m256i, b: __m256i) -> __m256i {
+    // SAFETY: AVX2 is enabled on this function; the VNNI instructions are only reached with
+    // K = AVX_VNNI / AVX512_VNNI, which callers only use once the CPU was found to have them
+    // (module contract). The asm reads and writes registers only.
+    unsafe {
+        match K {
+            AVX_VNNI => {
+                let mut acc = _mm256_setzero_si256();
+                asm!("{{vex}} vpdpbusd {acc}, {a}, {b}", acc = inout(ymm_reg) acc, a = in(ymm_reg) a,
+                     b = in(ymm_reg) b, options(pure, nomem, nostack, preserves_flags));
+                acc
+            }
+            AVX512_VNNI => {
+                let mut acc = _mm256_setzero_si256();
+                asm!("vpdpbusd {acc}, {a}, {b}", acc = inout(ymm_reg) acc, a = in(ymm_reg) a,
+                     b = in(ymm_reg) b, options(pure, nomem, nostack, preserves_flags));
+                acc
+            }
+            _ => _mm256_madd_epi16(_mm256_maddubs_epi16(a, b), _mm256_set1_epi16(1)),
+        }
+    }
+}
+
+/// Signed×signed byte products summed into eight f32 lanes (ggml's `mul_sum_i8_pairs_float`):
+/// `|x|` times `y` with `x`'s sign.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn mul_sum_i8_pairs_float<const K: u8>(x: __m256i, y: __m256i) -> __m256 {
+    // SAFETY: register-only AVX2 intrinsics on a function compiled with AVX2; `mul_sum_us8`
+    // has this module's contract, which our caller upholds.
+    unsafe {
+        let ax = _mm256_sign_epi8(x, x);
+        let sy = _mm256_sign_epi8(y, x);
+        _mm256_cvtepi32_ps(mul_sum_us8::<K>(ax, sy))
+    }
+}
+
+/// 16 packed bytes to 32 bytes in `0..16`: low nibbles first, then high nibbles (ggml order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bytes_from_nibbles_32(qs: &[u8; QK / 2]) -> __m256i {
+    // SAFETY: `qs` is 16 readable bytes, the unaligned load reads exactly those; AVX2 is
+    // enabled on this function.
+    unsafe {
+        let tmp = _mm_loadu_si128(qs.as_ptr().cast());
+        let bytes = _mm256_set_m128i(_mm_srli_epi16::<4>(tmp), tmp);
+        _mm256_and_si256(_mm256_set1_epi8(0x0F), bytes)
+    }
+}
+
+/// Loads 32 signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_i8x32(qs: &[i8; QK]) -> __m256i {
+    // SAFETY: `qs` is 32 readable bytes; the load is unaligned.
+    unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+}
+
+/// Scale products of two block pairs: `(f16(a0)·f16(b0), f16(a1)·f16(b1))`, each broadcast
+/// to eight lanes (products of two f16 values are exact in f32).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_products(a0: u16, b0: u16, a1: u16, b1: u16) -> (__m256, __m256) {
+    // SAFETY: register-only F16C/AVX2 intrinsics on a function compiled with them.
+    unsafe {
+        let lo = u32::from(a0) | (u32::from(b0) << 16);
+        let hi = u32::from(a1) | (u32::from(b1) << 16);
+        let v = _mm_cvtph_ps(_mm_cvtsi64_si128(
+            (u64::from(lo) | (u64::from(hi) << 32)) as i64,
+        ));
+        // Lanes 0 and 2: a0·b0 and a1·b1.
+        let p = _mm_mul_ps(v, _mm_movehdup_ps(v));
+        (
+            _mm256_broadcastss_ps(p),
+            _mm256_broadcastss_ps(_mm_movehl_ps(p, p)),
+        )
+    }
+}
+
+/// Sum of the eight lanes (ggml's `hsum_float_8`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_float_8(x: __m256) -> f32 {
+    // SAFETY: register-only AVX intrinsics on a function compiled with AVX2.
+    unsafe {
+        let mut res = _mm256_extractf128_ps::<1>(x);
+        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
+}
+
+/// Shared loop of the dot products: two blocks per iteration into two accumulators (one
+/// FMA chain per block would be latency-bound), a lone last block into the first.
+/// `$block(xb, yb)` gives the eight f32 lanes of one block's integer dot.
+macro_rules! dot_blocks {
+    ($x:expr, $y:expr, $block:ident::<$k:ident>) => {{
+        let (x, y) = ($x, $y);
+        let n = x.len().min(y.len());
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        let mut i = 0;
+        while i + 1 < n {
+            let (x0, x1, y0, y1) = (&x[i], &x[i + 1], &y[i], &y[i + 1]);
+            let (d0, d1) = scale_products(x0.d, y0.d, x1.d, y1.d);
+            acc0 = _mm256_fmadd_ps(d0, $block::<$k>(x0, y0), acc0);
+            acc1 = _mm256_fmadd_ps(d1, $block::<$k>(x1, y1), acc1);
+            i += 2;
+        }
+        if i < n {
+            let (d0, _) = scale_products(x[i].d, y[i].d, 0, 0);
+            acc0 = _mm256_fmadd_ps(d0, $block::<$k>(&x[i], &y[i]), acc0);
+        }
+        hsum_float_8(_mm256_add_ps(acc0, acc1))
+    }};
+}
+
+/// Eight f32 lanes of one `Q4_0 × Q8_0` block's integer dot.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_q4_0_q8_0<const K: u8>(xb: &BlockQ4_0, yb: &BlockQ8_0) -> __m256 {
+    // SAFETY: helpers of this module on the blocks' own bytes; module contract is ours.
+    unsafe {
+        let qx = _mm256_sub_epi8(bytes_from_nibbles_32(&xb.qs), _mm256_set1_epi8(8));
+        mul_sum_i8_pairs_float::<K>(qx, load_i8x32(&yb.qs))
+    }
+}
+
+/// Eight f32 lanes of one `Q8_0 × Q8_0` block's integer dot.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_q8_0_q8_0<const K: u8>(xb: &BlockQ8_0, yb: &BlockQ8_0) -> __m256 {
+    // SAFETY: helpers of this module on the blocks' own bytes; module contract is ours.
+    unsafe { mul_sum_i8_pairs_float::<K>(load_i8x32(&xb.qs), load_i8x32(&yb.qs)) }
+}
+
+/// `Σ x·y` over `min(x.len(), y.len())` blocks; see the module's safety contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_q4_0_q8_0<const K: u8>(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    // SAFETY: register-only intrinsics and helpers of this module on a function compiled
+    // with their features; indices are below the shorter length; the module contract (VNNI
+    // present for K != MADDUBS) is ours.
+    unsafe { dot_blocks!(x, y, block_q4_0_q8_0::<K>) }
+}
+
+/// `Σ x·y` over `min(x.len(), y.len())` blocks; see the module's safety contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_q8_0_q8_0<const K: u8>(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe { dot_blocks!(x, y, block_q8_0_q8_0::<K>) }
+}
+
+/// `Σ x·y` over `min(x.len(), y.len())` blocks; see the module's safety contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_q4_1_q8_1<const K: u8>(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let n = x.len().min(y.len());
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe {
+        let mut acc0 = _mm256_setzero_ps();
+        let mut acc1 = _mm256_setzero_ps();
+        // Lane 1 accumulates mx·sy (ggml's `summs`).
+        let mut summs = _mm_setzero_ps();
+        let mut i = 0;
+        while i + 1 < n {
+            let (p0, q0) = block_q4_1_q8_1::<K>(&x[i], &y[i]);
+            let (p1, q1) = block_q4_1_q8_1::<K>(&x[i + 1], &y[i + 1]);
+            summs = _mm_add_ps(summs, _mm_add_ps(p0, p1));
+            acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p0), q0, acc0);
+            acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p1), q1, acc1);
+            i += 2;
+        }
+        if i < n {
+            let (p0, q0) = block_q4_1_q8_1::<K>(&x[i], &y[i]);
+            summs = _mm_add_ps(summs, p0);
+            acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(p0), q0, acc0);
+        }
+        hsum_float_8(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(summs))
+    }
+}
+
+/// One `Q4_1 × Q8_1` block: returns `[dx·dy, mx·sy, ..]` and the eight f32 lanes of the
+/// integer dot.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_q4_1_q8_1<const K: u8>(xb: &BlockQ4_1, yb: &BlockQ8_1) -> (__m128, __m256) {
+    // SAFETY: helpers of this module on the blocks' own bytes; module contract is ours.
+    unsafe {
+        let xbits = u32::from(xb.d) | (u32::from(xb.m) << 16);
+        let ybits = u32::from(yb.d) | (u32::from(yb.s) << 16);
+        // [dx, mx, dy, sy] · [dy, sy, dy, sy] -> lane 0: dx·dy, lane 1: mx·sy.
+        let v = _mm_cvtph_ps(_mm_cvtsi64_si128(
+            (u64::from(xbits) | (u64::from(ybits) << 32)) as i64,
+        ));
+        let p = _mm_mul_ps(v, _mm_movehl_ps(v, v));
+        let q = _mm256_cvtepi32_ps(mul_sum_us8::<K>(
+            bytes_from_nibbles_32(&xb.qs),
+            load_i8x32(&yb.qs),
+        ));
+        (p, q)
+    }
+}
+
+/// `Σ a·b` over `min(a.len(), b.len())` values: four 8-lane FMA accumulators.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: every load reads 8 floats at offsets `i..i + 8` with `i + 8 <= n`, inside both
+    // slices; the tail is read through safe indexing. Intrinsics need AVX2/FMA, enabled here.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let j = i + 8 * k;
+                *acc =
+                    _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(j)), _mm256_loadu_ps(pb.add(j)), *acc);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i)),
+                _mm256_loadu_ps(pb.add(i)),
+                acc[0],
+            );
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut s = hsum_float_8(sum);
+        for j in i..n {
+            s += a[j] * b[j];
+        }
+        s
+    }
+}
+
+/// Loads one block of 32 floats, returns it with `amax / 127` and `1 / d` (0 when `d = 0`),
+/// computed exactly as the scalar reference does.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_q8_block(xb: &[f32]) -> ([__m256; 4], f32, f32) {
+    debug_assert_eq!(xb.len(), QK);
+    let p = xb.as_ptr();
+    // SAFETY: `xb` holds 32 floats (chunks_exact in the callers); loads read p[0..32].
+    // Register-only AVX intrinsics otherwise.
+    unsafe {
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for &vi in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, vi));
+        }
+        let mut m4 = _mm_max_ps(_mm256_extractf128_ps::<1>(m), _mm256_castps256_ps128(m));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        (v, d, id)
+    }
+}
+
+/// `roundf(v * id)` per lane as i32: round half away from zero, like C's `roundf`.
+///
+/// `trunc(v + copysign(0.49999997, v))` equals `roundf(v)` for every f32 with |v| < 2^23
+/// (checked exhaustively; the constant is the float just below 0.5, so `x.5` ties still
+/// carry over and `0.49999997` does not). Here |v| ≤ 127, and `cvttps` truncates.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn round_away(v: __m256, id: __m256) -> __m256i {
+    // SAFETY: register-only AVX intrinsics on a function compiled with AVX2.
+    unsafe {
+        let v = _mm256_mul_ps(v, id);
+        let half = _mm256_or_ps(
+            _mm256_and_ps(v, _mm256_set1_ps(-0.0)),
+            _mm256_set1_ps(f32::from_bits(0x3EFF_FFFF)),
+        );
+        _mm256_cvttps_epi32(_mm256_add_ps(v, half))
+    }
+}
+
+/// Packs four vectors of eight i32 (each in `-127..=127`) into 32 bytes, in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack_i32_to_i8(i: [__m256i; 4]) -> __m256i {
+    // SAFETY: register-only AVX2 intrinsics on a function compiled with AVX2.
+    unsafe {
+        let a = _mm256_packs_epi32(i[0], i[1]);
+        let b = _mm256_packs_epi32(i[2], i[3]);
+        let c = _mm256_packs_epi16(a, b);
+        // The packs work per 128-bit half; this restores element order (as ggml).
+        _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
+    }
+}
+
+/// f32 to f16 bits, round to nearest even (as `half::f16::from_f32`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_to_f16(x: f32) -> u16 {
+    // SAFETY: register-only F16C intrinsics on a function compiled with F16C.
+    unsafe {
+        _mm_extract_epi16::<0>(_mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x))) as u16
+    }
+}
+
+/// Quantizes `min(x.len() / 32, y.len())` blocks; bit-identical to the scalar reference.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        // SAFETY: helpers of this module on a function with their features; `xb` is 32
+        // floats; the store writes exactly the 32 bytes of `yb.qs`.
+        unsafe {
+            let (v, d, id) = load_q8_block(xb);
+            yb.d = f32_to_f16(d);
+            let idv = _mm256_set1_ps(id);
+            let q = [
+                round_away(v[0], idv),
+                round_away(v[1], idv),
+                round_away(v[2], idv),
+                round_away(v[3], idv),
+            ];
+            _mm256_storeu_si256(yb.qs.as_mut_ptr().cast(), pack_i32_to_i8(q));
+        }
+    }
+}
+
+/// Quantizes `min(x.len() / 32, y.len())` blocks; bit-identical to the scalar reference.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        // SAFETY: as in `quantize_row_q8_0`.
+        unsafe {
+            let (v, d, id) = load_q8_block(xb);
+            yb.d = f32_to_f16(d);
+            let idv = _mm256_set1_ps(id);
+            let q = [
+                round_away(v[0], idv),
+                round_away(v[1], idv),
+                round_away(v[2], idv),
+                round_away(v[3], idv),
+            ];
+            let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
+            let mut s4 = _mm_add_epi32(_mm256_extracti128_si256::<1>(s), _mm256_castsi256_si128(s));
+            s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
+            s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01>(s4));
+            let sum = _mm_cvtsi128_si32(s4);
+            yb.s = f32_to_f16(sum as f32 * d);
+            _mm256_storeu_si256(yb.qs.as_mut_ptr().cast(), pack_i32_to_i8(q));
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! Quantized dot-product kernels with runtime instruction-set dispatch.
+//!
+//! A quantized linear layer computes, for every output row, the dot product of a row of
+//! quantized weights (`Q4_0`, `Q4_1` or `Q8_0` blocks, viewed in place in the GGUF with
+//! [`cast_blocks`]) with the activation vector quantized once per token to `Q8_0` / `Q8_1`.
+//! [`Kernels`] bundles those operations as plain function pointers for the best instruction
+//! set the CPU has, found at run time (no `-C target-cpu` needed):
+//!
+//! | name | CPU | byte products |
+//! | --- | --- | --- |
+//! | `avxvnni` | x86-64 with AVX2, FMA, F16C, AVX-VNNI | `vpdpbusd` (VEX) |
+//! | `avx512vnni` | x86-64 with AVX2, FMA, F16C, AVX512-VNNI, AVX512VL | `vpdpbusd` (EVEX, ymm) |
+//! | `avx2` | x86-64 with AVX2, FMA, F16C | `vpmaddubsw` + `vpmaddwd` |
+//! | `neon+dotprod` | AArch64 with the dot product extension | `sdot` |
+//! | `neon` | any AArch64 | `smull` + `sadalp` |
+//! | `scalar` | anything | [`scalar`], the reference |
+//!
+//! The scalar module follows ggml's generic C and is kept as the reference every fast kernel
+//! is tested against. The fast quantizers are bit-identical to it (for finite inputs); the
+//! fast dot products differ only by f32 summation order, for 8-bit values in `-127..=127`
+//! (all ggml's quantizers produce; like ggml's, the x86 kernels mishandle `-128`).
+//!
+//! ```
+//! use tailor::kernels::{scalar, BlockQ4_1, BlockQ8_1, Kernels, QK};
+//!
+//! let k = Kernels::detect();
+//! let w: Vec<f32> = (0..2 * QK).map(|i| (i as f32 * 0.37).sin()).collect();
+//! let x: Vec<f32> = (0..2 * QK).map(|i| (i as f32 * 0.11).cos()).collect();
+//!
+//! let mut wq = vec![BlockQ4_1::default(); 2];
+//! scalar::quantize_row_q4_1(&w, &mut wq); // weights normally come quantized in the GGUF
+//! let mut xq = vec![BlockQ8_1::default(); 2];
+//! (k.quantize_q8_1)(&x, &mut xq);
+//!
+//! let dot = (k.dot_q4_1_q8_1)(&wq, &xq);
+//! let exact = (k.dot_f32)(&w, &x);
+//! assert!((dot - exact).abs() < 0.05 * exact.abs().max(1.0), "{} on {dot} vs {exact}", k.name());
+//! ```
+
+#[cfg(target_arch = "x86_64")]
+mod avx2;
+mod blocks;
+#[cfg(target_arch = "aarch64")]
+mod neon;
+pub mod scalar;
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::sync::OnceLock;
+
+pub use blocks::{
+    blocks_as_bytes, cast_blocks, Block, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK,
+};
+
+/// A set of kernels for one instruction set: plain, safe function pointers.
+///
+/// Get one with [`Kernels::detect`] (best for this CPU, chosen once) or
+/// [`Kernels::scalar`]; call a field like a function: `(k.dot_q4_0_q8_0)(w, x)`.
+///
+/// # Panics
+/// Every kernel panics on slices of mismatched lengths: quantizers need
+/// `x.len() == 32 * y.len()`, block dot products `x.len() == y.len()` (blocks), `dot_f32`
+/// `a.len() == b.len()`.
+#[derive(Clone, Copy)]
+#[non_exhaustive]
+pub struct Kernels {
+    name: &'static str,
+    /// Quantizes `32 * y.len()` floats to `Q8_0` (bit-identical to
+    /// [`scalar::quantize_row_q8_0`]).
+    pub quantize_q8_0: fn(x: &[f32], y: &mut [BlockQ8_0]),
+    /// Quantizes `32 * y.len()` floats to `Q8_1` (bit-identical to
+    /// [`scalar::quantize_row_q8_1`]).
+    pub quantize_q8_1: fn(x: &[f32], y: &mut [BlockQ8_1]),
+    /// Dot product of a `Q4_0` row with a `Q8_0` row of as many blocks.
+    pub dot_q4_0_q8_0: fn(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32,
+    /// Dot product of a `Q4_1` row with a `Q8_1` row of as many blocks.
+    pub dot_q4_1_q8_1: fn(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32,
+    /// Dot product of two `Q8_0` rows of as many blocks.
+    pub dot_q8_0_q8_0: fn(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32,
+    /// Dot product of two f32 slices of equal length.
+    pub dot_f32: fn(a: &[f32], b: &[f32]) -> f32,
+}
+
+impl Kernels {
+    /// The best kernels for this CPU, detected on first call and cached.
+    pub fn detect() -> &'static Kernels {
+        static BEST: OnceLock<&'static Kernels> = OnceLock::new();
+        BEST.get_or_init(|| Self::available()[0])
+    }
+
+    /// The scalar reference kernels ([`scalar`]), available everywhere.
+    pub fn scalar() -> &'static Kernels {
+        &SCALAR
+    }
+
+    /// Every kernel set this CPU can run, best first; the last one is always
+    /// [`Kernels::scalar`]. For tests and benchmarks that compare them.
+    pub fn available() -> Vec<&'static Kernels> {
+        let mut all = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2")
+                && std::is_x86_feature_detected!("fma")
+                && std::is_x86_feature_detected!("f16c")
+            {
+                if std::is_x86_feature_detected!("avxvnni") {
+                    all.push(&x86::AVX_VNNI);
+                }
+                if std::is_x86_feature_detected!("avx512vnni")
+                    && std::is_x86_feature_detected!("avx512vl")
+                {
+                    all.push(&x86::AVX512_VNNI);
+                }
+                all.push(&x86::AVX2);
+            }
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            if std::arch::is_aarch64_feature_detected!("dotprod") {
+                all.push(&arm::NEON_DOTPROD);
+            }
+            all.push(&arm::NEON);
+        }
+        all.push(&SCALAR);
+        all
+    }
+
+    /// Which instruction set these kernels use: `"avxvnni"`, `"avx512vnni"`, `"avx2"`,
+    /// `"neon+dotprod"`, `"neon"` or `"scalar"`.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+}
+
+impl fmt::Debug for Kernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Kernels")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The scalar reference set. Its functions check lengths themselves.
+static SCALAR: Kernels = Kernels {
+    name: "scalar",
+    quantize_q8_0: scalar::quantize_row_q8_0,
+    quantize_q8_1: scalar::quantize_row_q8_1,
+    dot_q4_0_q8_0: scalar::vec_dot_q4_0_q8_0,
+    dot_q4_1_q8_1: scalar::vec_dot_q4_1_q8_1,
+    dot_q8_0_q8_0: scalar::vec_dot_q8_0_q8_0,
+    dot_f32: scalar::vec_dot_f32,
+};
+
+/// Builds a `static Kernels` of safe wrappers around one ISA module's `unsafe fn`s.
+///
+/// The wrappers check slice lengths (as the scalar functions do) and call the unsafe kernel.
+/// Soundness: the wrappers are private to the static's initializer, and the statics are
+/// private to this module and only handed out by [`Kernels::available`] after the features
+/// the kernels need were detected on this CPU. `$present` re-checks that in debug builds.
+macro_rules! simd_kernels {
+    ($stat:ident, $name:literal, $isa:ident, $k:expr, present = $present:expr) => {
+        pub(super) static $stat: Kernels = {
+            fn quantize_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
+                assert_eq!(x.len(), y.len() * QK, "quantize_q8_0: length mismatch");
+                debug_assert!($present);
+                // SAFETY: only reachable through this static, handed out after detecting
+                // the CPU features the kernel needs (see `simd_kernels!`).
+                unsafe { $isa::quantize_row_q8_0(x, y) }
+            }
+            fn quantize_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
+                assert_eq!(x.len(), y.len() * QK, "quantize_q8_1: length mismatch");
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::quantize_row_q8_1(x, y) }
+            }
+            fn dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+                assert_eq!(x.len(), y.len(), "dot_q4_0_q8_0: length mismatch");
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::vec_dot_q4_0_q8_0::<{ $k }>(x, y) }
+            }
+            fn dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+                assert_eq!(x.len(), y.len(), "dot_q4_1_q8_1: length mismatch");
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::vec_dot_q4_1_q8_1::<{ $k }>(x, y) }
+            }
+            fn dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+                assert_eq!(x.len(), y.len(), "dot_q8_0_q8_0: length mismatch");
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::vec_dot_q8_0_q8_0::<{ $k }>(x, y) }
+            }
+            fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+                assert_eq!(a.len(), b.len(), "dot_f32: length mismatch");
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::vec_dot_f32(a, b) }
+            }
+            Kernels {
+                name: $name,
+                quantize_q8_0,
+                quantize_q8_1,
+                dot_q4_0_q8_0,
+                dot_q4_1_q8_1,
+                dot_q8_0_q8_0,
+                dot_f32,
+            }
+        };
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::{avx2, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+
+    fn has_avx2() -> bool {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && std::is_x86_feature_detected!("f16c")
+    }
+
+    simd_kernels!(AVX2, "avx2", avx2, avx2::MADDUBS, present = has_avx2());
+    simd_kernels!(
+        AVX_VNNI,
+        "avxvnni",
+        avx2,
+        avx2::AVX_VNNI,
+        present = has_avx2() && std::is_x86_feature_detected!("avxvnni")
+    );
+    simd_kernels!(
+        AVX512_VNNI,
+        "avx512vnni",
+        avx2,
+        avx2::AVX512_VNNI,
+        present = has_avx2()
+            && std::is_x86_feature_detected!("avx512vnni")
+            && std::is_x86_feature_detected!("avx512vl")
+    );
+}
+
+#[cfg(target_arch = "aarch64")]
+mod arm {
+    use super::{neon, BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+
+    simd_kernels!(NEON, "neon", neon, neon::VMULL, present = true);
+    simd_kernels!(
+        NEON_DOTPROD,
+        "neon+dotprod",
+        neon,
+        neon::DOTPROD,
+        present = std::arch::is_aarch64_feature_detected!("dotprod")
+    );
+}

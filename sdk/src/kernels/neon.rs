@@ -1,0 +1,339 @@
+//! AArch64 kernels: NEON, with the `sdot` instruction when the CPU has it.
+//!
+//! The dot products follow ggml's NEON code (`ggml-cpu/arch/arm/quants.c`): two blocks per
+//! iteration into two float accumulators, nibbles unpacked with `vandq_u8`/`vshrq_n_u8`,
+//! 16 byte products per instruction summed into four i32 lanes, either by `sdot`
+//! (`K = DOTPROD`, ARMv8.2 dot product extension, only after
+//! `is_aarch64_feature_detected!("dotprod")`) or by `vmull_s8` + `vpaddlq_s16` (`K = VMULL`,
+//! ggml's fallback `ggml_vdotq_s32`). `sdot` and the f16 conversions (`fcvtl`, `fcvt`, both
+//! base ARMv8) are emitted with inline assembly: the Rust intrinsics for them are unstable.
+//!
+//! The quantizers round with `vcvtaq_s32_f32` (ties away from zero, like C's `roundf`) and
+//! compute the scale exactly as the scalar reference, so they are bit-identical to it for
+//! finite inputs.
+//!
+//! # Safety
+//! NEON is part of every AArch64 target Rust supports; the only CPU requirement is the dot
+//! product extension for `K = DOTPROD`. Slices are only read within bounds; mismatched
+//! lengths are truncated to the shorter one.
+
+// Register-only intrinsics are safe to call inside `#[target_feature]` functions since Rust
+// 1.87; the workspace's MSRV (1.85) still needs them in `unsafe` blocks, so keep those.
+#![allow(unused_unsafe)]
+
+use std::arch::aarch64::*;
+use std::arch::asm;
+
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+
+/// Byte products summed with `vmull_s8` + `vpaddlq_s16` (any AArch64 CPU).
+pub(super) const VMULL: u8 = 0;
+/// Byte products summed with `sdot` (needs the `dotprod` extension).
+pub(super) const DOTPROD: u8 = 1;
+
+/// `acc + Σ` of groups of four byte products `a·b` per i32 lane (ggml's `ggml_vdotq_s32`).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn vdot<const K: u8>(acc: int32x4_t, a: int8x16_t, b: int8x16_t) -> int32x4_t {
+    // SAFETY: NEON is enabled; `sdot` is only reached with K = DOTPROD, which callers use only
+    // once the CPU was found to have the extension (module contract). Registers only.
+    unsafe {
+        if K == DOTPROD {
+            let mut r = acc;
+            asm!(".arch_extension dotprod", "sdot {0:v}.4s, {1:v}.16b, {2:v}.16b",
+                 inout(vreg) r, in(vreg) a, in(vreg) b, options(pure, nomem, nostack, preserves_flags));
+            r
+        } else {
+            // |a·b| ≤ 128·128 fits i16, so the widening products cannot overflow.
+            let p0 = vmull_s8(vget_low_s8(a), vget_low_s8(b));
+            let p1 = vmull_s8(vget_high_s8(a), vget_high_s8(b));
+            vaddq_s32(acc, vaddq_s32(vpaddlq_s16(p0), vpaddlq_s16(p1)))
+        }
+    }
+}
+
+/// Four f16 bit patterns (`a` in lane 0 .. `d` in lane 3) to f32, exactly.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn f16x4_to_f32(a: u16, b: u16, c: u16, d: u16) -> float32x4_t {
+    let bits = u64::from(a) | (u64::from(b) << 16) | (u64::from(c) << 32) | (u64::from(d) << 48);
+    // SAFETY: `fcvtl` (half to single, base ARMv8 FP) on registers only.
+    unsafe {
+        let h = vcreate_u16(bits);
+        let r: float32x4_t;
+        asm!("fcvtl {0:v}.4s, {1:v}.4h", out(vreg) r, in(vreg) h,
+             options(pure, nomem, nostack, preserves_flags));
+        r
+    }
+}
+
+/// f32 to f16 bits with the default rounding mode, round to nearest even (as
+/// `half::f16::from_f32`).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn f32_to_f16(x: f32) -> u16 {
+    let r: u16;
+    // SAFETY: `fcvt` (single to half, base ARMv8 FP) on registers only.
+    unsafe {
+        asm!("fcvt {0:h}, {1:s}", out(vreg) r, in(vreg) x, options(pure, nomem, nostack, preserves_flags));
+    }
+    r
+}
+
+/// Loads 16 packed bytes and splits them into low nibbles (values 0..16) and high nibbles
+/// (values 16..32), each in `0..16`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn nibbles(qs: &[u8; QK / 2]) -> (int8x16_t, int8x16_t) {
+    // SAFETY: `qs` is 16 readable bytes; the load reads exactly those.
+    unsafe {
+        let v = vld1q_u8(qs.as_ptr());
+        (
+            vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F))),
+            vreinterpretq_s8_u8(vshrq_n_u8::<4>(v)),
+        )
+    }
+}
+
+/// Loads 32 signed bytes as two halves.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn load_i8x32(qs: &[i8; QK]) -> (int8x16_t, int8x16_t) {
+    // SAFETY: `qs` is 32 readable bytes; the loads read bytes 0..16 and 16..32.
+    unsafe { (vld1q_s8(qs.as_ptr()), vld1q_s8(qs.as_ptr().add(16))) }
+}
+
+/// i32 lanes of one `Q4_0 × Q8_0` block product.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn block_q4_0_q8_0<const K: u8>(xb: &BlockQ4_0, yb: &BlockQ8_0) -> int32x4_t {
+    // SAFETY: helpers of this module on registers / the blocks' own bytes.
+    unsafe {
+        let s8 = vdupq_n_s8(8);
+        let (l, h) = nibbles(&xb.qs);
+        let (yl, yh) = load_i8x32(&yb.qs);
+        vdot::<K>(
+            vdot::<K>(vdupq_n_s32(0), vsubq_s8(l, s8), yl),
+            vsubq_s8(h, s8),
+            yh,
+        )
+    }
+}
+
+/// i32 lanes of one `Q4_1 × Q8_1` block product (without the offset term).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn block_q4_1_q8_1<const K: u8>(xb: &BlockQ4_1, yb: &BlockQ8_1) -> int32x4_t {
+    // SAFETY: helpers of this module on registers / the blocks' own bytes.
+    unsafe {
+        let (l, h) = nibbles(&xb.qs);
+        let (yl, yh) = load_i8x32(&yb.qs);
+        vdot::<K>(vdot::<K>(vdupq_n_s32(0), l, yl), h, yh)
+    }
+}
+
+/// i32 lanes of one `Q8_0 × Q8_0` block product.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn block_q8_0_q8_0<const K: u8>(xb: &BlockQ8_0, yb: &BlockQ8_0) -> int32x4_t {
+    // SAFETY: helpers of this module on registers / the blocks' own bytes.
+    unsafe {
+        let (xl, xh) = load_i8x32(&xb.qs);
+        let (yl, yh) = load_i8x32(&yb.qs);
+        vdot::<K>(vdot::<K>(vdupq_n_s32(0), xl, yl), xh, yh)
+    }
+}
+
+/// Shared loop of the `Q?_0` dot products: two blocks per iteration, scale `dx·dy` per block.
+macro_rules! dot_blocks {
+    ($x:expr, $y:expr, $block:ident::<$k:ident>) => {{
+        let (x, y) = ($x, $y);
+        let n = x.len().min(y.len());
+        let mut sumv0 = vdupq_n_f32(0.0);
+        let mut sumv1 = vdupq_n_f32(0.0);
+        let mut i = 0;
+        while i + 1 < n {
+            let (x0, x1, y0, y1) = (&x[i], &x[i + 1], &y[i], &y[i + 1]);
+            let s = f16x4_to_f32(x0.d, y0.d, x1.d, y1.d);
+            // Lanes 0 and 2: dx0·dy0 and dx1·dy1 (exact: products of two f16 values).
+            let d = vmulq_f32(s, vrev64q_f32(s));
+            let p0 = $block::<$k>(x0, y0);
+            let p1 = $block::<$k>(x1, y1);
+            sumv0 = vfmaq_laneq_f32::<0>(sumv0, vcvtq_f32_s32(p0), d);
+            sumv1 = vfmaq_laneq_f32::<2>(sumv1, vcvtq_f32_s32(p1), d);
+            i += 2;
+        }
+        if i < n {
+            let s = f16x4_to_f32(x[i].d, y[i].d, 0, 0);
+            let d = vmulq_f32(s, vrev64q_f32(s));
+            sumv0 = vfmaq_laneq_f32::<0>(sumv0, vcvtq_f32_s32($block::<$k>(&x[i], &y[i])), d);
+        }
+        vaddvq_f32(sumv0) + vaddvq_f32(sumv1)
+    }};
+}
+
+/// `Σ x·y` over `min(x.len(), y.len())` blocks; see the module's safety contract.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot_q4_0_q8_0<const K: u8>(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    // SAFETY: register-only NEON and helpers of this module; indices are below `n`, the
+    // shorter length; the module contract (dotprod present for K = DOTPROD) is ours.
+    unsafe { dot_blocks!(x, y, block_q4_0_q8_0::<K>) }
+}
+
+/// `Σ x·y` over `min(x.len(), y.len())` blocks; see the module's safety contract.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot_q8_0_q8_0<const K: u8>(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe { dot_blocks!(x, y, block_q8_0_q8_0::<K>) }
+}
+
+/// `Σ x·y` over `min(x.len(), y.len())` blocks; see the module's safety contract.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot_q4_1_q8_1<const K: u8>(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let n = x.len().min(y.len());
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe {
+        let mut sumv0 = vdupq_n_f32(0.0);
+        let mut sumv1 = vdupq_n_f32(0.0);
+        // Lanes 1 and 3 accumulate mx·sy (ggml's `summs`).
+        let mut summs = vdupq_n_f32(0.0);
+        let mut i = 0;
+        while i < n {
+            let (x0, y0) = (&x[i], &y[i]);
+            // [dx, mx, dy, sy] · [dy, sy, dx, mx] -> lane 0: dx·dy, lane 1: mx·sy.
+            let s = f16x4_to_f32(x0.d, x0.m, y0.d, y0.s);
+            let p = vmulq_f32(s, vextq_f32::<2>(s, s));
+            let q0 = vcvtq_f32_s32(block_q4_1_q8_1::<K>(x0, y0));
+            if i + 1 < n {
+                let (x1, y1) = (&x[i + 1], &y[i + 1]);
+                let s1 = f16x4_to_f32(x1.d, x1.m, y1.d, y1.s);
+                let p1 = vmulq_f32(s1, vextq_f32::<2>(s1, s1));
+                let q1 = vcvtq_f32_s32(block_q4_1_q8_1::<K>(x1, y1));
+                summs = vaddq_f32(summs, vaddq_f32(p, p1));
+                sumv0 = vfmaq_laneq_f32::<0>(sumv0, q0, p);
+                sumv1 = vfmaq_laneq_f32::<0>(sumv1, q1, p1);
+                i += 2;
+            } else {
+                summs = vaddq_f32(summs, p);
+                sumv0 = vfmaq_laneq_f32::<0>(sumv0, q0, p);
+                i += 1;
+            }
+        }
+        vaddvq_f32(sumv0) + vaddvq_f32(sumv1) + vgetq_lane_f32::<1>(summs)
+    }
+}
+
+/// `Σ a·b` over `min(a.len(), b.len())` values: four 4-lane FMA accumulators.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: every load reads 4 floats at offsets `i..i + 4` with `i + 4 <= n`, inside both
+    // slices; the tail is read through safe indexing.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            for (k, acc) in acc.iter_mut().enumerate() {
+                let j = i + 4 * k;
+                *acc = vfmaq_f32(*acc, vld1q_f32(pa.add(j)), vld1q_f32(pb.add(j)));
+            }
+            i += 16;
+        }
+        while i + 4 <= n {
+            acc[0] = vfmaq_f32(acc[0], vld1q_f32(pa.add(i)), vld1q_f32(pb.add(i)));
+            i += 4;
+        }
+        let mut s = vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ));
+        for j in i..n {
+            s += a[j] * b[j];
+        }
+        s
+    }
+}
+
+/// One block quantized to 32 i32 lanes (`roundf(x / d)`), and `d`, exactly as the scalar
+/// reference computes them.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn quantize_block(xb: &[f32]) -> ([int32x4_t; 8], f32) {
+    debug_assert_eq!(xb.len(), QK);
+    let p = xb.as_ptr();
+    // SAFETY: `xb` holds 32 floats (chunks_exact in the callers); loads read p[0..32].
+    unsafe {
+        let mut v = [vdupq_n_f32(0.0); 8];
+        for (j, v) in v.iter_mut().enumerate() {
+            *v = vld1q_f32(p.add(4 * j));
+        }
+        let mut m = vabsq_f32(v[0]);
+        for &vj in &v[1..] {
+            m = vmaxq_f32(m, vabsq_f32(vj));
+        }
+        let amax = vmaxvq_f32(m);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let mut q = [vdupq_n_s32(0); 8];
+        for (q, &vj) in q.iter_mut().zip(&v) {
+            // Round to nearest, ties away from zero: C's roundf.
+            *q = vcvtaq_s32_f32(vmulq_n_f32(vj, id));
+        }
+        (q, d)
+    }
+}
+
+/// Narrows 32 i32 lanes (each in `-127..=127`) to bytes, in order, and stores them.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn store_i8x32(q: &[int32x4_t; 8], out: &mut [i8; QK]) {
+    // SAFETY: register-only narrowing; the stores write exactly the 32 bytes of `out`.
+    unsafe {
+        let h = [
+            vcombine_s16(vmovn_s32(q[0]), vmovn_s32(q[1])),
+            vcombine_s16(vmovn_s32(q[2]), vmovn_s32(q[3])),
+            vcombine_s16(vmovn_s32(q[4]), vmovn_s32(q[5])),
+            vcombine_s16(vmovn_s32(q[6]), vmovn_s32(q[7])),
+        ];
+        vst1q_s8(
+            out.as_mut_ptr(),
+            vcombine_s8(vmovn_s16(h[0]), vmovn_s16(h[1])),
+        );
+        vst1q_s8(
+            out.as_mut_ptr().add(16),
+            vcombine_s8(vmovn_s16(h[2]), vmovn_s16(h[3])),
+        );
+    }
+}
+
+/// Quantizes `min(x.len() / 32, y.len())` blocks; bit-identical to the scalar reference.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        // SAFETY: helpers of this module; `xb` is 32 floats, `yb.qs` 32 bytes.
+        unsafe {
+            let (q, d) = quantize_block(xb);
+            yb.d = f32_to_f16(d);
+            store_i8x32(&q, &mut yb.qs);
+        }
+    }
+}
+
+/// Quantizes `min(x.len() / 32, y.len())` blocks; bit-identical to the scalar reference.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        // SAFETY: helpers of this module; `xb` is 32 floats, `yb.qs` 32 bytes.
+        unsafe {
+            let (q, d) = quantize_block(xb);
+            yb.d = f32_to_f16(d);
+            let s = vaddq_s32(
+                vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])),
+                vaddq_s32(vaddq_s32(q[4], q[5]), vaddq_s32(q[6], q[7])),
+            );
+            yb.s = f32_to_f16(vaddvq_s32(s) as f32 * d);
+            store_i8x32(&q, &mut yb.qs);
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Scalar reference kernels, kept forever (like candle's `vec_dot_unopt`).
+//!
+//! Each function follows ggml's generic C (`quantize_row_*_ref`, `dequantize_row_*`,
+//! `ggml_vec_dot_*_generic`) operation for operation, so results match ggml's reference
+//! path bit for bit. The SIMD kernels are tested against these.
+//!
+//! Every function takes whole blocks: a row of `n` values is `n / 32` blocks.
+//!
+//! # Panics
+//! Every function panics if its slices disagree in length (`x.len() != 32 * y.len()` for
+//! quantize/dequantize, `x.len() != y.len()` for block dot products, `a.len() != b.len()`
+//! for [`vec_dot_f32`]).
+
+use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use half::f16;
+
+#[inline]
+pub(crate) fn f16_to_f32(bits: u16) -> f32 {
+    f16::from_bits(bits).to_f32()
+}
+
+#[inline]
+pub(crate) fn f32_to_f16(x: f32) -> u16 {
+    f16::from_f32(x).to_bits()
+}
+
+/// Shared scale logic of ggml's `quantize_row_q8_{0,1}_ref`: `d = amax / 127`, `id = 1 / d`.
+#[inline]
+fn q8_scale(xb: &[f32]) -> (f32, f32) {
+    let amax = xb.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    (d, id)
+}
+
+/// Quantizes `x` (`32 * y.len()` values) to `Q8_0`, as ggml's `quantize_row_q8_0_ref`:
+/// `d = amax / 127`, `q = roundf(x / d)` (ties away from zero).
+///
+/// Non-finite inputs (NaN, ±inf) give unspecified (but valid) blocks, which may differ
+/// between kernel sets.
+pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
+    assert_eq!(x.len(), y.len() * QK, "quantize_row_q8_0: length mismatch");
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let (d, id) = q8_scale(xb);
+        yb.d = f32_to_f16(d);
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+        }
+    }
+}
+
+/// Quantizes `x` (`32 * y.len()` values) to `Q8_1`, as ggml's `quantize_row_q8_1_ref`:
+/// like [`quantize_row_q8_0`], plus `s = d * sum(q)` rounded to f16.
+pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
+    assert_eq!(x.len(), y.len() * QK, "quantize_row_q8_1: length mismatch");
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let (d, id) = q8_scale(xb);
+        yb.d = f32_to_f16(d);
+        let mut sum = 0i32;
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = (v * id).round() as i8;
+            sum += i32::from(*q);
+        }
+        yb.s = f32_to_f16(sum as f32 * d);
+    }
+}
+
+/// Quantizes `x` to `Q4_0`, as ggml's `quantize_row_q4_0_ref`: `d = max / -8` where `max` is
+/// the value of largest magnitude, `q = min(15, trunc(x / d + 8.5))`.
+///
+/// Not a hot path (weights come quantized in the GGUF); here to build test weights and
+/// fixtures the way ggml does.
+pub fn quantize_row_q4_0(x: &[f32], y: &mut [BlockQ4_0]) {
+    assert_eq!(x.len(), y.len() * QK, "quantize_row_q4_0: length mismatch");
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let (mut amax, mut max) = (0.0f32, 0.0f32);
+        for &v in xb {
+            if amax < v.abs() {
+                amax = v.abs();
+                max = v;
+            }
+        }
+        let d = max / -8.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        yb.d = f32_to_f16(d);
+        for j in 0..QK / 2 {
+            let lo = ((xb[j] * id + 8.5) as i8).min(15) as u8;
+            let hi = ((xb[j + QK / 2] * id + 8.5) as i8).min(15) as u8;
+            yb.qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+/// Quantizes `x` to `Q4_1`, as ggml's `quantize_row_q4_1_ref`: `m = min`,
+/// `d = (max - min) / 15`, `q = min(15, trunc((x - m) / d + 0.5))`.
+///
+/// Not a hot path; see [`quantize_row_q4_0`].
+pub fn quantize_row_q4_1(x: &[f32], y: &mut [BlockQ4_1]) {
+    assert_eq!(x.len(), y.len() * QK, "quantize_row_q4_1: length mismatch");
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let (mut min, mut max) = (f32::MAX, -f32::MAX);
+        for &v in xb {
+            if v < min {
+                min = v;
+            }
+            if v > max {
+                max = v;
+            }
+        }
+        let d = (max - min) / 15.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        yb.d = f32_to_f16(d);
+        yb.m = f32_to_f16(min);
+        for j in 0..QK / 2 {
+            let lo = (((xb[j] - min) * id + 0.5) as i8).min(15) as u8;
+            let hi = (((xb[j + QK / 2] - min) * id + 0.5) as i8).min(15) as u8;
+            yb.qs[j] = lo | (hi << 4);
+        }
+    }
+}
+
+/// Dequantizes `Q4_0` blocks into `32 * x.len()` values: `(q - 8) * d`.
+pub fn dequantize_row_q4_0(x: &[BlockQ4_0], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        x.len() * QK,
+        "dequantize_row_q4_0: length mismatch"
+    );
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_to_f32(xb.d);
+        for (j, &q) in xb.qs.iter().enumerate() {
+            yb[j] = (i32::from(q & 0x0F) - 8) as f32 * d;
+            yb[j + QK / 2] = (i32::from(q >> 4) - 8) as f32 * d;
+        }
+    }
+}
+
+/// Dequantizes `Q4_1` blocks into `32 * x.len()` values: `q * d + m`.
+pub fn dequantize_row_q4_1(x: &[BlockQ4_1], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        x.len() * QK,
+        "dequantize_row_q4_1: length mismatch"
+    );
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_to_f32(xb.d);
+        let m = f16_to_f32(xb.m);
+        for (j, &q) in xb.qs.iter().enumerate() {
+            yb[j] = f32::from(q & 0x0F) * d + m;
+            yb[j + QK / 2] = f32::from(q >> 4) * d + m;
+        }
+    }
+}
+
+/// Dequantizes `Q8_0` blocks into `32 * x.len()` values: `q * d`.
+pub fn dequantize_row_q8_0(x: &[BlockQ8_0], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        x.len() * QK,
+        "dequantize_row_q8_0: length mismatch"
+    );
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_to_f32(xb.d);
+        for (v, &q) in yb.iter_mut().zip(&xb.qs) {
+            *v = f32::from(q) * d;
+        }
+    }
+}
+
+/// Dequantizes `Q8_1` blocks into `32 * x.len()` values: `q * d` (`s` is redundant).
+pub fn dequantize_row_q8_1(x: &[BlockQ8_1], y: &mut [f32]) {
+    assert_eq!(
+        y.len(),
+        x.len() * QK,
+        "dequantize_row_q8_1: length mismatch"
+    );
+    for (xb, yb) in x.iter().zip(y.chunks_exact_mut(QK)) {
+        let d = f16_to_f32(xb.d);
+        for (v, &q) in yb.iter_mut().zip(&xb.qs) {
+            *v = f32::from(q) * d;
+        }
+    }
+}
+
+/// `Σ x·y` over `x.len() == y.len()` blocks, as ggml's `ggml_vec_dot_q4_0_q8_0_generic`:
+/// an exact integer dot per block, scaled by `dx·dy`, summed in f32 in block order.
+pub fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot_q4_0_q8_0: length mismatch");
+    let mut sumf = 0.0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let (mut sumi0, mut sumi1) = (0i32, 0i32);
+        for j in 0..QK / 2 {
+            let v0 = i32::from(xb.qs[j] & 0x0F) - 8;
+            let v1 = i32::from(xb.qs[j] >> 4) - 8;
+            sumi0 += v0 * i32::from(yb.qs[j]);
+            sumi1 += v1 * i32::from(yb.qs[j + QK / 2]);
+        }
+        let sumi = sumi0 + sumi1;
+        sumf += sumi as f32 * f16_to_f32(xb.d) * f16_to_f32(yb.d);
+    }
+    sumf
+}
+
+/// `Σ x·y` over `x.len() == y.len()` blocks, as ggml's `ggml_vec_dot_q4_1_q8_1_generic`:
+/// per block `dx·dy·Σ qx·qy + mx·sy` (the offset enters through `Q8_1`'s `s`).
+pub fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot_q4_1_q8_1: length mismatch");
+    let mut sumf = 0.0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let (mut sumi0, mut sumi1) = (0i32, 0i32);
+        for j in 0..QK / 2 {
+            let v0 = i32::from(xb.qs[j] & 0x0F);
+            let v1 = i32::from(xb.qs[j] >> 4);
+            sumi0 += v0 * i32::from(yb.qs[j]);
+            sumi1 += v1 * i32::from(yb.qs[j + QK / 2]);
+        }
+        let sumi = sumi0 + sumi1;
+        sumf += (f16_to_f32(xb.d) * f16_to_f32(yb.d)) * sumi as f32
+            + f16_to_f32(xb.m) * f16_to_f32(yb.s);
+    }
+    sumf
+}
+
+/// `Σ x·y` over `x.len() == y.len()` blocks, as ggml's `ggml_vec_dot_q8_0_q8_0_generic`.
+pub fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
+    assert_eq!(x.len(), y.len(), "vec_dot_q8_0_q8_0: length mismatch");
+    let mut sumf = 0.0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let sumi: i32 = xb
+            .qs
+            .iter()
+            .zip(&yb.qs)
+            .map(|(&a, &b)| i32::from(a) * i32::from(b))
+            .sum();
+        sumf += sumi as f32 * (f16_to_f32(xb.d) * f16_to_f32(yb.d));
+    }
+    sumf
+}
+
+/// `Σ a·b` for `a.len() == b.len()`, as ggml's generic `ggml_vec_dot_f32`: products in f32,
+/// accumulated in f64, rounded once to f32 at the end.
+pub fn vec_dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "vec_dot_f32: length mismatch");
+    let mut sum = 0.0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        sum += f64::from(x * y);
+    }
+    sum as f32
+}
