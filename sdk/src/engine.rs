@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::forward::Transformer;
+use crate::decode::team::Team;
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
 use crate::model::weights::ModelWeights;
@@ -38,8 +39,11 @@ pub(crate) struct Inner {
     pub(crate) model: Transformer,
     pub(crate) tokenizer: Tokenizer,
     pub(crate) template: ChatTemplate,
-    pub(crate) pool: rayon::ThreadPool,
+    /// The worker team; a session that finds it busy (another session is running a
+    /// forward) runs on its own thread alone rather than waiting.
+    pub(crate) team: std::sync::Mutex<Team>,
     pub(crate) config: EngineConfig,
+    threads: usize,
     load_time: Duration,
 }
 
@@ -84,14 +88,10 @@ impl Engine {
         } else {
             config.threads
         };
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("tailor-worker-{i}"))
-            .build()
-            .map_err(|e| Error::invalid(format!("cannot start {threads} worker threads: {e}")))?;
+        let team = Team::new(threads).map_err(|e| Error::invalid(format!("cannot start {threads} worker threads: {e}")))?;
         let model = Transformer::new(cfg, weights);
         Ok(Self {
-            inner: Arc::new(Inner { model, tokenizer, template, pool, config, load_time: start.elapsed() }),
+            inner: Arc::new(Inner { model, tokenizer, template, team: std::sync::Mutex::new(team), config, threads, load_time: start.elapsed() }),
         })
     }
 
@@ -107,7 +107,7 @@ impl Engine {
 
     /// Worker threads used for the matrix products.
     pub fn threads(&self) -> usize {
-        self.inner.pool.current_num_threads()
+        self.inner.threads
     }
 
     /// How long [`Engine::load`] took.

@@ -18,6 +18,7 @@ use crate::decode::forward::{Logits, Scratch};
 use crate::decode::hooks::Hooks;
 use crate::decode::kv_cache::KvCache;
 use crate::decode::sampler::{log_softmax, Sampler, SamplingParams};
+use crate::decode::team::Par;
 use crate::engine::Engine;
 use crate::text::chat_template::ChatMessage;
 use crate::{Error, Result};
@@ -336,8 +337,15 @@ impl Session {
                 Logits::Last if last => Logits::Last,
                 _ => Logits::None,
             };
-            let (cache, hooks, scratch) = (&mut self.cache, &self.hooks, &mut self.scratch);
-            inner.pool.install(|| inner.model.forward(piece, cache, hooks, scratch, w))?;
+            let team = inner.team.try_lock();
+            let par = match &team {
+                Ok(t) => Par::Team(t),
+                // Another session holds the team: run alone instead of waiting (with several
+                // sessions busy, the cores are busy anyway).
+                Err(_) => Par::Serial,
+            };
+            inner.model.forward(piece, &mut self.cache, &self.hooks, &mut self.scratch, w, par)?;
+            drop(team);
             self.cached.extend_from_slice(piece);
             if want == Logits::All {
                 all.extend_from_slice(&self.scratch.logits);

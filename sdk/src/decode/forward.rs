@@ -6,10 +6,10 @@
 use std::cell::RefCell;
 
 use candle_core::quantized::GgmlDType;
-use rayon::prelude::*;
 
 use super::hooks::{Hooks, Proj};
 use super::kv_cache::KvCache;
+use super::team::{share, Par};
 use crate::kernels::Kernels;
 use crate::model::config::{ModelConfig, RopeStyle};
 use crate::model::qmatrix::{matmul, MatJob, Prepared, QMatrix};
@@ -84,13 +84,14 @@ impl Transformer {
 
     /// Runs `tokens` at positions `cache.len()..`, appending their keys and values to `cache`,
     /// and leaves the requested logits in `scratch.logits`.
-    pub fn forward(
+    pub(crate) fn forward(
         &self,
         tokens: &[u32],
         cache: &mut KvCache,
         hooks: &Hooks,
         scratch: &mut Scratch,
         want: Logits,
+        par: Par<'_>,
     ) -> Result<()> {
         let cfg = &self.cfg;
         let n = tokens.len();
@@ -123,7 +124,7 @@ impl Transformer {
                 let kk = sized(&mut scratch.k, n * kvd);
                 let v = sized(&mut scratch.v, n * kvd);
                 let p = Prepared::new(xn, n, d, &dtypes(&[&lw.wq, &lw.wk, &lw.wv]));
-                matmul(&p, &mut [MatJob { w: &lw.wq, out: q }, MatJob { w: &lw.wk, out: kk }, MatJob { w: &lw.wv, out: v }]);
+                matmul(par, &p, &mut [MatJob { w: &lw.wq, out: q }, MatJob { w: &lw.wk, out: kk }, MatJob { w: &lw.wv, out: v }]);
                 add_bias(q, lw.bq.as_deref());
                 add_bias(kk, lw.bk.as_deref());
                 add_bias(v, lw.bv.as_deref());
@@ -139,12 +140,12 @@ impl Transformer {
                     cache.write(l, h, p0 + t, &scratch.k[o..o + hd], &scratch.v[o..o + hd]);
                 }
             }
-            self.attention(l, p0, n, &scratch.q[..n * qd], cache, sized(&mut scratch.att, n * qd), k);
+            self.attention(l, p0, n, &scratch.q[..n * qd], cache, sized(&mut scratch.att, n * qd), k, par);
             {
                 let att = &scratch.att[..n * qd];
                 let o = sized(&mut scratch.o, n * d);
                 let p = Prepared::new(att, n, qd, &[lw.wo.dtype()]);
-                matmul(&p, &mut [MatJob { w: &lw.wo, out: o }]);
+                matmul(par, &p, &mut [MatJob { w: &lw.wo, out: o }]);
                 apply_delta(hooks, l, Proj::O, att, n, o);
             }
             for (xi, oi) in scratch.x[..n * d].iter_mut().zip(&scratch.o[..n * d]) {
@@ -158,7 +159,7 @@ impl Transformer {
                 let g = sized(&mut scratch.gate, n * ff);
                 let u = sized(&mut scratch.up, n * ff);
                 let p = Prepared::new(xn, n, d, &dtypes(&[&lw.w_gate, &lw.w_up]));
-                matmul(&p, &mut [MatJob { w: &lw.w_gate, out: g }, MatJob { w: &lw.w_up, out: u }]);
+                matmul(par, &p, &mut [MatJob { w: &lw.w_gate, out: g }, MatJob { w: &lw.w_up, out: u }]);
                 apply_delta(hooks, l, Proj::Gate, xn, n, g);
                 apply_delta(hooks, l, Proj::Up, xn, n, u);
                 for (gi, ui) in g.iter_mut().zip(u.iter()) {
@@ -169,7 +170,7 @@ impl Transformer {
                 let h = &scratch.gate[..n * ff];
                 let o = sized(&mut scratch.o, n * d);
                 let p = Prepared::new(h, n, ff, &[lw.w_down.dtype()]);
-                matmul(&p, &mut [MatJob { w: &lw.w_down, out: o }]);
+                matmul(par, &p, &mut [MatJob { w: &lw.w_down, out: o }]);
                 apply_delta(hooks, l, Proj::Down, h, n, o);
             }
             for (xi, oi) in scratch.x[..n * d].iter_mut().zip(&scratch.o[..n * d]) {
@@ -192,7 +193,7 @@ impl Transformer {
         rms_norm(xs, &self.w.output_norm, cfg.rms_eps, sized(&mut scratch.xn, rows * d), d);
         let logits = sized(&mut scratch.logits, rows * cfg.vocab_size);
         let p = Prepared::new(&scratch.xn[..rows * d], rows, d, &[self.w.output.dtype()]);
-        matmul(&p, &mut [MatJob { w: &self.w.output, out: logits }]);
+        matmul(par, &p, &mut [MatJob { w: &self.w.output, out: logits }]);
         scratch.logits.truncate(rows * cfg.vocab_size);
         Ok(())
     }
@@ -243,7 +244,7 @@ impl Transformer {
 
     /// Causal grouped-query attention of the batch's queries over the cache.
     #[allow(clippy::too_many_arguments)]
-    fn attention(&self, l: usize, p0: usize, n: usize, q: &[f32], cache: &KvCache, out: &mut [f32], k: &Kernels) {
+    fn attention(&self, l: usize, p0: usize, n: usize, q: &[f32], cache: &KvCache, out: &mut [f32], k: &Kernels, par: Par<'_>) {
         let cfg = &self.cfg;
         let (hd, nh) = (cfg.head_dim, cfg.n_heads);
         let group = cfg.n_heads / cfg.n_kv_heads;
@@ -276,13 +277,39 @@ impl Transformer {
                 }
             });
         };
-        // Parallel only when there is enough work to pay for the scheduling.
-        let work = n * nh * (p0 + n);
-        if rayon::current_num_threads() > 1 && work >= 4096 {
-            out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| one(i, o));
+        // Parallel only when there is enough work to pay for the hand-off.
+        let items = n * nh;
+        let members = if n * nh * (p0 + n) >= 512 { par.size() } else { 1 };
+        let optr = OutPtr(out.as_mut_ptr());
+        let body = |tid: usize| {
+            let (s, e) = share(items, tid, members, 1);
+            for i in s..e {
+                // SAFETY: item i owns out[i*hd..(i+1)*hd]; members take disjoint items and
+                // `out` outlives the run.
+                let o = unsafe { std::slice::from_raw_parts_mut(optr.ptr().add(i * hd), hd) };
+                one(i, o);
+            }
+        };
+        if members > 1 {
+            par.run(&|tid| body(tid));
         } else {
-            out.chunks_mut(hd).enumerate().for_each(|(i, o)| one(i, o));
+            body(0);
         }
+    }
+}
+
+/// The attention output shared by the members of a team; each writes disjoint heads.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: members write disjoint ranges (see `attention`).
+unsafe impl Send for OutPtr {}
+// SAFETY: as above.
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    fn ptr(self) -> *mut f32 {
+        self.0
     }
 }
 

@@ -4,3 +4,4 @@ pub mod forward;
 pub mod hooks;
 pub mod kv_cache;
 pub mod sampler;
+pub(crate) mod team;

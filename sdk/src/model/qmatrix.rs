@@ -11,8 +11,10 @@ use candle_core::quantized::k_quants::{self, GgmlType};
 use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 use memmap2::Mmap;
-use rayon::prelude::*;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::decode::team::Par;
 use crate::kernels::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels};
 use crate::{Error, Result};
 
@@ -306,40 +308,43 @@ unsafe impl Send for OutPtr {}
 // SAFETY: as above.
 unsafe impl Sync for OutPtr {}
 
-/// Computes every job (in parallel, on the current rayon pool), splitting rows into chunks.
-pub(crate) fn matmul(input: &Prepared<'_>, jobs: &mut [MatJob<'_>]) {
-    let threads = rayon::current_num_threads().max(1);
-    let mut tasks: Vec<(usize, usize, usize)> = Vec::new();
-    let mut outs = Vec::with_capacity(jobs.len());
+/// Computes every job, the rows of all jobs split evenly over the members of `par`.
+pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]) {
+    const MAX_JOBS: usize = 4;
+    assert!(jobs.len() <= MAX_JOBS, "matmul: at most {MAX_JOBS} jobs per call");
+    let mut ws: [Option<&QMatrix>; MAX_JOBS] = [None; MAX_JOBS];
+    let mut outs = [OutPtr(std::ptr::null_mut()); MAX_JOBS];
+    let mut total = 0;
     for (j, job) in jobs.iter_mut().enumerate() {
         assert_eq!(job.w.cols, input.cols, "matmul: input width");
         assert_eq!(job.out.len(), input.n * job.w.rows, "matmul: output size");
-        let rows = job.w.rows;
-        // Enough chunks to balance the threads, large enough to amortise the scheduling.
-        let chunk = (rows / (threads * 4)).clamp(16, 1024).next_multiple_of(4);
-        let mut r = 0;
-        while r < rows {
-            let e = (r + chunk).min(rows);
-            tasks.push((j, r, e));
-            r = e;
+        ws[j] = Some(job.w);
+        outs[j] = OutPtr(job.out.as_mut_ptr());
+        total += job.w.rows;
+    }
+    let n = par.size();
+    // Members take chunks of rows from a shared counter, so a member slowed down (by the
+    // serial work it did before, or by the OS) does not hold the others up.
+    let chunk = if n == 1 { total } else { (total / (n * 8)).clamp(16, 256).next_multiple_of(4) };
+    let next = AtomicUsize::new(0);
+    par.run(&|_tid| loop {
+        let s = next.fetch_add(chunk, Ordering::Relaxed);
+        if s >= total {
+            break;
         }
-        outs.push(OutPtr(job.out.as_mut_ptr()));
-    }
-    let run = |&(j, r0, r1): &(usize, usize, usize)| {
-        let w = jobs_w(jobs, j);
-        // SAFETY: task (j, r0..r1) writes only elements [t * rows + r] for r in r0..r1 of job
-        // j's output, which no other task touches, and the outputs outlive this call.
-        unsafe { rows_into(w, input, r0, r1, outs[j]) }
-    };
-    if threads == 1 || tasks.len() == 1 {
-        tasks.iter().for_each(run);
-    } else {
-        tasks.par_iter().for_each(run);
-    }
-}
-
-fn jobs_w<'a>(jobs: &'a [MatJob<'_>], j: usize) -> &'a QMatrix {
-    jobs[j].w
+        let e = (s + chunk).min(total);
+        let mut base = 0;
+        for (w, out) in ws.iter().zip(outs).take_while(|(w, _)| w.is_some()) {
+            let w = w.expect("taken while some");
+            let (r0, r1) = (s.max(base) - base, e.min(base + w.rows).saturating_sub(base));
+            if r0 < r1 {
+                // SAFETY: rows s..e of the concatenated jobs belong to this chunk alone (the
+                // counter hands each out once) and the outputs outlive `run`.
+                unsafe { rows_into(w, input, r0, r1, out) }
+            }
+            base += w.rows;
+        }
+    });
 }
 
 /// Computes rows `r0..r1` of `w` against every token of `input`, writing `out[t*rows + r]`.
@@ -460,7 +465,7 @@ mod tests {
             let want = dense_matmul(&wd, &x, rows, cols, n);
             let mut got = vec![0f32; n * rows];
             let p = Prepared::new(&x, n, cols, &[dt]);
-            matmul(&p, &mut [MatJob { w: &q, out: &mut got }]);
+            matmul(Par::Serial, &p, &mut [MatJob { w: &q, out: &mut got }]);
             let tol = if dt == GgmlDType::BF16 { 2e-2 } else { 1e-2 };
             for t in 0..n {
                 for r in 0..rows {
