@@ -1,6 +1,7 @@
 //! Kernel benchmark: nanoseconds per row dot product (and per row quantized) for the scalar
 //! reference and every kernel set this CPU can run, at SmolLM2-135M's widths (576 = d_model,
-//! 1536 = FFN), with the speedup of the detected set over scalar.
+//! 1536 = FFN), with the speedup of the detected set over scalar; then, for prefill, one
+//! weight row against four tokens: one `dot4_*` call against four single-token calls.
 //!
 //! `cargo bench -p tailor --bench kernels`
 //!
@@ -60,6 +61,9 @@ struct Data {
     x_f32: Vec<f32>,
     x_q8_0: Vec<BlockQ8_0>,
     x_q8_1: Vec<BlockQ8_1>,
+    /// Four tokens' activations, for the four-token kernels.
+    t_q8_0: [Vec<BlockQ8_0>; 4],
+    t_q8_1: [Vec<BlockQ8_1>; 4],
 }
 
 impl Data {
@@ -75,7 +79,14 @@ impl Data {
             x_f32: x.clone(),
             x_q8_0: vec![BlockQ8_0::default(); nb],
             x_q8_1: vec![BlockQ8_1::default(); nb],
+            t_q8_0: std::array::from_fn(|_| vec![BlockQ8_0::default(); nb]),
+            t_q8_1: std::array::from_fn(|_| vec![BlockQ8_1::default(); nb]),
         };
+        for (t, (y0, y1)) in d.t_q8_0.iter_mut().zip(&mut d.t_q8_1).enumerate() {
+            let x = random_floats(3 + t as u64, width);
+            scalar::quantize_row_q8_0(&x, y0);
+            scalar::quantize_row_q8_1(&x, y1);
+        }
         scalar::quantize_row_q4_0(&w, &mut d.w_q4_0);
         scalar::quantize_row_q4_1(&w, &mut d.w_q4_1);
         scalar::quantize_row_q8_0(&w, &mut d.w_q8_0);
@@ -151,6 +162,63 @@ fn measure(k: &Kernels, op: &str, width: usize, d: &Data) -> f64 {
     }
 }
 
+const OPS4: [&str; 3] = ["q4_0·q8_0", "q4_1·q8_1", "q8_0·q8_0"];
+
+/// ns per row × 4 tokens of operation `op` with kernels `k` at `width`: `(four single-token
+/// calls, one four-token call)`.
+fn measure4(k: &Kernels, op: &str, width: usize, d: &Data) -> (f64, f64) {
+    let nb = width / QK;
+    let x = black_box(d);
+    let t0 = [&x.t_q8_0[0][..], &x.t_q8_0[1], &x.t_q8_0[2], &x.t_q8_0[3]];
+    let t1 = [&x.t_q8_1[0][..], &x.t_q8_1[1], &x.t_q8_1[2], &x.t_q8_1[3]];
+    let sum4 = |r: [f32; 4]| r[0] + r[1] + r[2] + r[3];
+    match op {
+        "q4_0·q8_0" => (
+            time_per_row(|| {
+                x.w_q4_0
+                    .chunks_exact(nb)
+                    .map(|w| sum4(t0.map(|y| (k.dot_q4_0_q8_0)(w, y))))
+                    .sum()
+            }),
+            time_per_row(|| {
+                x.w_q4_0
+                    .chunks_exact(nb)
+                    .map(|w| sum4((k.dot4_q4_0_q8_0)(w, t0)))
+                    .sum()
+            }),
+        ),
+        "q4_1·q8_1" => (
+            time_per_row(|| {
+                x.w_q4_1
+                    .chunks_exact(nb)
+                    .map(|w| sum4(t1.map(|y| (k.dot_q4_1_q8_1)(w, y))))
+                    .sum()
+            }),
+            time_per_row(|| {
+                x.w_q4_1
+                    .chunks_exact(nb)
+                    .map(|w| sum4((k.dot4_q4_1_q8_1)(w, t1)))
+                    .sum()
+            }),
+        ),
+        "q8_0·q8_0" => (
+            time_per_row(|| {
+                x.w_q8_0
+                    .chunks_exact(nb)
+                    .map(|w| sum4(t0.map(|y| (k.dot_q8_0_q8_0)(w, y))))
+                    .sum()
+            }),
+            time_per_row(|| {
+                x.w_q8_0
+                    .chunks_exact(nb)
+                    .map(|w| sum4((k.dot4_q8_0_q8_0)(w, t0)))
+                    .sum()
+            }),
+        ),
+        _ => unreachable!("unknown op {op}"),
+    }
+}
+
 fn main() {
     let detected = Kernels::detect();
     let all = Kernels::available();
@@ -184,6 +252,27 @@ fn main() {
                 line += &format!(" {t:>12.1}");
             }
             line += &format!(" {:>8.1}x", t_scalar / t_detected);
+            println!("{line}");
+        }
+    }
+
+    println!(
+        "\nfour tokens per weight row (prefill): ns per row × 4 tokens; 4×1 = four single-token \
+         calls, x4 = one dot4 call, gain = 4×1 / x4\n"
+    );
+    let mut header = format!("{:<14} {:>5}", "op", "width");
+    for k in all.iter().rev() {
+        header += &format!(" | {:>12} {:>7} {:>7} {:>5}", k.name(), "4×1", "x4", "gain");
+    }
+    println!("{header}");
+    for width in WIDTHS {
+        let data = Data::new(width);
+        for op in OPS4 {
+            let mut line = format!("{op:<14} {width:>5}");
+            for k in all.iter().rev() {
+                let (t1, t4) = measure4(k, op, width, &data);
+                line += &format!(" | {:>12} {t1:>7.1} {t4:>7.1} {:>4.2}x", "", t1 / t4);
+            }
             println!("{line}");
         }
     }

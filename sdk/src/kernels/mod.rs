@@ -15,6 +15,10 @@
 //! | `neon` | any AArch64 | `smull` + `sadalp` |
 //! | `scalar` | anything | [`scalar`], the reference |
 //!
+//! For prefill, the `dot4_*` kernels multiply one weight row by four tokens' activations in
+//! one call, unpacking each weight block once; each token's result is bit-identical to the
+//! single-token kernel of the same set.
+//!
 //! The scalar module follows ggml's generic C and is kept as the reference every fast kernel
 //! is tested against. The fast quantizers are bit-identical to it (for finite inputs); the
 //! fast dot products differ only by f32 summation order, for 8-bit values in `-127..=127`
@@ -60,8 +64,8 @@ pub use blocks::{
 ///
 /// # Panics
 /// Every kernel panics on slices of mismatched lengths: quantizers need
-/// `x.len() == 32 * y.len()`, block dot products `x.len() == y.len()` (blocks), `dot_f32`
-/// `a.len() == b.len()`.
+/// `x.len() == 32 * y.len()`, block dot products `x.len() == y.len()` (blocks; for the
+/// `dot4_*` ones, for each of the four `y` rows), `dot_f32` `a.len() == b.len()`.
 #[derive(Clone, Copy)]
 #[non_exhaustive]
 pub struct Kernels {
@@ -80,6 +84,16 @@ pub struct Kernels {
     pub dot_q8_0_q8_0: fn(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32,
     /// Dot product of two f32 slices of equal length.
     pub dot_f32: fn(a: &[f32], b: &[f32]) -> f32,
+    /// Dot products of one `Q4_0` row with four `Q8_0` rows (four tokens) of as many blocks:
+    /// `dot4_q4_0_q8_0(x, [y0, y1, y2, y3])[t] == dot_q4_0_q8_0(x, yt)`, bit for bit (the
+    /// weight block is unpacked once for the four tokens; the sums run in the same order).
+    pub dot4_q4_0_q8_0: fn(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4],
+    /// Dot products of one `Q4_1` row with four `Q8_1` rows (four tokens) of as many blocks,
+    /// bit for bit [`dot_q4_1_q8_1`](Self::dot_q4_1_q8_1) of each.
+    pub dot4_q4_1_q8_1: fn(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4],
+    /// Dot products of one `Q8_0` row with four `Q8_0` rows (four tokens) of as many blocks,
+    /// bit for bit [`dot_q8_0_q8_0`](Self::dot_q8_0_q8_0) of each.
+    pub dot4_q8_0_q8_0: fn(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4],
 }
 
 impl Kernels {
@@ -141,6 +155,14 @@ impl fmt::Debug for Kernels {
     }
 }
 
+/// Block `i` of each of four rows: what a four-token kernel multiplies one weight block with.
+/// Spelled out rather than `rows.map(..)`, which LLVM does not always inline into the loops.
+#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
+#[inline(always)]
+fn column<B>(rows: [&[B]; 4], i: usize) -> [&B; 4] {
+    [&rows[0][i], &rows[1][i], &rows[2][i], &rows[3][i]]
+}
+
 /// The scalar reference set. Its functions check lengths themselves.
 static SCALAR: Kernels = Kernels {
     name: "scalar",
@@ -150,6 +172,9 @@ static SCALAR: Kernels = Kernels {
     dot_q4_1_q8_1: scalar::vec_dot_q4_1_q8_1,
     dot_q8_0_q8_0: scalar::vec_dot_q8_0_q8_0,
     dot_f32: scalar::vec_dot_f32,
+    dot4_q4_0_q8_0: scalar::vec_dot4_q4_0_q8_0,
+    dot4_q4_1_q8_1: scalar::vec_dot4_q4_1_q8_1,
+    dot4_q8_0_q8_0: scalar::vec_dot4_q8_0_q8_0,
 };
 
 /// Builds a `static Kernels` of safe wrappers around one ISA module's `unsafe fn`s.
@@ -198,6 +223,30 @@ macro_rules! simd_kernels {
                 // SAFETY: as above.
                 unsafe { $isa::vec_dot_f32(a, b) }
             }
+            fn dot4_q4_0_q8_0(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                for yt in y {
+                    assert_eq!(x.len(), yt.len(), "dot4_q4_0_q8_0: length mismatch");
+                }
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::vec_dot4_q4_0_q8_0::<{ $k }>(x, y) }
+            }
+            fn dot4_q4_1_q8_1(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+                for yt in y {
+                    assert_eq!(x.len(), yt.len(), "dot4_q4_1_q8_1: length mismatch");
+                }
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::vec_dot4_q4_1_q8_1::<{ $k }>(x, y) }
+            }
+            fn dot4_q8_0_q8_0(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+                for yt in y {
+                    assert_eq!(x.len(), yt.len(), "dot4_q8_0_q8_0: length mismatch");
+                }
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::vec_dot4_q8_0_q8_0::<{ $k }>(x, y) }
+            }
             Kernels {
                 name: $name,
                 quantize_q8_0,
@@ -206,6 +255,9 @@ macro_rules! simd_kernels {
                 dot_q4_1_q8_1,
                 dot_q8_0_q8_0,
                 dot_f32,
+                dot4_q4_0_q8_0,
+                dot4_q4_1_q8_1,
+                dot4_q8_0_q8_0,
             }
         };
     };

@@ -8,6 +8,10 @@
 //! ggml's fallback `ggml_vdotq_s32`). `sdot` and the f16 conversions (`fcvtl`, `fcvt`, both
 //! base ARMv8) are emitted with inline assembly: the Rust intrinsics for them are unstable.
 //!
+//! The four-token kernels (`vec_dot4_*`, for prefill) unpack each weight block once for four
+//! tokens' blocks, with the single-token loop's two accumulators per token and its order of
+//! operations, so each token's result is bit-identical to a single-token call.
+//!
 //! The quantizers round with `vcvtaq_s32_f32` (ties away from zero, like C's `roundf`) and
 //! compute the scale exactly as the scalar reference, so they are bit-identical to it for
 //! finite inputs.
@@ -25,6 +29,7 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use super::column;
 
 /// Byte products summed with `vmull_s8` + `vpaddlq_s16` (any AArch64 CPU).
 pub(super) const VMULL: u8 = 0;
@@ -220,6 +225,188 @@ pub(super) unsafe fn vec_dot_q4_1_q8_1<const K: u8>(x: &[BlockQ4_1], y: &[BlockQ
             }
         }
         vaddvq_f32(sumv0) + vaddvq_f32(sumv1) + vgetq_lane_f32::<1>(summs)
+    }
+}
+
+/// i32 lanes of two byte halves `(l, h)` of one weight block against four tokens' blocks.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn dot4_halves<const K: u8>(
+    l: int8x16_t,
+    h: int8x16_t,
+    y: [&[i8; QK]; 4],
+) -> [int32x4_t; 4] {
+    // SAFETY: helpers of this module on registers / the blocks' own bytes.
+    unsafe {
+        let dot = |y: &[i8; QK]| {
+            let (yl, yh) = load_i8x32(y);
+            vdot::<K>(vdot::<K>(vdupq_n_s32(0), l, yl), h, yh)
+        };
+        [dot(y[0]), dot(y[1]), dot(y[2]), dot(y[3])]
+    }
+}
+
+/// `sumv[t] += dx·dy_t · q[t]` for the four tokens, as the single-token `dot_blocks!` does.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn fma4_q0(sumv: &mut [float32x4_t; 4], dx: u16, dy: [u16; 4], q: [int32x4_t; 4]) {
+    // SAFETY: register-only NEON and helpers of this module.
+    unsafe {
+        // [dy0, dy1, dy2, dy3] · dx: lane t is dx·dy_t (exact).
+        let s = f16x4_to_f32(dy[0], dy[1], dy[2], dy[3]);
+        let d = vmulq_laneq_f32::<0>(s, f16x4_to_f32(dx, 0, 0, 0));
+        sumv[0] = vfmaq_laneq_f32::<0>(sumv[0], vcvtq_f32_s32(q[0]), d);
+        sumv[1] = vfmaq_laneq_f32::<1>(sumv[1], vcvtq_f32_s32(q[1]), d);
+        sumv[2] = vfmaq_laneq_f32::<2>(sumv[2], vcvtq_f32_s32(q[2]), d);
+        sumv[3] = vfmaq_laneq_f32::<3>(sumv[3], vcvtq_f32_s32(q[3]), d);
+    }
+}
+
+/// One `Q4_0` weight block against block `i` of four tokens, nibbles unpacked once.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn block4_q4_0_q8_0<const K: u8>(
+    sumv: &mut [float32x4_t; 4],
+    xb: &BlockQ4_0,
+    y: [&BlockQ8_0; 4],
+) {
+    // SAFETY: helpers of this module on registers / the blocks' own bytes.
+    unsafe {
+        let s8 = vdupq_n_s8(8);
+        let (l, h) = nibbles(&xb.qs);
+        let q = dot4_halves::<K>(
+            vsubq_s8(l, s8),
+            vsubq_s8(h, s8),
+            [&y[0].qs, &y[1].qs, &y[2].qs, &y[3].qs],
+        );
+        fma4_q0(sumv, xb.d, [y[0].d, y[1].d, y[2].d, y[3].d], q);
+    }
+}
+
+/// One `Q8_0` weight block against block `i` of four tokens, loaded once.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn block4_q8_0_q8_0<const K: u8>(
+    sumv: &mut [float32x4_t; 4],
+    xb: &BlockQ8_0,
+    y: [&BlockQ8_0; 4],
+) {
+    // SAFETY: helpers of this module on registers / the blocks' own bytes.
+    unsafe {
+        let (xl, xh) = load_i8x32(&xb.qs);
+        let q = dot4_halves::<K>(xl, xh, [&y[0].qs, &y[1].qs, &y[2].qs, &y[3].qs]);
+        fma4_q0(sumv, xb.d, [y[0].d, y[1].d, y[2].d, y[3].d], q);
+    }
+}
+
+/// Shared loop of the four-token `Q?_0` dot products: the single-token loop (`dot_blocks!`)
+/// run for four tokens at once, blocks of even index into `sumv0`, odd into `sumv1`, so every
+/// token's sum is rounded exactly as in the single-token kernel.
+macro_rules! dot4_blocks {
+    ($x:expr, $y:expr, $block:ident::<$k:ident>) => {{
+        let (x, y) = ($x, $y);
+        let n = y.iter().fold(x.len(), |n, yt| n.min(yt.len()));
+        let mut sumv0 = [vdupq_n_f32(0.0); 4];
+        let mut sumv1 = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 1 < n {
+            $block::<$k>(&mut sumv0, &x[i], column(y, i));
+            $block::<$k>(&mut sumv1, &x[i + 1], column(y, i + 1));
+            i += 2;
+        }
+        if i < n {
+            $block::<$k>(&mut sumv0, &x[i], column(y, i));
+        }
+        [
+            vaddvq_f32(sumv0[0]) + vaddvq_f32(sumv1[0]),
+            vaddvq_f32(sumv0[1]) + vaddvq_f32(sumv1[1]),
+            vaddvq_f32(sumv0[2]) + vaddvq_f32(sumv1[2]),
+            vaddvq_f32(sumv0[3]) + vaddvq_f32(sumv1[3]),
+        ]
+    }};
+}
+
+/// `Σ x·y_t` for four rows `y_t` over the shortest length; bit-identical to four calls of
+/// [`vec_dot_q4_0_q8_0`]. See the module's safety contract.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot4_q4_0_q8_0<const K: u8>(
+    x: &[BlockQ4_0],
+    y: [&[BlockQ8_0]; 4],
+) -> [f32; 4] {
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe { dot4_blocks!(x, y, block4_q4_0_q8_0::<K>) }
+}
+
+/// `Σ x·y_t` for four rows `y_t` over the shortest length; bit-identical to four calls of
+/// [`vec_dot_q8_0_q8_0`]. See the module's safety contract.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot4_q8_0_q8_0<const K: u8>(
+    x: &[BlockQ8_0],
+    y: [&[BlockQ8_0]; 4],
+) -> [f32; 4] {
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe { dot4_blocks!(x, y, block4_q8_0_q8_0::<K>) }
+}
+
+/// One `Q4_1` weight block against block `i` of four tokens: `sumv[t] += dx·dy_t · Σ qx·qy_t`
+/// as in the single-token loop, the nibbles unpacked once. Returns
+/// `([dx·dy0, mx·sy0, dx·dy1, mx·sy1], [dx·dy2, mx·sy2, dx·dy3, mx·sy3])`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn block4_q4_1_q8_1<const K: u8>(
+    sumv: &mut [float32x4_t; 4],
+    xb: &BlockQ4_1,
+    y: [&BlockQ8_1; 4],
+) -> (float32x4_t, float32x4_t) {
+    // SAFETY: helpers of this module on registers / the blocks' own bytes.
+    unsafe {
+        let xs = f16x4_to_f32(xb.d, xb.m, xb.d, xb.m);
+        let p01 = vmulq_f32(xs, f16x4_to_f32(y[0].d, y[0].s, y[1].d, y[1].s));
+        let p23 = vmulq_f32(xs, f16x4_to_f32(y[2].d, y[2].s, y[3].d, y[3].s));
+        let (l, h) = nibbles(&xb.qs);
+        let q = dot4_halves::<K>(l, h, [&y[0].qs, &y[1].qs, &y[2].qs, &y[3].qs]);
+        sumv[0] = vfmaq_laneq_f32::<0>(sumv[0], vcvtq_f32_s32(q[0]), p01);
+        sumv[1] = vfmaq_laneq_f32::<2>(sumv[1], vcvtq_f32_s32(q[1]), p01);
+        sumv[2] = vfmaq_laneq_f32::<0>(sumv[2], vcvtq_f32_s32(q[2]), p23);
+        sumv[3] = vfmaq_laneq_f32::<2>(sumv[3], vcvtq_f32_s32(q[3]), p23);
+        (p01, p23)
+    }
+}
+
+/// `Σ x·y_t` for four rows `y_t` over the shortest length; bit-identical to four calls of
+/// [`vec_dot_q4_1_q8_1`]. See the module's safety contract.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot4_q4_1_q8_1<const K: u8>(
+    x: &[BlockQ4_1],
+    y: [&[BlockQ8_1]; 4],
+) -> [f32; 4] {
+    let n = y.iter().fold(x.len(), |n, yt| n.min(yt.len()));
+    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    unsafe {
+        let mut sumv0 = [vdupq_n_f32(0.0); 4];
+        let mut sumv1 = [vdupq_n_f32(0.0); 4];
+        // Lanes 1 and 3 accumulate mx·sy (ggml's `summs`) of tokens 0 and 1 in `summs01`, of
+        // tokens 2 and 3 in `summs23`, block pairs added first as in the single-token loop.
+        let (mut summs01, mut summs23) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+        let mut i = 0;
+        while i + 1 < n {
+            let (a01, a23) = block4_q4_1_q8_1::<K>(&mut sumv0, &x[i], column(y, i));
+            let (b01, b23) = block4_q4_1_q8_1::<K>(&mut sumv1, &x[i + 1], column(y, i + 1));
+            summs01 = vaddq_f32(summs01, vaddq_f32(a01, b01));
+            summs23 = vaddq_f32(summs23, vaddq_f32(a23, b23));
+            i += 2;
+        }
+        if i < n {
+            let (a01, a23) = block4_q4_1_q8_1::<K>(&mut sumv0, &x[i], column(y, i));
+            summs01 = vaddq_f32(summs01, a01);
+            summs23 = vaddq_f32(summs23, a23);
+        }
+        [
+            vaddvq_f32(sumv0[0]) + vaddvq_f32(sumv1[0]) + vgetq_lane_f32::<1>(summs01),
+            vaddvq_f32(sumv0[1]) + vaddvq_f32(sumv1[1]) + vgetq_lane_f32::<3>(summs01),
+            vaddvq_f32(sumv0[2]) + vaddvq_f32(sumv1[2]) + vgetq_lane_f32::<1>(summs23),
+            vaddvq_f32(sumv0[3]) + vaddvq_f32(sumv1[3]) + vgetq_lane_f32::<3>(summs23),
+        ]
     }
 }
 

@@ -8,8 +8,8 @@
 //!
 //! # Panics
 //! Every function panics if its slices disagree in length (`x.len() != 32 * y.len()` for
-//! quantize/dequantize, `x.len() != y.len()` for block dot products, `a.len() != b.len()`
-//! for [`vec_dot_f32`]).
+//! quantize/dequantize, `x.len() != y.len()` for block dot products and for each of the four
+//! rows of the `vec_dot4_*` ones, `a.len() != b.len()` for [`vec_dot_f32`]).
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use half::f16;
@@ -235,6 +235,34 @@ pub fn vec_dot_q8_0_q8_0(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
         sumf += sumi as f32 * (f16_to_f32(xb.d) * f16_to_f32(yb.d));
     }
     sumf
+}
+
+/// Four dot products of one `Q4_0` row with four `Q8_0` rows (four tokens) of as many blocks:
+/// [`vec_dot_q4_0_q8_0`] four times (the reference the fast multi-token kernels are tested
+/// against).
+pub fn vec_dot4_q4_0_q8_0(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    for yt in y {
+        assert_eq!(x.len(), yt.len(), "vec_dot4_q4_0_q8_0: length mismatch");
+    }
+    y.map(|yt| vec_dot_q4_0_q8_0(x, yt))
+}
+
+/// Four dot products of one `Q4_1` row with four `Q8_1` rows of as many blocks:
+/// [`vec_dot_q4_1_q8_1`] four times.
+pub fn vec_dot4_q4_1_q8_1(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    for yt in y {
+        assert_eq!(x.len(), yt.len(), "vec_dot4_q4_1_q8_1: length mismatch");
+    }
+    y.map(|yt| vec_dot_q4_1_q8_1(x, yt))
+}
+
+/// Four dot products of one `Q8_0` row with four `Q8_0` rows of as many blocks:
+/// [`vec_dot_q8_0_q8_0`] four times.
+pub fn vec_dot4_q8_0_q8_0(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    for yt in y {
+        assert_eq!(x.len(), yt.len(), "vec_dot4_q8_0_q8_0: length mismatch");
+    }
+    y.map(|yt| vec_dot_q8_0_q8_0(x, yt))
 }
 
 /// `Σ a·b` for `a.len() == b.len()`, as ggml's generic `ggml_vec_dot_f32`: products in f32,

@@ -14,6 +14,8 @@
 //! | check | bound on `|a - b|` | why |
 //! | --- | --- | --- |
 //! | fast vs scalar, `q4_0·q8_0`, `q8_0·q8_0`, `q4_1·q8_1` (`nb` blocks) | `2(nb + 8)·u·B`, `B = Σ_b |dx·dy|·Σ_j |qx_j·qy_j| + |mx·sy|` | scalar: ≤ `nb + 2` roundings per term; SIMD: one FMA per block per lane, ≤ 5 for reductions and the separate `m·s` sum |
+//! | four-token `dot4_*` vs four scalar single dots | as fast vs scalar, per token | same sums |
+//! | four-token `dot4_*` vs four single dots of the same set | **bit-identical** | same per-token accumulators, same order |
 //! | fast vs scalar, `f32` (`n` values) | `(n/8 + 32)·u·Σ|a_i·b_i|` | SIMD lanes ≥ 8 (chains ≤ n/8), ≤ 15 tail and 5 reduction steps; the scalar reference sums in f64 (1 rounding per product, 1 at the end) |
 //! | scalar vs f64 dot of the dequantized rows | `(nb + 4)·u·B` (+ `2^-11·|m·s|` per block for `q4_1`: `s` is `d·Σq` rounded to f16) | as above |
 //! | quantizers fast vs scalar | **bit-identical** (no ±1 allowance, ties included) | the fast quantizers compute the same `d`, `1/d`, and round half away from zero |
@@ -262,6 +264,139 @@ fn fast_dots_match_scalar() {
     }
 }
 
+/// Checks one four-token dot of kernel set `k` against four scalar single dots (within `tol`
+/// per token) and against four single dots of the same set (bit for bit).
+#[allow(clippy::too_many_arguments)]
+fn check_dot4<X, Y>(
+    what: &str,
+    k: &Kernels,
+    seed: u64,
+    got: [f32; 4],
+    x: &[X],
+    y: [&[Y]; 4],
+    scalar_dot: fn(&[X], &[Y]) -> f32,
+    same_set_dot: fn(&[X], &[Y]) -> f32,
+    bound: fn(&[X], &[Y]) -> f64,
+) {
+    let nb = x.len();
+    for (t, (&got, yt)) in got.iter().zip(y).enumerate() {
+        let tol = 2.0 * (nb as f64 + 8.0) * U * bound(x, yt);
+        check_close(
+            &format!("{what} token {t} of 4, {nb} blocks"),
+            k.name(),
+            seed,
+            got,
+            scalar_dot(x, yt),
+            tol,
+        );
+        let single = same_set_dot(x, yt);
+        assert_eq!(
+            got.to_bits(),
+            single.to_bits(),
+            "{what} token {t} of 4, {nb} blocks [{}] seed {seed}: x4 gives {got:e}, single {single:e}",
+            k.name()
+        );
+    }
+}
+
+#[test]
+fn dot4s_match_four_single_dots() {
+    let (mut rng, seed) = fresh_rng();
+    // Every set, scalar included: its x4 must equal its own single dot too.
+    let all = Kernels::available();
+    for _ in 0..20 {
+        for nb in LENS {
+            let x = random_q4_0(&mut rng, nb);
+            let y: [Vec<BlockQ8_0>; 4] = std::array::from_fn(|_| random_q8_0(&mut rng, nb));
+            let y = [&y[0][..], &y[1], &y[2], &y[3]];
+            for k in &all {
+                let got = (k.dot4_q4_0_q8_0)(&x, y);
+                check_dot4(
+                    "dot4 q4_0·q8_0",
+                    k,
+                    seed,
+                    got,
+                    &x,
+                    y,
+                    scalar::vec_dot_q4_0_q8_0,
+                    k.dot_q4_0_q8_0,
+                    bound_q4_0,
+                );
+            }
+
+            let x = random_q4_1(&mut rng, nb);
+            let y: [Vec<BlockQ8_1>; 4] = std::array::from_fn(|_| random_q8_1(&mut rng, nb));
+            let y = [&y[0][..], &y[1], &y[2], &y[3]];
+            for k in &all {
+                let got = (k.dot4_q4_1_q8_1)(&x, y);
+                check_dot4(
+                    "dot4 q4_1·q8_1",
+                    k,
+                    seed,
+                    got,
+                    &x,
+                    y,
+                    scalar::vec_dot_q4_1_q8_1,
+                    k.dot_q4_1_q8_1,
+                    bound_q4_1,
+                );
+            }
+
+            let x = random_q8_0(&mut rng, nb);
+            let y: [Vec<BlockQ8_0>; 4] = std::array::from_fn(|_| random_q8_0(&mut rng, nb));
+            let y = [&y[0][..], &y[1], &y[2], &y[3]];
+            for k in &all {
+                let got = (k.dot4_q8_0_q8_0)(&x, y);
+                check_dot4(
+                    "dot4 q8_0·q8_0",
+                    k,
+                    seed,
+                    got,
+                    &x,
+                    y,
+                    scalar::vec_dot_q8_0_q8_0,
+                    k.dot_q8_0_q8_0,
+                    bound_q8_0,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn dot4s_keep_tokens_apart() {
+    // One token all zero, one the negation of another: a mixed-up lane shows at once.
+    let (mut rng, seed) = fresh_rng();
+    for k in Kernels::available() {
+        for nb in LENS {
+            let x = random_q4_1(&mut rng, nb);
+            let a = random_q8_1(&mut rng, nb);
+            let neg: Vec<BlockQ8_1> = a
+                .iter()
+                .map(|b| BlockQ8_1 {
+                    d: b.d ^ 0x8000,
+                    ..*b
+                })
+                .collect();
+            let zero = vec![BlockQ8_1::default(); nb];
+            let b = random_q8_1(&mut rng, nb);
+            let got = (k.dot4_q4_1_q8_1)(&x, [&a, &zero, &neg, &b]);
+            let want = [&a, &zero, &neg, &b].map(|y| (k.dot_q4_1_q8_1)(&x, y));
+            assert_eq!(got, want, "[{}] seed {seed}", k.name());
+
+            let x = random_q8_0(&mut rng, nb);
+            let a = random_q8_0(&mut rng, nb);
+            let zero = vec![BlockQ8_0::default(); nb];
+            let b = random_q8_0(&mut rng, nb);
+            let c = random_q8_0(&mut rng, nb);
+            let got = (k.dot4_q8_0_q8_0)(&x, [&zero, &a, &b, &c]);
+            let want = [&zero, &a, &b, &c].map(|y| (k.dot_q8_0_q8_0)(&x, y));
+            assert_eq!(got, want, "[{}] seed {seed}", k.name());
+            assert_eq!(got[0], 0.0);
+        }
+    }
+}
+
 #[test]
 fn fast_dots_on_extreme_values_match_scalar() {
     // All-max magnitudes: nibbles 0 (-8 for q4_0) and 15, q8 values ±127, against every sign.
@@ -318,6 +453,12 @@ fn fast_dots_on_extreme_values_match_scalar() {
                     scalar::vec_dot_q8_0_q8_0(&x8, &y8),
                     "{name}"
                 );
+                let want = scalar::vec_dot_q4_0_q8_0(&x4, &y8);
+                assert_eq!((k.dot4_q4_0_q8_0)(&x4, [&y8; 4]), [want; 4], "{name}");
+                let want = scalar::vec_dot_q4_1_q8_1(&x41, &y81);
+                assert_eq!((k.dot4_q4_1_q8_1)(&x41, [&y81; 4]), [want; 4], "{name}");
+                let want = scalar::vec_dot_q8_0_q8_0(&x8, &y8);
+                assert_eq!((k.dot4_q8_0_q8_0)(&x8, [&y8; 4]), [want; 4], "{name}");
             }
         }
     }
@@ -734,6 +875,33 @@ fn detected_dot_rejects_mismatched_lengths() {
     let x = vec![BlockQ4_0::default(); 2];
     let y = vec![BlockQ8_0::default(); 3];
     let _ = (Kernels::detect().dot_q4_0_q8_0)(&x, &y);
+}
+
+#[test]
+fn dot4s_reject_mismatched_lengths() {
+    let x = vec![BlockQ4_1::default(); 2];
+    let (good, bad) = (vec![BlockQ8_1::default(); 2], vec![BlockQ8_1::default(); 3]);
+    for k in Kernels::available() {
+        for t in 0..4 {
+            let mut y = [&good[..]; 4];
+            y[t] = &bad;
+            let r = std::panic::catch_unwind(|| (k.dot4_q4_1_q8_1)(&x, y));
+            let msg = r.expect_err("no panic");
+            let msg = msg.downcast_ref::<String>().map_or("", String::as_str);
+            assert!(
+                msg.contains("length mismatch"),
+                "[{}] token {t}: {msg}",
+                k.name()
+            );
+        }
+        let x = vec![BlockQ8_0::default(); 1];
+        let y = vec![BlockQ8_0::default(); 2];
+        let r = std::panic::catch_unwind(|| (k.dot4_q8_0_q8_0)(&x, [&x, &x, &x, &y]));
+        assert!(r.is_err(), "[{}]", k.name());
+        let x = vec![BlockQ4_0::default(); 1];
+        let r = std::panic::catch_unwind(|| (k.dot4_q4_0_q8_0)(&x, [&y, &y, &y, &y]));
+        assert!(r.is_err(), "[{}]", k.name());
+    }
 }
 
 #[test]
