@@ -71,8 +71,13 @@ def main():
     from llama_cpp import Llama
 
     sha = peer_common.check_model(args.model, args.sha256)
+    # Token by token (n_ubatch=1): with micro-batches of 32 tokens or more, llama.cpp 0.3.16 built
+    # natively on this Xeon (AMX_INT8, llamafile sgemm, repack all enabled) returns logits far
+    # from a dense f64 recomputation (e.g. top logit 31.2 instead of 25.0 after a 37-token chat
+    # prompt; n_ubatch <= 16 and single-token evals agree with it). The golden file must not
+    # depend on that path, so every token is evaluated on its own, as during decoding.
     llm = Llama(model_path=args.model, n_threads=N_THREADS, n_threads_batch=N_THREADS, n_ctx=N_CTX,
-                seed=0, verbose=False)
+                n_batch=1, n_ubatch=1, seed=0, verbose=False)
     md = llm.metadata
     template = md["tokenizer.chat_template"]
     vocab = llama_cpp.llama_model_get_vocab(llm.model)

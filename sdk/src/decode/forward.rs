@@ -6,6 +6,8 @@
 use std::cell::RefCell;
 
 use candle_core::quantized::GgmlDType;
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 use super::hooks::{Hooks, Proj};
 use super::kv_cache::KvCache;
@@ -63,8 +65,30 @@ pub struct Transformer {
     inv_freq: Vec<f32>,
 }
 
+#[derive(Default)]
+struct AttnScratch {
+    kf: Vec<f32>,
+    vf: Vec<f32>,
+    scores: Vec<f32>,
+    qh: Vec<f32>,
+    h16: Vec<f16>,
+}
+
+/// `out = f16(x)` as f32 (SIMD conversions both ways).
+fn round_f16(x: &[f32], out: &mut [f32], tmp: &mut Vec<f16>) {
+    tmp.resize(x.len(), f16::ZERO);
+    tmp.convert_from_f32_slice(x);
+    tmp.convert_to_f32_slice(out);
+}
+
+fn round_f16_in_place(x: &mut [f32], tmp: &mut Vec<f16>) {
+    tmp.resize(x.len(), f16::ZERO);
+    tmp.convert_from_f32_slice(x);
+    tmp.convert_to_f32_slice(x);
+}
+
 thread_local! {
-    static SCORES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    static SCRATCH: RefCell<AttnScratch> = RefCell::new(AttnScratch::default());
 }
 
 impl Transformer {
@@ -243,52 +267,66 @@ impl Transformer {
     }
 
     /// Causal grouped-query attention of the batch's queries over the cache.
+    ///
+    /// Numerics follow llama.cpp's CPU path: keys and values are f16, the query is rounded to
+    /// f16 for `q·k`, the softmax runs in f32 and its weights are rounded to f16 before they
+    /// weight the values; every sum is in f32.
     #[allow(clippy::too_many_arguments)]
     fn attention(&self, l: usize, p0: usize, n: usize, q: &[f32], cache: &KvCache, out: &mut [f32], k: &Kernels, par: Par<'_>) {
         let cfg = &self.cfg;
-        let (hd, nh) = (cfg.head_dim, cfg.n_heads);
-        let group = cfg.n_heads / cfg.n_kv_heads;
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
-        let one = |i: usize, o: &mut [f32]| {
-            let (t, h) = (i / nh, i % nh);
+        let optr = OutPtr(out.as_mut_ptr());
+        // One item = one token and one KV head (its `group` query heads share the converted
+        // keys and values).
+        let one = |i: usize| {
+            let (t, kvh) = (i / nkv, i % nkv);
             let upto = p0 + t + 1;
-            let (ks, vs) = cache.head(l, h / group, upto);
-            let qh = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-            SCORES.with(|s| {
+            let (ks, vs) = cache.head(l, kvh, upto);
+            SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
-                s.resize(upto, 0.0);
-                let mut max = f32::NEG_INFINITY;
-                for (j, sj) in s.iter_mut().enumerate() {
-                    *sj = (k.dot_f32)(qh, &ks[j * hd..(j + 1) * hd]) * scale;
-                    max = max.max(*sj);
-                }
-                let mut sum = 0f32;
-                for sj in s.iter_mut() {
-                    *sj = (*sj - max).exp();
-                    sum += *sj;
-                }
-                let inv = 1.0 / sum;
-                o.fill(0.0);
-                for (j, sj) in s.iter().enumerate() {
-                    let w = sj * inv;
-                    for (oi, vi) in o.iter_mut().zip(&vs[j * hd..(j + 1) * hd]) {
-                        *oi += w * vi;
+                let AttnScratch { kf, vf, scores, qh, h16 } = &mut *s;
+                kf.resize(upto * hd, 0.0);
+                vf.resize(upto * hd, 0.0);
+                scores.resize(upto, 0.0);
+                qh.resize(hd, 0.0);
+                ks.convert_to_f32_slice(kf);
+                vs.convert_to_f32_slice(vf);
+                for h in kvh * group..(kvh + 1) * group {
+                    let qs = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
+                    round_f16(qs, qh, h16);
+                    let mut max = f32::NEG_INFINITY;
+                    for (j, sj) in scores.iter_mut().enumerate() {
+                        *sj = (k.dot_f32)(qh, &kf[j * hd..(j + 1) * hd]) * scale;
+                        max = max.max(*sj);
+                    }
+                    let mut sum = 0f32;
+                    for sj in scores.iter_mut() {
+                        *sj = (*sj - max).exp();
+                        sum += *sj;
+                    }
+                    let inv = 1.0 / sum;
+                    scores.iter_mut().for_each(|x| *x *= inv);
+                    round_f16_in_place(scores, h16);
+                    // SAFETY: head h of token t owns out[(t*nh+h)*hd..][..hd]; items (and so
+                    // heads) are disjoint between members and `out` outlives the run.
+                    let o = unsafe { std::slice::from_raw_parts_mut(optr.ptr().add((t * nh + h) * hd), hd) };
+                    o.fill(0.0);
+                    for (j, &w) in scores.iter().enumerate() {
+                        for (oi, vi) in o.iter_mut().zip(&vf[j * hd..(j + 1) * hd]) {
+                            *oi += w * vi;
+                        }
                     }
                 }
             });
         };
         // Parallel only when there is enough work to pay for the hand-off.
-        let items = n * nh;
+        let items = n * nkv;
         let members = if n * nh * (p0 + n) >= 512 { par.size() } else { 1 };
-        let optr = OutPtr(out.as_mut_ptr());
         let body = |tid: usize| {
             let (s, e) = share(items, tid, members, 1);
-            for i in s..e {
-                // SAFETY: item i owns out[i*hd..(i+1)*hd]; members take disjoint items and
-                // `out` outlives the run.
-                let o = unsafe { std::slice::from_raw_parts_mut(optr.ptr().add(i * hd), hd) };
-                one(i, o);
-            }
+            (s..e).for_each(one);
         };
         if members > 1 {
             par.run(&|tid| body(tid));

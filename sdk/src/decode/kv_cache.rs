@@ -1,6 +1,10 @@
 //! The key/value cache of one session, preallocated to the context size.
 
-/// Keys and values of every layer for positions `0..len`.
+use half::f16;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
+
+/// Keys and values of every layer for positions `0..len`, stored as f16 (as llama.cpp does:
+/// half the memory of f32, and the same rounding as the peer we compare with).
 ///
 /// Layout: `[layer][kv_head][position][head_dim]`, so that attention for one head reads one
 /// contiguous run. The buffers are allocated zeroed at full size once; the operating system
@@ -12,15 +16,16 @@ pub struct KvCache {
     head_dim: usize,
     capacity: usize,
     len: usize,
-    k: Vec<f32>,
-    v: Vec<f32>,
+    /// f16 bits (a `u16` buffer so that the zeroed allocation stays lazy).
+    k: Vec<u16>,
+    v: Vec<u16>,
 }
 
 impl KvCache {
     /// A cache for `capacity` positions.
     pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize, capacity: usize) -> Self {
         let n = n_layers * n_kv_heads * capacity * head_dim;
-        Self { n_layers, n_kv_heads, head_dim, capacity, len: 0, k: vec![0.0; n], v: vec![0.0; n] }
+        Self { n_layers, n_kv_heads, head_dim, capacity, len: 0, k: vec![0u16; n], v: vec![0u16; n] }
     }
 
     /// Positions held.
@@ -57,19 +62,19 @@ impl KvCache {
     /// Writes key and value of `head` at `pos` for `layer`.
     pub(crate) fn write(&mut self, layer: usize, head: usize, pos: usize, k: &[f32], v: &[f32]) {
         let o = self.base(layer, head) + pos * self.head_dim;
-        self.k[o..o + self.head_dim].copy_from_slice(k);
-        self.v[o..o + self.head_dim].copy_from_slice(v);
+        self.k[o..o + self.head_dim].reinterpret_cast_mut::<f16>().convert_from_f32_slice(k);
+        self.v[o..o + self.head_dim].reinterpret_cast_mut::<f16>().convert_from_f32_slice(v);
     }
 
     /// Keys and values of `head` for positions `0..upto` of `layer`.
-    pub(crate) fn head(&self, layer: usize, head: usize, upto: usize) -> (&[f32], &[f32]) {
+    pub(crate) fn head(&self, layer: usize, head: usize, upto: usize) -> (&[f16], &[f16]) {
         let o = self.base(layer, head);
         let e = o + upto * self.head_dim;
-        (&self.k[o..e], &self.v[o..e])
+        (self.k[o..e].reinterpret_cast::<f16>(), self.v[o..e].reinterpret_cast::<f16>())
     }
 
     /// Bytes allocated (virtual; resident memory grows with [`Self::len`]).
     pub fn allocated_bytes(&self) -> usize {
-        (self.k.len() + self.v.len()) * std::mem::size_of::<f32>()
+        (self.k.len() + self.v.len()) * std::mem::size_of::<u16>()
     }
 }

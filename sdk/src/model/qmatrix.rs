@@ -254,7 +254,6 @@ impl<'a> Prepared<'a> {
     /// Quantizes `x` (`[n, cols]`) for the given weight types.
     pub(crate) fn new(x: &'a [f32], n: usize, cols: usize, dtypes: &[GgmlDType]) -> Self {
         debug_assert_eq!(x.len(), n * cols);
-        let k = Kernels::detect();
         let mut p = Prepared { x, n, cols, q8_0: Vec::new(), q8_1: Vec::new(), candle: Vec::new() };
         for &dt in dtypes {
             match lane(dt) {
@@ -262,13 +261,13 @@ impl<'a> Prepared<'a> {
                 Lane::Q8_0 if p.q8_0.is_empty() => {
                     p.q8_0 = vec![bytemuck::Zeroable::zeroed(); n * cols / 32];
                     for (xr, yr) in x.chunks(cols).zip(p.q8_0.chunks_mut(cols / 32)) {
-                        (k.quantize_q8_0)(xr, yr);
+                        quantize_q8_0_ggml_x86(xr, yr)
                     }
                 }
                 Lane::Q8_1 if p.q8_1.is_empty() => {
                     p.q8_1 = vec![bytemuck::Zeroable::zeroed(); n * cols / 32];
                     for (xr, yr) in x.chunks(cols).zip(p.q8_1.chunks_mut(cols / 32)) {
-                        (k.quantize_q8_1)(xr, yr);
+                        quantize_q8_1_ggml_x86(xr, yr)
                     }
                 }
                 Lane::Candle(dt) if !p.candle.iter().any(|(d, _)| *d == dt) => {
@@ -483,4 +482,42 @@ mod tests {
         assert!(QMatrix::quantize(GgmlDType::Q4_1, 2, 32, &[0.0; 63]).is_err());
         assert!(QMatrix::from_bytes("t", GgmlDType::Q4_1, 2, 32, &[0u8; 39]).is_err());
     }
+}
+
+/// Q8_1 quantization with the arithmetic of ggml's x86 SIMD path (`id = 127/amax`, ties to
+/// even), which llama.cpp runs on this kind of machine, so that greedy decoding matches it as
+/// long as possible.
+fn quantize_q8_1_ggml_x86(x: &[f32], y: &mut [BlockQ8_1]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        yb.d = f16::from_f32(d).to_bits();
+        let mut sum = 0i32;
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = round_even(v * id) as i8;
+            sum += *q as i32;
+        }
+        yb.s = f16::from_f32(d * sum as f32).to_bits();
+    }
+}
+/// Q8_0 quantization with ggml's x86 arithmetic (see [`quantize_q8_1_ggml_x86`]).
+fn quantize_q8_0_ggml_x86(x: &[f32], y: &mut [BlockQ8_0]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        yb.d = f16::from_f32(d).to_bits();
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = round_even(v * id) as i8;
+        }
+    }
+}
+
+/// Rounds to nearest, ties to even, for |x| < 2²² (what `_mm256_round_ps` does), without a libm
+/// call: adding and removing 1.5·2²³ leaves the integer part under the default rounding mode.
+#[inline]
+fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }

@@ -1,0 +1,65 @@
+//! The `tailor` binary end to end on a tiny model written by the test.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use tailor::testing::TinyModel;
+
+fn tiny() -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("tailor-cli-{}-{}", std::process::id(), rand_suffix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let model = dir.join("tiny.gguf");
+    TinyModel::default().write(&model).unwrap();
+    (dir, model)
+}
+
+fn rand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u8(0);
+    h.finish()
+}
+
+fn tailor(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tailor")).args(args).output().unwrap()
+}
+
+#[test]
+fn tokenize_generate_json_and_errors() {
+    let (dir, model) = tiny();
+    let m = model.to_str().unwrap();
+
+    let out = tailor(&["tokenize", "<|im_start|>user the", "--model", m]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<u32> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids[0], 1, "control token parsed");
+
+    let out = tailor(&["generate", "hi", "--model", m, "--json", "--logprobs", "2", "--max-tokens", "5", "--ignore-eos", "--threads", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["token_ids"].as_array().unwrap().len(), 5);
+    assert!(v["prompt_tokens"].as_u64().unwrap() > 0);
+    assert!(v["decode_tok_per_s"].as_f64().unwrap() > 0.0);
+    let lp = v["logprobs"]["content"].as_array().unwrap();
+    assert_eq!(lp.len(), 5);
+    assert_eq!(lp[0]["top_logprobs"].as_array().unwrap().len(), 2);
+    assert!(lp[0]["logprob"].as_f64().unwrap() <= 0.0);
+
+    let out = tailor(&["generate", "hi", "--model", m, "--raw", "--max-tokens", "3", "--ignore-eos"]);
+    assert!(out.status.success());
+
+    // Bad input: a clear message and a failing exit status, never a panic.
+    for (args, needle) in [
+        (vec!["generate", "", "--raw", "--model", m], "empty"),
+        (vec!["generate", "x", "--model", "/nonexistent.gguf"], "not found"),
+        (vec!["generate", "the the the the", "--raw", "--model", m, "--ctx", "2"], "context"),
+        (vec!["generate", "x", "--model", m, "--top-p", "0"], "top_p"),
+    ] {
+        let out = tailor(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
