@@ -1,7 +1,9 @@
 //! Kernel benchmark: nanoseconds per row dot product (and per row quantized) for the scalar
 //! reference and every kernel set this CPU can run, at SmolLM2-135M's widths (576 = d_model,
 //! 1536 = FFN), with the speedup of the detected set over scalar; then, for prefill, one
-//! weight row against four tokens: one `dot4_*` call against four single-token calls.
+//! weight row against four tokens: one `dot4_*` call against four single-token calls; then
+//! attention against the f16 KV cache at head width 64: `dot_f32_f16` (score of one cached
+//! key) and `axpy_f16` (add one weighted cached value), ns per call.
 //!
 //! `cargo bench -p tailor --bench kernels`
 //!
@@ -219,6 +221,40 @@ fn measure4(k: &Kernels, op: &str, width: usize, d: &Data) -> (f64, f64) {
     }
 }
 
+/// Head width of the attention benchmark (SmolLM2-135M's).
+const HEAD: usize = 64;
+
+/// ns per cached position (one `dot_f32_f16` or `axpy_f16` call) with kernels `k`, over a
+/// cache of `ROWS` positions: `(dot, axpy)`.
+fn measure_attention(k: &Kernels) -> (f64, f64) {
+    let to_f16 = |v: Vec<f32>| -> Vec<u16> {
+        v.into_iter()
+            .map(|x| half::f16::from_f32(4.0 * x).to_bits())
+            .collect()
+    };
+    let cache = black_box(to_f16(random_floats(10, ROWS * HEAD)));
+    let q: Vec<f32> = to_f16(random_floats(11, HEAD))
+        .into_iter()
+        .map(|b| half::f16::from_bits(b).to_f32())
+        .collect();
+    let w = black_box(random_floats(12, ROWS));
+    let q = black_box(q);
+    let dot = time_per_row(|| {
+        cache
+            .chunks_exact(HEAD)
+            .map(|kj| (k.dot_f32_f16)(&q, kj))
+            .sum()
+    });
+    let mut out = vec![0.0f32; HEAD];
+    let axpy = time_per_row(|| {
+        for (&wj, vj) in w.iter().zip(cache.chunks_exact(HEAD)) {
+            (k.axpy_f16)(wj, vj, &mut out);
+        }
+        out[0]
+    });
+    (dot, axpy)
+}
+
 fn main() {
     let detected = Kernels::detect();
     let all = Kernels::available();
@@ -275,5 +311,43 @@ fn main() {
             }
             println!("{line}");
         }
+    }
+
+    println!(
+        "\nattention on the f16 KV cache, head width {HEAD}: ns per call (one cached position, \
+         median of passes over {ROWS}); speedup = scalar / detected\n"
+    );
+    let mut header = format!("{:<14} {:>5}", "op", "width");
+    for k in all.iter().rev() {
+        header += &format!(" {:>12}", k.name());
+    }
+    header += &format!(" {:>9}", "speedup");
+    println!("{header}");
+    let times: Vec<(&str, (f64, f64))> = all
+        .iter()
+        .rev()
+        .map(|k| (k.name(), measure_attention(k)))
+        .collect();
+    for (op, pick) in [
+        (
+            "f32·f16 dot",
+            (|t: (f64, f64)| t.0) as fn((f64, f64)) -> f64,
+        ),
+        ("axpy f16", |t| t.1),
+    ] {
+        let mut line = format!("{op:<14} {HEAD:>5}");
+        let (mut t_scalar, mut t_detected) = (f64::NAN, f64::NAN);
+        for &(name, t) in &times {
+            let t = pick(t);
+            if name == "scalar" {
+                t_scalar = t;
+            }
+            if name == detected.name() {
+                t_detected = t;
+            }
+            line += &format!(" {t:>12.1}");
+        }
+        line += &format!(" {:>8.1}x", t_scalar / t_detected);
+        println!("{line}");
     }
 }

@@ -597,3 +597,96 @@ pub(super) unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
         }
     }
 }
+
+/// `acc[k] += a[8k..8k + 8] · f32(b[8k..8k + 8])` for `k < 4`: 32 values, four FMA chains.
+///
+/// # Safety
+/// AVX2, FMA and F16C; `pa` and `pb` point at 32 readable values each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fma_f32_f16_x32(acc: &mut [__m256; 4], pa: *const f32, pb: *const u16) {
+    // SAFETY: the caller guarantees 32 readable values behind both pointers; the offsets
+    // `8k..8k + 8` for `k < 4` stay inside them. `vcvtph2ps` converts every f16 (subnormals
+    // included) exactly.
+    unsafe {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let bv = _mm256_cvtph_ps(_mm_loadu_si128(pb.add(8 * k).cast()));
+            *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(8 * k)), bv, *acc);
+        }
+    }
+}
+
+/// `Σ a[i]·f32(b[i])` over `min(a.len(), b.len())` values, `b` holding f16 bits: four 8-lane
+/// FMA accumulators, 32 values per iteration; a tail of fewer than 32 goes through one more
+/// iteration on zero-padded copies (zeros add nothing).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: AVX2/FMA/F16C are enabled here; each `fma_f32_f16_x32` call reads 32 values at
+    // `i..i + 32` with `i + 32 <= n` (inside both slices), or the 32-value padded buffers.
+    unsafe {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            fma_f32_f16_x32(&mut acc, pa.add(i), pb.add(i));
+            i += 32;
+        }
+        if i < n {
+            let (mut ta, mut tb) = ([0.0f32; 32], [0u16; 32]);
+            ta[..n - i].copy_from_slice(&a[i..n]);
+            tb[..n - i].copy_from_slice(&b[i..n]);
+            fma_f32_f16_x32(&mut acc, ta.as_ptr(), tb.as_ptr());
+        }
+        hsum_float_8(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ))
+    }
+}
+
+/// `y[i] = alpha·f32(x[i]) + y[i]` for `i < 8`, one rounding (FMA).
+///
+/// # Safety
+/// AVX2, FMA and F16C; `px` points at 8 readable values, `py` at 8 writable ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_f16_x8(alpha: __m256, px: *const u16, py: *mut f32) {
+    // SAFETY: the caller guarantees the 8 values behind each pointer.
+    unsafe {
+        let xv = _mm256_cvtph_ps(_mm_loadu_si128(px.cast()));
+        _mm256_storeu_ps(py, _mm256_fmadd_ps(alpha, xv, _mm256_loadu_ps(py)));
+    }
+}
+
+/// `y[i] = alpha·f32(x[i]) + y[i]` (fused, one rounding: bit-identical to the scalar
+/// reference's `f32::mul_add`) over `min(x.len(), y.len())` values, `x` holding f16 bits; a
+/// tail of fewer than 8 goes through zero-padded copies.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn axpy_f16(alpha: f32, x: &[u16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    // SAFETY: AVX2/FMA/F16C are enabled here; each `axpy_f16_x8` call touches the 8 values
+    // at `i..i + 8` with `i + 8 <= n` (inside both slices), or the 8-value padded buffers.
+    // `py` is not used after `y` is indexed again.
+    unsafe {
+        let av = _mm256_set1_ps(alpha);
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let mut i = 0;
+        while i + 16 <= n {
+            axpy_f16_x8(av, px.add(i), py.add(i));
+            axpy_f16_x8(av, px.add(i + 8), py.add(i + 8));
+            i += 16;
+        }
+        if i + 8 <= n {
+            axpy_f16_x8(av, px.add(i), py.add(i));
+            i += 8;
+        }
+        if i < n {
+            let (mut tx, mut ty) = ([0u16; 8], [0.0f32; 8]);
+            tx[..n - i].copy_from_slice(&x[i..n]);
+            ty[..n - i].copy_from_slice(&y[i..n]);
+            axpy_f16_x8(av, tx.as_ptr(), ty.as_mut_ptr());
+            y[i..n].copy_from_slice(&ty[..n - i]);
+        }
+    }
+}

@@ -15,6 +15,11 @@
 //! | `neon` | any AArch64 | `smull` + `sadalp` |
 //! | `scalar` | anything | [`scalar`], the reference |
 //!
+//! For attention against the f16 KV cache, `dot_f32_f16` (score `q · k_j`) and `axpy_f16`
+//! (`out += w_j · v_j`) read the f16 rows in place, converting eight values per instruction
+//! (`vcvtph2ps` with F16C on x86-64, `fcvtl` on AArch64) into f32 FMAs; no row is converted
+//! through memory first. The VNNI sets use the AVX2 ones.
+//!
 //! For prefill, the `dot4_*` kernels multiply one weight row by four tokens' activations in
 //! one call, unpacking each weight block once; each token's result is bit-identical to the
 //! single-token kernel of the same set.
@@ -65,7 +70,8 @@ pub use blocks::{
 /// # Panics
 /// Every kernel panics on slices of mismatched lengths: quantizers need
 /// `x.len() == 32 * y.len()`, block dot products `x.len() == y.len()` (blocks; for the
-/// `dot4_*` ones, for each of the four `y` rows), `dot_f32` `a.len() == b.len()`.
+/// `dot4_*` ones, for each of the four `y` rows), `dot_f32` and `dot_f32_f16`
+/// `a.len() == b.len()`, `axpy_f16` `x.len() == y.len()`.
 #[derive(Clone, Copy)]
 #[non_exhaustive]
 pub struct Kernels {
@@ -94,6 +100,13 @@ pub struct Kernels {
     /// Dot products of one `Q8_0` row with four `Q8_0` rows (four tokens) of as many blocks,
     /// bit for bit [`dot_q8_0_q8_0`](Self::dot_q8_0_q8_0) of each.
     pub dot4_q8_0_q8_0: fn(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4],
+    /// `Σ a[i]·f32(b[i])` with `b` holding f16 bits (`half::f16::to_bits`), f32 accumulation
+    /// in a kernel-specific order (an attention score `q · k_j` against the f16 KV cache;
+    /// reference [`scalar::vec_dot_f32_f16`]).
+    pub dot_f32_f16: fn(a: &[f32], b: &[u16]) -> f32,
+    /// `y[i] += alpha·f32(x[i])` with `x` holding f16 bits, fused (one rounding per element):
+    /// bit-identical in every set to [`scalar::vec_axpy_f16`] (`alpha.mul_add(x, y)`).
+    pub axpy_f16: fn(alpha: f32, x: &[u16], y: &mut [f32]),
 }
 
 impl Kernels {
@@ -175,6 +188,8 @@ static SCALAR: Kernels = Kernels {
     dot4_q4_0_q8_0: scalar::vec_dot4_q4_0_q8_0,
     dot4_q4_1_q8_1: scalar::vec_dot4_q4_1_q8_1,
     dot4_q8_0_q8_0: scalar::vec_dot4_q8_0_q8_0,
+    dot_f32_f16: scalar::vec_dot_f32_f16,
+    axpy_f16: scalar::vec_axpy_f16,
 };
 
 /// Builds a `static Kernels` of safe wrappers around one ISA module's `unsafe fn`s.
@@ -247,6 +262,18 @@ macro_rules! simd_kernels {
                 // SAFETY: as above.
                 unsafe { $isa::vec_dot4_q8_0_q8_0::<{ $k }>(x, y) }
             }
+            fn dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+                assert_eq!(a.len(), b.len(), "dot_f32_f16: length mismatch");
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::vec_dot_f32_f16(a, b) }
+            }
+            fn axpy_f16(alpha: f32, x: &[u16], y: &mut [f32]) {
+                assert_eq!(x.len(), y.len(), "axpy_f16: length mismatch");
+                debug_assert!($present);
+                // SAFETY: as above.
+                unsafe { $isa::axpy_f16(alpha, x, y) }
+            }
             Kernels {
                 name: $name,
                 quantize_q8_0,
@@ -258,6 +285,8 @@ macro_rules! simd_kernels {
                 dot4_q4_0_q8_0,
                 dot4_q4_1_q8_1,
                 dot4_q8_0_q8_0,
+                dot_f32_f16,
+                axpy_f16,
             }
         };
     };

@@ -524,3 +524,108 @@ pub(super) unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
         }
     }
 }
+
+/// Eight f16 bit patterns to f32, exactly (`fcvtl`, `fcvtl2`; subnormals included).
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn f16x8_to_f32(h: uint16x8_t) -> (float32x4_t, float32x4_t) {
+    // SAFETY: half-to-single conversions (base ARMv8 FP) on registers only.
+    unsafe {
+        let (lo, hi): (float32x4_t, float32x4_t);
+        asm!("fcvtl {0:v}.4s, {1:v}.4h", lateout(vreg) lo, in(vreg) h,
+             options(pure, nomem, nostack, preserves_flags));
+        asm!("fcvtl2 {0:v}.4s, {1:v}.8h", lateout(vreg) hi, in(vreg) h,
+             options(pure, nomem, nostack, preserves_flags));
+        (lo, hi)
+    }
+}
+
+/// `acc[k] += a[4k..4k + 4] · f32(b[4k..4k + 4])` for `k < 4`: 16 values, four FMA chains.
+///
+/// # Safety
+/// `pa` and `pb` point at 16 readable values each.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn fma_f32_f16_x16(acc: &mut [float32x4_t; 4], pa: *const f32, pb: *const u16) {
+    // SAFETY: the caller guarantees 16 readable values behind both pointers; the loads read
+    // `0..16` of each.
+    unsafe {
+        let (b0, b1) = f16x8_to_f32(vld1q_u16(pb));
+        let (b2, b3) = f16x8_to_f32(vld1q_u16(pb.add(8)));
+        acc[0] = vfmaq_f32(acc[0], vld1q_f32(pa), b0);
+        acc[1] = vfmaq_f32(acc[1], vld1q_f32(pa.add(4)), b1);
+        acc[2] = vfmaq_f32(acc[2], vld1q_f32(pa.add(8)), b2);
+        acc[3] = vfmaq_f32(acc[3], vld1q_f32(pa.add(12)), b3);
+    }
+}
+
+/// `Σ a[i]·f32(b[i])` over `min(a.len(), b.len())` values, `b` holding f16 bits: four 4-lane
+/// FMA accumulators, 16 values per iteration; a tail of fewer than 16 goes through one more
+/// iteration on zero-padded copies (zeros add nothing).
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    // SAFETY: each `fma_f32_f16_x16` call reads 16 values at `i..i + 16` with `i + 16 <= n`
+    // (inside both slices), or the 16-value padded buffers.
+    unsafe {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        let mut i = 0;
+        while i + 16 <= n {
+            fma_f32_f16_x16(&mut acc, pa.add(i), pb.add(i));
+            i += 16;
+        }
+        if i < n {
+            let (mut ta, mut tb) = ([0.0f32; 16], [0u16; 16]);
+            ta[..n - i].copy_from_slice(&a[i..n]);
+            tb[..n - i].copy_from_slice(&b[i..n]);
+            fma_f32_f16_x16(&mut acc, ta.as_ptr(), tb.as_ptr());
+        }
+        vaddvq_f32(vaddq_f32(
+            vaddq_f32(acc[0], acc[1]),
+            vaddq_f32(acc[2], acc[3]),
+        ))
+    }
+}
+
+/// `y[i] = alpha·f32(x[i]) + y[i]` for `i < 8`, one rounding (`fmla`).
+///
+/// # Safety
+/// `px` points at 8 readable values, `py` at 8 writable ones.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn axpy_f16_x8(alpha: float32x4_t, px: *const u16, py: *mut f32) {
+    // SAFETY: the caller guarantees the 8 values behind each pointer.
+    unsafe {
+        let (x0, x1) = f16x8_to_f32(vld1q_u16(px));
+        vst1q_f32(py, vfmaq_f32(vld1q_f32(py), alpha, x0));
+        vst1q_f32(py.add(4), vfmaq_f32(vld1q_f32(py.add(4)), alpha, x1));
+    }
+}
+
+/// `y[i] = alpha·f32(x[i]) + y[i]` (fused, one rounding: bit-identical to the scalar
+/// reference's `f32::mul_add`) over `min(x.len(), y.len())` values, `x` holding f16 bits; a
+/// tail of fewer than 8 goes through zero-padded copies.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn axpy_f16(alpha: f32, x: &[u16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    // SAFETY: each `axpy_f16_x8` call touches the 8 values at `i..i + 8` with `i + 8 <= n`
+    // (inside both slices), or the 8-value padded buffers. `py` is not used after `y` is
+    // indexed again.
+    unsafe {
+        let av = vdupq_n_f32(alpha);
+        let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+        let mut i = 0;
+        while i + 8 <= n {
+            axpy_f16_x8(av, px.add(i), py.add(i));
+            i += 8;
+        }
+        if i < n {
+            let (mut tx, mut ty) = ([0u16; 8], [0.0f32; 8]);
+            tx[..n - i].copy_from_slice(&x[i..n]);
+            ty[..n - i].copy_from_slice(&y[i..n]);
+            axpy_f16_x8(av, tx.as_ptr(), ty.as_mut_ptr());
+            y[i..n].copy_from_slice(&ty[..n - i]);
+        }
+    }
+}

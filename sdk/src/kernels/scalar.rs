@@ -275,3 +275,25 @@ pub fn vec_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
     sum as f32
 }
+
+/// `Σ a[i]·f32(b[i])` for `a.len() == b.len()`, `b` holding f16 bits (an attention score
+/// `q · k_j` against an f16 KV cache): each f16 converted exactly, products in f32 (exact when
+/// `a` holds f16 values), accumulated in f64 and rounded once, as [`vec_dot_f32`].
+pub fn vec_dot_f32_f16(a: &[f32], b: &[u16]) -> f32 {
+    assert_eq!(a.len(), b.len(), "vec_dot_f32_f16: length mismatch");
+    let mut sum = 0.0f64;
+    for (&x, &y) in a.iter().zip(b) {
+        sum += f64::from(x * f16_to_f32(y));
+    }
+    sum as f32
+}
+
+/// `y[i] += alpha·f32(x[i])` for `x.len() == y.len()`, `x` holding f16 bits (accumulating
+/// `w_j · v_j` against an f16 KV cache), fused: `alpha.mul_add(x, y)`, one rounding, as the
+/// SIMD kernels' FMA (so they agree bit for bit).
+pub fn vec_axpy_f16(alpha: f32, x: &[u16], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "vec_axpy_f16: length mismatch");
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi = alpha.mul_add(f16_to_f32(xi), *yi);
+    }
+}

@@ -17,6 +17,8 @@
 //! | four-token `dot4_*` vs four scalar single dots | as fast vs scalar, per token | same sums |
 //! | four-token `dot4_*` vs four single dots of the same set | **bit-identical** | same per-token accumulators, same order |
 //! | fast vs scalar, `f32` (`n` values) | `(n/8 + 32)·u·Σ|a_i·b_i|` | SIMD lanes ≥ 8 (chains ≤ n/8), ≤ 15 tail and 5 reduction steps; the scalar reference sums in f64 (1 rounding per product, 1 at the end) |
+//! | fast vs scalar, `f32 · f16` (`dot_f32_f16`, `n` values; [`f16`] tests) | `(n/8 + 32)·u·Σ|a_i·b_i| + n·2^-149` | as `f32`: each FMA chain ≤ n/16 + 1 steps (16 lanes), ≤ 5 reduction steps, the zero-padded tail adds exact zeros; f16 → f32 is exact; `n·2^-149` covers products that are f32 subnormals |
+//! | fast vs scalar, `axpy_f16` | **bit-identical** (every bit, subnormal results included) | both compute `fma(alpha, f32(x), y)`, one rounding per element: the SIMD sets with FMA instructions, the scalar reference with `f32::mul_add` |
 //! | scalar vs f64 dot of the dequantized rows | `(nb + 4)·u·B` (+ `2^-11·|m·s|` per block for `q4_1`: `s` is `d·Σq` rounded to f16) | as above |
 //! | quantizers fast vs scalar | **bit-identical** (no ±1 allowance, ties included) | the fast quantizers compute the same `d`, `1/d`, and round half away from zero |
 //! | scalar vs f64 dot of the original rows | `Σ_j e_w,j·|x_j| + |ŵ_j|·e_x,j` + rounding | per-value quantization error: `q8`: `d/2 + 127·|d - f16(d)|`; `q4_0`: `|d| + 8·|d - f16(d)|` (the value opposite the largest one clamps from +8 to +7); `q4_1`: `d/2 + 15·|d - f16(d)| + |m - f16(m)|`, each + `8u·(|x| + scale)` for f32 rounding |
@@ -26,6 +28,8 @@ use rand::{Rng, SeedableRng};
 
 use super::scalar::{self, f16_to_f32, f32_to_f16};
 use super::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
+
+mod f16;
 
 /// f32 unit roundoff.
 const U: f64 = 1.0 / (1u64 << 24) as f64;
