@@ -11,7 +11,9 @@ use half::slice::HalfFloatSliceExt;
 
 use super::hooks::{Hooks, Proj};
 use super::kv_cache::KvCache;
-use super::team::{share, Par};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::team::Par;
 use crate::kernels::Kernels;
 use crate::model::config::{ModelConfig, RopeStyle};
 use crate::model::qmatrix::{matmul, MatJob, Prepared, QMatrix};
@@ -67,8 +69,6 @@ pub struct Transformer {
 
 #[derive(Default)]
 struct AttnScratch {
-    kf: Vec<f32>,
-    vf: Vec<f32>,
     scores: Vec<f32>,
     qh: Vec<f32>,
     h16: Vec<f16>,
@@ -274,64 +274,57 @@ impl Transformer {
     #[allow(clippy::too_many_arguments)]
     fn attention(&self, l: usize, p0: usize, n: usize, q: &[f32], cache: &KvCache, out: &mut [f32], k: &Kernels, par: Par<'_>) {
         let cfg = &self.cfg;
-        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
-        let group = nh / nkv;
+        let (hd, nh) = (cfg.head_dim, cfg.n_heads);
+        let group = nh / cfg.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let optr = OutPtr(out.as_mut_ptr());
-        // One item = one token and one KV head (its `group` query heads share the converted
-        // keys and values).
+        // One item = one token and one query head.
         let one = |i: usize| {
-            let (t, kvh) = (i / nkv, i % nkv);
+            let (t, h) = (i / nh, i % nh);
             let upto = p0 + t + 1;
-            let (ks, vs) = cache.head(l, kvh, upto);
+            let (ks, vs) = cache.head(l, h / group, upto);
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
-                let AttnScratch { kf, vf, scores, qh, h16 } = &mut *s;
-                kf.resize(upto * hd, 0.0);
-                vf.resize(upto * hd, 0.0);
+                let AttnScratch { scores, qh, h16 } = &mut *s;
                 scores.resize(upto, 0.0);
                 qh.resize(hd, 0.0);
-                ks.convert_to_f32_slice(kf);
-                vs.convert_to_f32_slice(vf);
-                for h in kvh * group..(kvh + 1) * group {
-                    let qs = &q[(t * nh + h) * hd..(t * nh + h + 1) * hd];
-                    round_f16(qs, qh, h16);
-                    let mut max = f32::NEG_INFINITY;
-                    for (j, sj) in scores.iter_mut().enumerate() {
-                        *sj = (k.dot_f32)(qh, &kf[j * hd..(j + 1) * hd]) * scale;
-                        max = max.max(*sj);
-                    }
-                    let mut sum = 0f32;
-                    for sj in scores.iter_mut() {
-                        *sj = (*sj - max).exp();
-                        sum += *sj;
-                    }
-                    let inv = 1.0 / sum;
-                    scores.iter_mut().for_each(|x| *x *= inv);
-                    round_f16_in_place(scores, h16);
-                    // SAFETY: head h of token t owns out[(t*nh+h)*hd..][..hd]; items (and so
-                    // heads) are disjoint between members and `out` outlives the run.
-                    let o = unsafe { std::slice::from_raw_parts_mut(optr.ptr().add((t * nh + h) * hd), hd) };
-                    o.fill(0.0);
-                    for (j, &w) in scores.iter().enumerate() {
-                        for (oi, vi) in o.iter_mut().zip(&vf[j * hd..(j + 1) * hd]) {
-                            *oi += w * vi;
-                        }
-                    }
+                round_f16(&q[i * hd..(i + 1) * hd], qh, h16);
+                let mut max = f32::NEG_INFINITY;
+                for (j, sj) in scores.iter_mut().enumerate() {
+                    *sj = (k.dot_f32_f16)(qh, &ks[j * hd..(j + 1) * hd]) * scale;
+                    max = max.max(*sj);
+                }
+                let mut sum = 0f32;
+                for sj in scores.iter_mut() {
+                    *sj = (*sj - max).exp();
+                    sum += *sj;
+                }
+                let inv = 1.0 / sum;
+                scores.iter_mut().for_each(|x| *x *= inv);
+                round_f16_in_place(scores, h16);
+                // SAFETY: item i owns out[i*hd..(i+1)*hd]; members take disjoint items and
+                // `out` outlives the run.
+                let o = unsafe { std::slice::from_raw_parts_mut(optr.ptr().add(i * hd), hd) };
+                o.fill(0.0);
+                for (j, &w) in scores.iter().enumerate() {
+                    (k.axpy_f16)(w, &vs[j * hd..(j + 1) * hd], o);
                 }
             });
         };
         // Parallel only when there is enough work to pay for the hand-off.
-        let items = n * nkv;
+        let items = n * nh;
         let members = if n * nh * (p0 + n) >= 512 { par.size() } else { 1 };
-        let body = |tid: usize| {
-            let (s, e) = share(items, tid, members, 1);
-            (s..e).for_each(one);
-        };
         if members > 1 {
-            par.run(&|tid| body(tid));
+            let next = AtomicUsize::new(0);
+            par.run(&|_tid| loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= items {
+                    break;
+                }
+                one(i);
+            });
         } else {
-            body(0);
+            (0..items).for_each(one);
         }
     }
 }

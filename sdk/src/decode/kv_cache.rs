@@ -66,11 +66,11 @@ impl KvCache {
         self.v[o..o + self.head_dim].reinterpret_cast_mut::<f16>().convert_from_f32_slice(v);
     }
 
-    /// Keys and values of `head` for positions `0..upto` of `layer`.
-    pub(crate) fn head(&self, layer: usize, head: usize, upto: usize) -> (&[f16], &[f16]) {
+    /// Keys and values (f16 bits) of `head` for positions `0..upto` of `layer`.
+    pub(crate) fn head(&self, layer: usize, head: usize, upto: usize) -> (&[u16], &[u16]) {
         let o = self.base(layer, head);
         let e = o + upto * self.head_dim;
-        (self.k[o..e].reinterpret_cast::<f16>(), self.v[o..e].reinterpret_cast::<f16>())
+        (&self.k[o..e], &self.v[o..e])
     }
 
     /// Bytes allocated (virtual; resident memory grows with [`Self::len`]).

@@ -3,21 +3,30 @@
 //! jobs instead of sleeping, because a token runs ~120 short parallel regions and a sleeping
 //! thread takes tens of microseconds to wake).
 //!
-//! The calling thread is member 0 and works too; `run` returns when every member finished.
+//! The calling thread is member 0 and works too. Jobs must share their work out dynamically
+//! (members take chunks from a shared counter until none is left), because a worker that has
+//! not picked a job up by the time the caller has finished it is left out: `run` closes the job
+//! and waits only for the workers that joined. So a worker the OS has descheduled (another app
+//! is busy on the phone) never holds a token up.
 //! Idle workers spin for [`SPIN`] iterations, then park until the next job.
 
 use std::cell::UnsafeCell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
-/// Spin iterations before an idle worker parks (≈ 50–200 µs).
-const SPIN: usize = 20_000;
+/// Spin iterations (`pause`) before an idle worker parks or a waiting caller yields (≈ 0.1 ms).
+const SPIN: usize = 4_000;
 
 type Job = *const (dyn Fn(usize) + Sync);
 
+/// `state` packs the job's epoch (high 32 bits), whether it is closed to newcomers, and how
+/// many workers joined it.
+const CLOSED: u64 = 1 << 31;
+const JOINED: u64 = CLOSED - 1;
+
 struct Shared {
-    epoch: AtomicUsize,
+    state: AtomicU64,
     done: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
@@ -45,7 +54,7 @@ impl Team {
     pub(crate) fn new(n: usize) -> std::io::Result<Self> {
         let n = n.max(1);
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
+            state: AtomicU64::new(0),
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
@@ -66,29 +75,33 @@ impl Team {
         self.n
     }
 
-    /// Runs `f(tid)` for every `tid in 0..n` at once (the caller runs `f(0)`), and returns
-    /// when all have finished. A panic in any member is re-raised here.
+    /// Runs `f(0)` on the caller and `f(tid)` on every worker that picks the job up before the
+    /// caller has finished it; returns when all of those have finished. `f` must hand its work
+    /// out dynamically so that `f(0)` alone completes it. A panic in any member is re-raised here.
     pub(crate) fn run(&self, f: &(dyn Fn(usize) + Sync)) {
         if self.n == 1 {
             f(0);
             return;
         }
         let s = &*self.shared;
-        // SAFETY: erasing the lifetime is sound because we wait below until every worker has
-        // finished calling `f` before returning, so the pointer never outlives the borrow.
+        // SAFETY: erasing the lifetime is sound because we wait below until every worker that
+        // joined has finished calling `f` before returning, and a worker joins only while the
+        // job is open, so the pointer never outlives the borrow.
         let ptr: Job = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f) };
-        // SAFETY: no worker reads `job` until the epoch below changes (see `Shared`).
+        // SAFETY: no worker reads `job` unless it joins the new epoch published below.
         unsafe { *s.job.get() = Some(ptr) };
         s.done.store(0, Ordering::Relaxed);
-        s.epoch.fetch_add(1, Ordering::Release);
+        let epoch = (s.state.load(Ordering::Relaxed) >> 32).wrapping_add(1) & 0xFFFF_FFFF;
+        s.state.store(epoch << 32, Ordering::Release);
         {
             // Wake parked workers (cheap when none waits).
             let _g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
             s.wake.notify_all();
         }
         let mine = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(0)));
+        let joined = (s.state.fetch_or(CLOSED, Ordering::AcqRel) & JOINED) as usize;
         let mut spins = 0usize;
-        while s.done.load(Ordering::Acquire) != self.n - 1 {
+        while s.done.load(Ordering::Acquire) != joined {
             spins += 1;
             if spins < SPIN {
                 std::hint::spin_loop();
@@ -106,13 +119,14 @@ impl Team {
 }
 
 fn worker(s: Arc<Shared>, tid: usize) {
-    let mut seen = 0usize;
+    let mut seen = 0u64;
     loop {
         let mut spins = 0usize;
+        let mut cur;
         loop {
-            let e = s.epoch.load(Ordering::Acquire);
-            if e != seen {
-                seen = e;
+            cur = s.state.load(Ordering::Acquire);
+            if cur >> 32 != seen {
+                seen = cur >> 32;
                 break;
             }
             if s.shutdown.load(Ordering::Acquire) {
@@ -123,14 +137,27 @@ fn worker(s: Arc<Shared>, tid: usize) {
                 std::hint::spin_loop();
             } else {
                 let g = s.lock.lock().unwrap_or_else(|e| e.into_inner());
-                if s.epoch.load(Ordering::Acquire) == seen && !s.shutdown.load(Ordering::Acquire) {
+                if s.state.load(Ordering::Acquire) >> 32 == seen && !s.shutdown.load(Ordering::Acquire) {
                     drop(s.wake.wait(g).unwrap_or_else(|e| e.into_inner()));
                 }
                 spins = 0;
             }
         }
-        // SAFETY: the epoch changed, so `run` published a job that stays valid until we
-        // increment `done` (see `Shared`).
+        // Join the job unless the caller has closed it (or a newer one is out).
+        let joined = loop {
+            if cur >> 32 != seen || cur & CLOSED != 0 {
+                break false;
+            }
+            match s.state.compare_exchange_weak(cur, cur + 1, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => break true,
+                Err(now) => cur = now,
+            }
+        };
+        if !joined {
+            continue;
+        }
+        // SAFETY: we joined an open job, so `run` published it and waits for us (`done`)
+        // before the closure goes away (see `Shared`).
         let job = unsafe { (*s.job.get()).expect("job published with the epoch") };
         // SAFETY: as above: the closure outlives this call.
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| unsafe { (*job)(tid) }));
@@ -181,52 +208,55 @@ impl Par<'_> {
     }
 }
 
-/// The share `[start, end)` of `0..len` for member `tid` of `n`, in multiples of `align`.
-pub(crate) fn share(len: usize, tid: usize, n: usize, align: usize) -> (usize, usize) {
-    let units = len.div_ceil(align);
-    let s = (units * tid / n * align).min(len);
-    let e = (units * (tid + 1) / n * align).min(len);
-    (s, e)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn every_member_runs_each_job_once() {
+    fn dynamic_jobs_complete_and_workers_join() {
         let team = Team::new(3).unwrap();
-        for round in 0..2000 {
-            let hits: Vec<AtomicUsize> = (0..3).map(|_| AtomicUsize::new(0)).collect();
-            team.run(&|tid| {
-                hits[tid].fetch_add(1, Ordering::SeqCst);
+        let mut joined = 0;
+        for round in 0..3000 {
+            let next = AtomicUsize::new(0);
+            let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
+            let members = AtomicUsize::new(0);
+            team.run(&|_tid| {
+                members.fetch_add(1, Ordering::SeqCst);
+                loop {
+                    let i = next.fetch_add(1, Ordering::SeqCst);
+                    if i >= hits.len() {
+                        break;
+                    }
+                    hits[i].fetch_add(1, Ordering::SeqCst);
+                }
             });
             assert!(hits.iter().all(|h| h.load(Ordering::SeqCst) == 1), "round {round}");
-            if round % 500 == 0 {
+            joined += members.load(Ordering::SeqCst);
+            if round % 1000 == 0 {
                 std::thread::sleep(std::time::Duration::from_millis(5)); // let workers park
             }
         }
-    }
-
-    #[test]
-    fn shares_cover_the_range() {
-        for len in [0, 1, 5, 576, 1000] {
-            for n in 1..5 {
-                let mut next = 0;
-                for tid in 0..n {
-                    let (s, e) = share(len, tid, n, 4);
-                    assert_eq!(s, next);
-                    next = e;
-                }
-                assert_eq!(next, len);
-            }
-        }
+        assert!(joined > 3000, "workers never joined");
     }
 
     #[test]
     fn worker_panics_reach_the_caller() {
         let team = Team::new(2).unwrap();
-        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| team.run(&|tid| assert_ne!(tid, 1))));
+        let worker_in = AtomicBool::new(false);
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            team.run(&|tid| {
+                if tid == 0 {
+                    // Keep the job open until the worker has joined it.
+                    let t = std::time::Instant::now();
+                    while !worker_in.load(Ordering::SeqCst) && t.elapsed().as_secs() < 10 {
+                        std::hint::spin_loop();
+                    }
+                } else {
+                    worker_in.store(true, Ordering::SeqCst);
+                    panic!("worker fails");
+                }
+            })
+        }));
         assert!(r.is_err());
         team.run(&|_| {}); // still usable
     }

@@ -102,16 +102,16 @@ macro_rules! with_candle_type {
 
 /// Views `bytes` as a slice of `T`. Callers have checked length and alignment.
 fn cast<T>(bytes: &[u8]) -> &[T] {
-    assert!(bytes.len() % std::mem::size_of::<T>() == 0);
-    assert!((bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0);
+    assert!(bytes.len().is_multiple_of(std::mem::size_of::<T>()));
+    assert!((bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
     // SAFETY: length and alignment checked above; all GGML block types (and f32/f16/bf16) are
     // plain `repr(C)` data valid for any bit pattern.
     unsafe { std::slice::from_raw_parts(bytes.as_ptr() as *const T, bytes.len() / std::mem::size_of::<T>()) }
 }
 
 fn cast_mut<T>(bytes: &mut [u8]) -> &mut [T] {
-    assert!(bytes.len() % std::mem::size_of::<T>() == 0);
-    assert!((bytes.as_ptr() as usize) % std::mem::align_of::<T>() == 0);
+    assert!(bytes.len().is_multiple_of(std::mem::size_of::<T>()));
+    assert!((bytes.as_ptr() as usize).is_multiple_of(std::mem::align_of::<T>()));
     // SAFETY: as in `cast`; the slice is uniquely borrowed.
     unsafe { std::slice::from_raw_parts_mut(bytes.as_mut_ptr() as *mut T, bytes.len() / std::mem::size_of::<T>()) }
 }
@@ -133,7 +133,7 @@ impl QMatrix {
     ) -> Result<Self> {
         let m = Self { dtype, rows, cols, storage: Storage::Mapped(map), offset, len };
         m.validate(name)?;
-        if (m.bytes().as_ptr() as usize) % align_of_dtype(dtype) != 0 {
+        if !(m.bytes().as_ptr() as usize).is_multiple_of(align_of_dtype(dtype)) {
             // A file with odd alignment still loads: copy this tensor into an aligned buffer.
             return Self::from_bytes(name, dtype, rows, cols, m.bytes());
         }
@@ -155,7 +155,7 @@ impl QMatrix {
         if data.len() != rows * cols {
             return Err(Error::invalid(format!("quantize: {} values for a {rows}x{cols} matrix", data.len())));
         }
-        if cols % dtype.block_size() != 0 {
+        if !cols.is_multiple_of(dtype.block_size()) {
             return Err(Error::invalid(format!("quantize: {cols} columns is not a multiple of the {dtype:?} block size")));
         }
         let row_bytes = cols / dtype.block_size() * dtype.type_size();
@@ -172,7 +172,7 @@ impl QMatrix {
 
     fn validate(&self, name: &str) -> Result<()> {
         let bs = self.dtype.block_size();
-        if self.cols % bs != 0 {
+        if !self.cols.is_multiple_of(bs) {
             return Err(Error::TensorShape {
                 name: name.to_string(),
                 expected: vec![self.rows, self.cols.next_multiple_of(bs)],
@@ -324,7 +324,13 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]
     let n = par.size();
     // Members take chunks of rows from a shared counter, so a member slowed down (by the
     // serial work it did before, or by the OS) does not hold the others up.
-    let chunk = if n == 1 { total } else { (total / (n * 8)).clamp(16, 256).next_multiple_of(4) };
+    // About eight chunks per member for balance, and at most ~4k row-token products per chunk
+    // so that the last chunk of a long prefill does not keep the others waiting.
+    let chunk = if n == 1 {
+        total
+    } else {
+        (total / (n * 8)).min(4096 / input.n.max(1)).clamp(4, 256).next_multiple_of(4)
+    };
     let next = AtomicUsize::new(0);
     par.run(&|_tid| loop {
         let s = next.fetch_add(chunk, Ordering::Relaxed);
@@ -370,36 +376,14 @@ unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out
             }
         }
         Lane::Q8_0 => {
-            let bpr = cols / 32;
-            let xq = &input.q8_0;
             if w.dtype == GgmlDType::Q4_0 {
-                let wb = cast::<BlockQ4_0>(w.bytes());
-                for r in r0..r1 {
-                    let wr = &wb[r * bpr..(r + 1) * bpr];
-                    for t in 0..n {
-                        put(t, r, (k.dot_q4_0_q8_0)(wr, &xq[t * bpr..(t + 1) * bpr]));
-                    }
-                }
+                blocks_rows(cast::<BlockQ4_0>(w.bytes()), &input.q8_0, cols / 32, n, r0, r1, k.dot_q4_0_q8_0, k.dot4_q4_0_q8_0, &put);
             } else {
-                let wb = cast::<BlockQ8_0>(w.bytes());
-                for r in r0..r1 {
-                    let wr = &wb[r * bpr..(r + 1) * bpr];
-                    for t in 0..n {
-                        put(t, r, (k.dot_q8_0_q8_0)(wr, &xq[t * bpr..(t + 1) * bpr]));
-                    }
-                }
+                blocks_rows(cast::<BlockQ8_0>(w.bytes()), &input.q8_0, cols / 32, n, r0, r1, k.dot_q8_0_q8_0, k.dot4_q8_0_q8_0, &put);
             }
         }
         Lane::Q8_1 => {
-            let bpr = cols / 32;
-            let xq = &input.q8_1;
-            let wb = cast::<BlockQ4_1>(w.bytes());
-            for r in r0..r1 {
-                let wr = &wb[r * bpr..(r + 1) * bpr];
-                for t in 0..n {
-                    put(t, r, (k.dot_q4_1_q8_1)(wr, &xq[t * bpr..(t + 1) * bpr]));
-                }
-            }
+            blocks_rows(cast::<BlockQ4_1>(w.bytes()), &input.q8_1, cols / 32, n, r0, r1, k.dot_q4_1_q8_1, k.dot4_q4_1_q8_1, &put);
         }
         Lane::Candle(dt) => {
             let acts = &input.candle.iter().find(|(d, _)| *d == dt).expect("input prepared for this dtype").1;
@@ -408,7 +392,38 @@ unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out
     }
 }
 
-fn candle_rows<T: GgmlType>(w: &QMatrix, acts: &[u64], n: usize, r0: usize, r1: usize, put: &dyn Fn(usize, usize, f32)) {
+/// Rows `r0..r1` of a block-quantized matrix against `n` quantized tokens: four tokens per
+/// weight-row pass (the row's blocks are unpacked once for all four), the rest one by one.
+#[allow(clippy::too_many_arguments)]
+fn blocks_rows<W, A>(
+    wb: &[W],
+    xq: &[A],
+    bpr: usize,
+    n: usize,
+    r0: usize,
+    r1: usize,
+    dot: fn(&[W], &[A]) -> f32,
+    dot4: fn(&[W], [&[A]; 4]) -> [f32; 4],
+    put: &impl Fn(usize, usize, f32),
+) {
+    let tok = |t: usize| &xq[t * bpr..(t + 1) * bpr];
+    for r in r0..r1 {
+        let wr = &wb[r * bpr..(r + 1) * bpr];
+        let mut t = 0;
+        while t + 4 <= n {
+            let v = dot4(wr, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
+            for (i, v) in v.into_iter().enumerate() {
+                put(t + i, r, v);
+            }
+            t += 4;
+        }
+        for t in t..n {
+            put(t, r, dot(wr, tok(t)));
+        }
+    }
+}
+
+fn candle_rows<T: GgmlType>(w: &QMatrix, acts: &[u64], n: usize, r0: usize, r1: usize, put: &impl Fn(usize, usize, f32)) {
     type V<T> = <T as GgmlType>::VecDotType;
     let cols = w.cols;
     let wb = cast::<T>(w.bytes());
@@ -427,6 +442,44 @@ fn candle_rows<T: GgmlType>(w: &QMatrix, acts: &[u64], n: usize, r0: usize, r1: 
 fn acts_bytes(v: &[u64]) -> &[u8] {
     // SAFETY: reinterpreting initialised u64s as bytes is always valid.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8) }
+}
+
+/// Q8_1 quantization with the arithmetic of ggml's x86 SIMD path (`id = 127/amax`, ties to
+/// even), which llama.cpp runs on this kind of machine, so that greedy decoding matches it as
+/// long as possible.
+fn quantize_q8_1_ggml_x86(x: &[f32], y: &mut [BlockQ8_1]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        yb.d = f16::from_f32(d).to_bits();
+        let mut sum = 0i32;
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = round_even(v * id) as i8;
+            sum += *q as i32;
+        }
+        yb.s = f16::from_f32(d * sum as f32).to_bits();
+    }
+}
+/// Q8_0 quantization with ggml's x86 arithmetic (see [`quantize_q8_1_ggml_x86`]).
+fn quantize_q8_0_ggml_x86(x: &[f32], y: &mut [BlockQ8_0]) {
+    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        yb.d = f16::from_f32(d).to_bits();
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = round_even(v * id) as i8;
+        }
+    }
+}
+
+/// Rounds to nearest, ties to even, for |x| < 2²² (what `_mm256_round_ps` does), without a libm
+/// call: adding and removing 1.5·2²³ leaves the integer part under the default rounding mode.
+#[inline]
+fn round_even(x: f32) -> f32 {
+    const MAGIC: f32 = 12_582_912.0;
+    (x + MAGIC) - MAGIC
 }
 
 #[cfg(test)]
@@ -482,42 +535,4 @@ mod tests {
         assert!(QMatrix::quantize(GgmlDType::Q4_1, 2, 32, &[0.0; 63]).is_err());
         assert!(QMatrix::from_bytes("t", GgmlDType::Q4_1, 2, 32, &[0u8; 39]).is_err());
     }
-}
-
-/// Q8_1 quantization with the arithmetic of ggml's x86 SIMD path (`id = 127/amax`, ties to
-/// even), which llama.cpp runs on this kind of machine, so that greedy decoding matches it as
-/// long as possible.
-fn quantize_q8_1_ggml_x86(x: &[f32], y: &mut [BlockQ8_1]) {
-    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        yb.d = f16::from_f32(d).to_bits();
-        let mut sum = 0i32;
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = round_even(v * id) as i8;
-            sum += *q as i32;
-        }
-        yb.s = f16::from_f32(d * sum as f32).to_bits();
-    }
-}
-/// Q8_0 quantization with ggml's x86 arithmetic (see [`quantize_q8_1_ggml_x86`]).
-fn quantize_q8_0_ggml_x86(x: &[f32], y: &mut [BlockQ8_0]) {
-    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        yb.d = f16::from_f32(d).to_bits();
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = round_even(v * id) as i8;
-        }
-    }
-}
-
-/// Rounds to nearest, ties to even, for |x| < 2²² (what `_mm256_round_ps` does), without a libm
-/// call: adding and removing 1.5·2²³ leaves the integer part under the default rounding mode.
-#[inline]
-fn round_even(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (x + MAGIC) - MAGIC
 }

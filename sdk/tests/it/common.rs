@@ -43,7 +43,7 @@ pub fn spec(dtype: GgmlDType, d_model: usize, seed: u64) -> TinyModel {
     s.dtype = dtype;
     s.embd_dtype = dtype;
     s.d_model = d_model;
-    s.ffn_dim = if d_model % 256 == 0 { 512 } else { 128 };
+    s.ffn_dim = if d_model.is_multiple_of(256) { 512 } else { 128 };
     s.seed = seed;
     s
 }
