@@ -18,9 +18,10 @@
 //! registers it either spills or gives up bit-identity, and it did not beat two four-token
 //! calls consistently (0.92–1.12×).
 //!
-//! The quantizers compute exactly what the scalar reference computes (same scale, same
-//! `1 / d`, ties rounded away from zero) and so are bit-identical to it for finite inputs;
-//! ggml's own AVX2 quantizers are not (they use `127 / amax` and round ties to even).
+//! The quantizers use ggml's x86 SIMD arithmetic, as the scalar reference does on every
+//! platform (so results match llama.cpp on x86 and are identical across our kernel sets):
+//! `d = amax / 127`, `id = 127 / amax`, `q = round_ties_even(x · id)` with `_mm256_round_ps`,
+//! `s = d · Σq`; they are bit-identical to the scalar reference for finite inputs.
 //!
 //! # Safety
 //! Every function here may only be called when the CPU supports AVX2, FMA and F16C, and
@@ -477,8 +478,8 @@ pub(super) unsafe fn vec_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// Loads one block of 32 floats, returns it with `amax / 127` and `1 / d` (0 when `d = 0`),
-/// computed exactly as the scalar reference does.
+/// Loads one block of 32 floats, returns it with `d = amax / 127` and `id = 127 / amax` (0
+/// when `amax = 0` or the quotient overflows), computed exactly as the scalar reference does.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn load_q8_block(xb: &[f32]) -> ([__m256; 4], f32, f32) {
@@ -503,27 +504,20 @@ unsafe fn load_q8_block(xb: &[f32]) -> ([__m256; 4], f32, f32) {
         m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
         let amax = _mm_cvtss_f32(m4);
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-        (v, d, id)
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        (v, d, if id.is_finite() { id } else { 0.0 })
     }
 }
 
-/// `roundf(v * id)` per lane as i32: round half away from zero, like C's `roundf`.
-///
-/// `trunc(v + copysign(0.49999997, v))` equals `roundf(v)` for every f32 with |v| < 2^23
-/// (checked exhaustively; the constant is the float just below 0.5, so `x.5` ties still
-/// carry over and `0.49999997` does not). Here |v| ≤ 127, and `cvttps` truncates.
+/// `round_ties_even(v * id)` per lane as i32, as ggml: `_mm256_round_ps` to nearest (ties
+/// to even, whatever MXCSR says), then an exact conversion.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn round_away(v: __m256, id: __m256) -> __m256i {
+unsafe fn round_even(v: __m256, id: __m256) -> __m256i {
     // SAFETY: register-only AVX intrinsics on a function compiled with AVX2.
     unsafe {
-        let v = _mm256_mul_ps(v, id);
-        let half = _mm256_or_ps(
-            _mm256_and_ps(v, _mm256_set1_ps(-0.0)),
-            _mm256_set1_ps(f32::from_bits(0x3EFF_FFFF)),
-        );
-        _mm256_cvttps_epi32(_mm256_add_ps(v, half))
+        const NEAREST: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+        _mm256_cvtps_epi32(_mm256_round_ps::<NEAREST>(_mm256_mul_ps(v, id)))
     }
 }
 
@@ -562,10 +556,10 @@ pub(super) unsafe fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
             yb.d = f32_to_f16(d);
             let idv = _mm256_set1_ps(id);
             let q = [
-                round_away(v[0], idv),
-                round_away(v[1], idv),
-                round_away(v[2], idv),
-                round_away(v[3], idv),
+                round_even(v[0], idv),
+                round_even(v[1], idv),
+                round_even(v[2], idv),
+                round_even(v[3], idv),
             ];
             _mm256_storeu_si256(yb.qs.as_mut_ptr().cast(), pack_i32_to_i8(q));
         }
@@ -582,17 +576,17 @@ pub(super) unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
             yb.d = f32_to_f16(d);
             let idv = _mm256_set1_ps(id);
             let q = [
-                round_away(v[0], idv),
-                round_away(v[1], idv),
-                round_away(v[2], idv),
-                round_away(v[3], idv),
+                round_even(v[0], idv),
+                round_even(v[1], idv),
+                round_even(v[2], idv),
+                round_even(v[3], idv),
             ];
             let s = _mm256_add_epi32(_mm256_add_epi32(q[0], q[1]), _mm256_add_epi32(q[2], q[3]));
             let mut s4 = _mm_add_epi32(_mm256_extracti128_si256::<1>(s), _mm256_castsi256_si128(s));
             s4 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
             s4 = _mm_add_epi32(s4, _mm_shuffle_epi32::<0b01>(s4));
             let sum = _mm_cvtsi128_si32(s4);
-            yb.s = f32_to_f16(sum as f32 * d);
+            yb.s = f32_to_f16(d * sum as f32);
             _mm256_storeu_si256(yb.qs.as_mut_ptr().cast(), pack_i32_to_i8(q));
         }
     }

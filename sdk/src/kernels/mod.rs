@@ -25,7 +25,10 @@
 //! single-token kernel of the same set.
 //!
 //! The scalar module follows ggml's generic C and is kept as the reference every fast kernel
-//! is tested against. The fast quantizers are bit-identical to it (for finite inputs); the
+//! is tested against. The activation quantizers use ggml's x86 SIMD arithmetic
+//! (`id = 127 / amax`, ties rounded to even), on every platform, so results match llama.cpp
+//! on x86 and are identical across our kernel sets: the fast quantizers are bit-identical to
+//! the scalar ones (for finite inputs); the
 //! fast dot products differ only by f32 summation order, for 8-bit values in `-127..=127`
 //! (all ggml's quantizers produce; like ggml's, the x86 kernels mishandle `-128`).
 //!
@@ -76,10 +79,10 @@ pub use blocks::{
 #[non_exhaustive]
 pub struct Kernels {
     name: &'static str,
-    /// Quantizes `32 * y.len()` floats to `Q8_0` (bit-identical to
+    /// Quantizes `32 * y.len()` floats to `Q8_0` with ggml's x86 arithmetic (bit-identical to
     /// [`scalar::quantize_row_q8_0`]).
     pub quantize_q8_0: fn(x: &[f32], y: &mut [BlockQ8_0]),
-    /// Quantizes `32 * y.len()` floats to `Q8_1` (bit-identical to
+    /// Quantizes `32 * y.len()` floats to `Q8_1` with ggml's x86 arithmetic (bit-identical to
     /// [`scalar::quantize_row_q8_1`]).
     pub quantize_q8_1: fn(x: &[f32], y: &mut [BlockQ8_1]),
     /// Dot product of a `Q4_0` row with a `Q8_0` row of as many blocks.

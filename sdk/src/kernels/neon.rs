@@ -12,9 +12,10 @@
 //! tokens' blocks, with the single-token loop's two accumulators per token and its order of
 //! operations, so each token's result is bit-identical to a single-token call.
 //!
-//! The quantizers round with `vcvtaq_s32_f32` (ties away from zero, like C's `roundf`) and
-//! compute the scale exactly as the scalar reference, so they are bit-identical to it for
-//! finite inputs.
+//! The quantizers use ggml's x86 SIMD arithmetic, as the scalar reference does on every
+//! platform (so results match llama.cpp on x86 and are identical across our kernel sets):
+//! `id = 127 / amax`, rounding with `vcvtnq_s32_f32` (to nearest, ties to even, as x86's
+//! `_mm256_round_ps`); they are bit-identical to the scalar reference for finite inputs.
 //!
 //! # Safety
 //! NEON is part of every AArch64 target Rust supports; the only CPU requirement is the dot
@@ -442,8 +443,8 @@ pub(super) unsafe fn vec_dot_f32(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
-/// One block quantized to 32 i32 lanes (`roundf(x / d)`), and `d`, exactly as the scalar
-/// reference computes them.
+/// One block quantized to 32 i32 lanes (`round_ties_even(x · 127 / amax)`), and `d`, exactly
+/// as the scalar reference computes them.
 #[inline]
 #[target_feature(enable = "neon")]
 unsafe fn quantize_block(xb: &[f32]) -> ([int32x4_t; 8], f32) {
@@ -461,11 +462,12 @@ unsafe fn quantize_block(xb: &[f32]) -> ([int32x4_t; 8], f32) {
         }
         let amax = vmaxvq_f32(m);
         let d = amax / 127.0;
-        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        let id = if id.is_finite() { id } else { 0.0 };
         let mut q = [vdupq_n_s32(0); 8];
         for (q, &vj) in q.iter_mut().zip(&v) {
-            // Round to nearest, ties away from zero: C's roundf.
-            *q = vcvtaq_s32_f32(vmulq_n_f32(vj, id));
+            // Round to nearest, ties to even (x86's `_mm256_round_ps`, not C's roundf).
+            *q = vcvtnq_s32_f32(vmulq_n_f32(vj, id));
         }
         (q, d)
     }
@@ -519,7 +521,7 @@ pub(super) unsafe fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
                 vaddq_s32(vaddq_s32(q[0], q[1]), vaddq_s32(q[2], q[3])),
                 vaddq_s32(vaddq_s32(q[4], q[5]), vaddq_s32(q[6], q[7])),
             );
-            yb.s = f32_to_f16(vaddvq_s32(s) as f32 * d);
+            yb.s = f32_to_f16(d * vaddvq_s32(s) as f32);
             store_i8x32(&q, &mut yb.qs);
         }
     }

@@ -2,7 +2,9 @@
 //!
 //! Each function follows ggml's generic C (`quantize_row_*_ref`, `dequantize_row_*`,
 //! `ggml_vec_dot_*_generic`) operation for operation, so results match ggml's reference
-//! path bit for bit. The SIMD kernels are tested against these.
+//! path bit for bit, except the activation quantizers [`quantize_row_q8_0`] and
+//! [`quantize_row_q8_1`], which follow ggml's x86 SIMD arithmetic (`127 / amax`, ties to
+//! even) so that results match llama.cpp on x86. The SIMD kernels are tested against these.
 //!
 //! Every function takes whole blocks: a row of `n` values is `n / 32` blocks.
 //!
@@ -24,17 +26,29 @@ pub(crate) fn f32_to_f16(x: f32) -> u16 {
     f16::from_f32(x).to_bits()
 }
 
-/// Shared scale logic of ggml's `quantize_row_q8_{0,1}_ref`: `d = amax / 127`, `id = 1 / d`.
+/// Scale of one block for the 8-bit quantizers: `(d, id)` with `d = amax / 127` (stored as
+/// f16) and `id = 127 / amax` (0 when `amax = 0`), as ggml's x86 SIMD quantizers compute
+/// them (`quantize_row_q8_{0,1}` in `ggml-cpu/arch/x86/quants.c`). Not `1 / d`, as ggml's
+/// generic C has: the two differ in the last bit for some `amax`.
+///
+/// `id` is also 0 when `127 / amax` overflows (`amax < 127 / f32::MAX ≈ 3.7e-37`): the block
+/// then quantizes to zeros (`d` rounds to f16 zero anyway), where ggml's x86 code would
+/// store `-128`s next to `d = 0`.
 #[inline]
 fn q8_scale(xb: &[f32]) -> (f32, f32) {
     let amax = xb.iter().fold(0.0f32, |a, &v| a.max(v.abs()));
     let d = amax / 127.0;
-    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
-    (d, id)
+    let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+    (d, if id.is_finite() { id } else { 0.0 })
 }
 
-/// Quantizes `x` (`32 * y.len()` values) to `Q8_0`, as ggml's `quantize_row_q8_0_ref`:
-/// `d = amax / 127`, `q = roundf(x / d)` (ties away from zero).
+/// Quantizes `x` (`32 * y.len()` values) to `Q8_0` with ggml's x86 SIMD arithmetic, on every
+/// platform, so results match llama.cpp on x86 and are identical across our kernel sets:
+/// per block `amax = max |x|`, `d = f16(amax / 127)`, `q = round_ties_even(x · (127 / amax))`
+/// (`_mm256_round_ps(.., _MM_ROUND_NEAREST)`). A block with `amax = 0`, or with `amax` so
+/// small (< 3.7e-37) that `127 / amax` overflows, quantizes to zeros (ggml's x86 code stores
+/// `-128`s next to `d = 0` for the latter). ggml's generic C (`quantize_row_q8_0_ref`)
+/// differs: `q = roundf(x / d)`, ties away from zero.
 ///
 /// Non-finite inputs (NaN, ±inf) give unspecified (but valid) blocks, which may differ
 /// between kernel sets.
@@ -44,13 +58,14 @@ pub fn quantize_row_q8_0(x: &[f32], y: &mut [BlockQ8_0]) {
         let (d, id) = q8_scale(xb);
         yb.d = f32_to_f16(d);
         for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
         }
     }
 }
 
-/// Quantizes `x` (`32 * y.len()` values) to `Q8_1`, as ggml's `quantize_row_q8_1_ref`:
-/// like [`quantize_row_q8_0`], plus `s = d * sum(q)` rounded to f16.
+/// Quantizes `x` (`32 * y.len()` values) to `Q8_1` with ggml's x86 SIMD arithmetic, as
+/// [`quantize_row_q8_0`], plus `s = f16(d · Σq)` with `d` the f32 scale before its f16
+/// rounding.
 pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
     assert_eq!(x.len(), y.len() * QK, "quantize_row_q8_1: length mismatch");
     for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
@@ -58,10 +73,10 @@ pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
         yb.d = f32_to_f16(d);
         let mut sum = 0i32;
         for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = (v * id).round() as i8;
+            *q = (v * id).round_ties_even() as i8;
             sum += i32::from(*q);
         }
-        yb.s = f32_to_f16(sum as f32 * d);
+        yb.s = f32_to_f16(d * sum as f32);
     }
 }
 

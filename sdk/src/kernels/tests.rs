@@ -20,7 +20,8 @@
 //! | fast vs scalar, `f32 · f16` (`dot_f32_f16`, `n` values; [`f16`] tests) | `(n/8 + 32)·u·Σ|a_i·b_i| + n·2^-149` | as `f32`: each FMA chain ≤ n/16 + 1 steps (16 lanes), ≤ 5 reduction steps, the zero-padded tail adds exact zeros; f16 → f32 is exact; `n·2^-149` covers products that are f32 subnormals |
 //! | fast vs scalar, `axpy_f16` | **bit-identical** (every bit, subnormal results included) | both compute `fma(alpha, f32(x), y)`, one rounding per element: the SIMD sets with FMA instructions, the scalar reference with `f32::mul_add` |
 //! | scalar vs f64 dot of the dequantized rows | `(nb + 4)·u·B` (+ `2^-11·|m·s|` per block for `q4_1`: `s` is `d·Σq` rounded to f16) | as above |
-//! | quantizers fast vs scalar | **bit-identical** (no ±1 allowance, ties included) | the fast quantizers compute the same `d`, `1/d`, and round half away from zero |
+//! | quantizers fast vs scalar | **bit-identical** (no ±1 allowance, ties included) | every set computes ggml's x86 arithmetic: the same `d = amax/127`, `id = 127/amax`, `q` rounded half to even, `s = d·Σq` |
+//! | scalar quantizers vs ggml's x86 code spelled out (`ggml_x86_q8_1`) | **bit-identical** | the same arithmetic written independently (magic-number rounding) |
 //! | scalar vs f64 dot of the original rows | `Σ_j e_w,j·|x_j| + |ŵ_j|·e_x,j` + rounding | per-value quantization error: `q8`: `d/2 + 127·|d - f16(d)|`; `q4_0`: `|d| + 8·|d - f16(d)|` (the value opposite the largest one clamps from +8 to +7); `q4_1`: `d/2 + 15·|d - f16(d)| + |m - f16(m)|`, each + `8u·(|x| + scale)` for f32 rounding |
 
 use rand::rngs::StdRng;
@@ -494,8 +495,8 @@ fn fast_f32_dot_matches_scalar() {
 fn quantizer_rows(rng: &mut StdRng, nb: usize) -> Vec<Vec<f32>> {
     let n = nb * QK;
     let mut rows = vec![random_row(rng, n), random_row(rng, n), vec![0.0; n]];
-    // Exact .5 ties: amax = 127·2^e gives d = 2^e and 1/d = 2^-e exactly, so x = (k + 0.5)·2^e
-    // lands on k + 0.5. roundf sends them away from zero, round-half-even would not.
+    // Exact .5 ties: amax = 127·2^e gives d = 2^e and id = 127/amax = 2^-e exactly, so
+    // x = (k + 0.5)·2^e lands on k + 0.5. Ties go to even (roundf would send them away from 0).
     for e in [0, -3, 5] {
         let s = 2f32.powi(e);
         rows.push(
@@ -519,6 +520,12 @@ fn quantizer_rows(rng: &mut StdRng, nb: usize) -> Vec<Vec<f32>> {
     rows.push(
         (0..n)
             .map(|_| rng.random_range(-1.0f32..1.0) * 1e-30)
+            .collect(),
+    );
+    // So tiny (subnormal) that 127 / amax overflows: blocks of zeros.
+    rows.push(
+        (0..n)
+            .map(|_| rng.random_range(-1.0f32..1.0) * 1e-39)
             .collect(),
     );
     rows.push(
@@ -598,20 +605,96 @@ fn fast_quantizers_match_scalar_around_every_tie() {
 }
 
 #[test]
-fn scalar_quantizers_round_ties_away_from_zero() {
+fn scalar_quantizers_round_ties_to_even() {
     let mut x = vec![0.0f32; QK];
-    x[0] = 127.0; // d = 1
+    x[0] = 127.0; // d = 1, id = 1
     x[1] = 0.5;
     x[2] = -2.5;
     x[3] = 126.5;
+    x[4] = 1.5;
     let mut y = [BlockQ8_0::default()];
     scalar::quantize_row_q8_0(&x, &mut y);
     assert_eq!(f16_to_f32(y[0].d), 1.0);
-    assert_eq!(&y[0].qs[..4], &[127, 1, -3, 127]);
+    assert_eq!(&y[0].qs[..5], &[127, 0, -2, 126, 2]);
     let mut y1 = [BlockQ8_1::default()];
     scalar::quantize_row_q8_1(&x, &mut y1);
     assert_eq!(y1[0].qs, y[0].qs);
-    assert_eq!(f16_to_f32(y1[0].s), 252.0);
+    assert_eq!(f16_to_f32(y1[0].s), 253.0);
+}
+
+/// ggml's x86 `quantize_row_q8_1` (AVX2 branch of `ggml-cpu/arch/x86/quants.c`) spelled out
+/// independently of the kernels: `id = 127 / amax`, rounding to nearest even by adding and
+/// removing 1.5·2^23 (exact for |v| < 2^22 under the default rounding mode), `s = d·Σq`.
+/// Where `127 / amax` overflows (amax < 3.7e-37), ggml stores `-128`s next to `d = 0`; the
+/// kernels store a zero block, and so does this spelling.
+fn ggml_x86_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
+    const MAGIC: f32 = 12_582_912.0;
+    for (xb, yb) in x.chunks_exact(QK).zip(y.iter_mut()) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let d = amax / 127.0;
+        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
+        if id.is_infinite() {
+            *yb = BlockQ8_1::default();
+            continue;
+        }
+        yb.d = f32_to_f16(d);
+        let mut sum = 0i32;
+        for (q, &v) in yb.qs.iter_mut().zip(xb) {
+            *q = ((v * id + MAGIC) - MAGIC) as i8;
+            sum += i32::from(*q);
+        }
+        yb.s = f32_to_f16(d * sum as f32);
+    }
+}
+
+#[test]
+fn quantizers_match_ggml_x86_arithmetic() {
+    let (mut rng, seed) = fresh_rng();
+    let all = Kernels::available();
+    for nb in LENS {
+        let mut rows = quantizer_rows(&mut rng, nb);
+        // Values whose product with 127 / amax rounds differently from x / (amax / 127).
+        rows.push(
+            (0..nb * QK)
+                .map(|_| rng.random_range(-1.0f32..1.0) * 10f32.powf(rng.random_range(-3.0..3.0)))
+                .collect(),
+        );
+        for x in rows {
+            let mut want = vec![BlockQ8_1::default(); nb];
+            ggml_x86_q8_1(&x, &mut want);
+            for k in &all {
+                let mut got = vec![BlockQ8_1::default(); nb];
+                (k.quantize_q8_1)(&x, &mut got);
+                assert_eq!(got, want, "q8_1 [{}] seed {seed}", k.name());
+                let mut got0 = vec![BlockQ8_0::default(); nb];
+                (k.quantize_q8_0)(&x, &mut got0);
+                for (b0, b1) in got0.iter().zip(&want) {
+                    assert_eq!(
+                        (b0.d, b0.qs),
+                        (b1.d, b1.qs),
+                        "q8_0 [{}] seed {seed}",
+                        k.name()
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn quantizers_zero_blocks_too_tiny_to_scale() {
+    // amax = 1e-39 (subnormal): 127 / amax overflows f32.
+    let mut x = vec![0.0f32; 2 * QK];
+    for (i, v) in x.iter_mut().enumerate() {
+        *v = if i % 2 == 0 { 1e-39 } else { -7e-40 };
+    }
+    x[QK] = 1.0; // the second block is ordinary
+    for k in Kernels::available() {
+        let mut y = [BlockQ8_1::default(); 2];
+        (k.quantize_q8_1)(&x, &mut y);
+        assert_eq!(y[0], BlockQ8_1::default(), "[{}]", k.name());
+        assert_eq!(y[1].qs[0], 127, "[{}]", k.name());
+    }
 }
 
 #[test]
