@@ -41,6 +41,29 @@ PROMPT_FILE = os.path.join(HERE, "prompt.txt")
 FIELDS = ["load_ms", "prefill_tok_per_s", "decode_tok_per_s", "ttft_ms", "peak_rss_mb", "base_rss_mb"]
 
 
+def cpu_snapshot():
+    """(busy CPU seconds of the whole machine, CPU seconds of our finished children), Linux."""
+    import resource
+
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()[1:]
+        user, nice, system, _idle, _iowait, irq, softirq = (int(x) for x in fields[:7])
+        busy = (user + nice + system + irq + softirq) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError):
+        return None
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, ru.ru_utime + ru.ru_stime
+
+
+def other_cpu_pct(before, after, wall_s):
+    """CPU used by other processes during a run, in % of all cores' time (None if unknown)."""
+    if before is None or after is None or wall_s <= 0:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return max(0.0, 100.0 * others / (wall_s * (os.cpu_count() or 1)))
+
+
 def rss_mb():
     import resource
 
@@ -150,9 +173,6 @@ def main():
     import llama_cpp
 
     load1 = os.getloadavg()[0]
-    if load1 > 0.5:
-        sys.stderr.write("llama.cpp peer: load average %.2f before the runs; figures will be low "
-                         "if other work competes for the cores\n" % load1)
     runs = []
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", args.model,
            "--threads", str(args.threads), "--prompt-tokens", str(args.prompt_tokens),
@@ -160,13 +180,17 @@ def main():
     if args.no_repack:
         cmd.append("--no-repack")
     for i in range(args.repeat):
+        snap, t0 = cpu_snapshot(), time.perf_counter()
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
+        wall = time.perf_counter() - t0
         r = json.loads(out)
+        r["other_cpu_pct"] = other_cpu_pct(snap, cpu_snapshot(), wall)
         runs.append(r)
         sys.stderr.write("llama.cpp run %d/%d: prefill %.1f tok/s, decode %.1f tok/s, ttft %.1f ms, "
-                         "rss %.1f MiB, load %.1f ms\n" % (i + 1, args.repeat, r["prefill_tok_per_s"],
-                                                           r["decode_tok_per_s"], r["ttft_ms"],
-                                                           r["peak_rss_mb"], r["load_ms"]))
+                         "rss %.1f MiB, load %.1f ms, other processes' cpu %s%%\n"
+                         % (i + 1, args.repeat, r["prefill_tok_per_s"], r["decode_tok_per_s"], r["ttft_ms"],
+                            r["peak_rss_mb"], r["load_ms"],
+                            "?" if r["other_cpu_pct"] is None else "%.1f" % r["other_cpu_pct"]))
 
     result = {
         "engine": "llama.cpp",
@@ -184,6 +208,14 @@ def main():
     for k in FIELDS:
         result[k] = round(statistics.median(r[k] for r in runs), 3)
     result["samples"] = {k: [round(r[k], 3) for r in runs] for k in FIELDS}
+    # CPU time other processes took while each run went on (% of all cores); figures from a
+    # run where this is more than a few % are not those of an idle machine.
+    result["samples"]["other_cpu_pct"] = [None if r["other_cpu_pct"] is None else round(r["other_cpu_pct"], 1)
+                                          for r in runs]
+    busy = [r["other_cpu_pct"] for r in runs if r["other_cpu_pct"] is not None]
+    if busy and max(busy) > 5:
+        sys.stderr.write("llama.cpp peer: WARNING: other processes took up to %.0f%% of the CPU during "
+                         "the runs; these figures are not those of an idle machine\n" % max(busy))
     result["system_info"] = llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip()
     json.dump(result, sys.stdout, indent=1)
     sys.stdout.write("\n")
