@@ -2,6 +2,8 @@
 //! reference and every kernel set this CPU can run, at SmolLM2-135M's widths (576 = d_model,
 //! 1536 = FFN), with the speedup of the detected set over scalar; then, for prefill, one
 //! weight row against four tokens: one `dot4_*` call against four single-token calls; then
+//! two weight rows against four tokens: one `dot2x4_q4_1_q8_1` call against two `dot4` calls;
+//! then
 //! attention against the f16 KV cache at head width 64: `dot_f32_f16` (score of one cached
 //! key) and `axpy_f16` (add one weighted cached value), ns per call.
 //!
@@ -221,6 +223,37 @@ fn measure4(k: &Kernels, op: &str, width: usize, d: &Data) -> (f64, f64) {
     }
 }
 
+/// ns per row × token of two `Q4_1` weight rows against four tokens with kernels `k` at
+/// `width`: `(two dot4 calls, one dot2x4 call)`.
+fn measure2x4(k: &Kernels, width: usize, d: &Data) -> (f64, f64) {
+    let nb = width / QK;
+    let x = black_box(d);
+    let t1 = [&x.t_q8_1[0][..], &x.t_q8_1[1], &x.t_q8_1[2], &x.t_q8_1[3]];
+    let sum = |r: [[f32; 4]; 2]| r.iter().flatten().sum::<f32>();
+    // `time_per_row` divides by ROWS; a pass covers ROWS rows × 4 tokens.
+    let per_token = |t: f64| t / 4.0;
+    (
+        per_token(time_per_row(|| {
+            x.w_q4_1
+                .chunks_exact(2 * nb)
+                .map(|w| {
+                    let (w0, w1) = w.split_at(nb);
+                    sum([(k.dot4_q4_1_q8_1)(w0, t1), (k.dot4_q4_1_q8_1)(w1, t1)])
+                })
+                .sum()
+        })),
+        per_token(time_per_row(|| {
+            x.w_q4_1
+                .chunks_exact(2 * nb)
+                .map(|w| {
+                    let (w0, w1) = w.split_at(nb);
+                    sum((k.dot2x4_q4_1_q8_1)(w0, w1, t1))
+                })
+                .sum()
+        })),
+    )
+}
+
 /// Head width of the attention benchmark (SmolLM2-135M's).
 const HEAD: usize = 64;
 
@@ -311,6 +344,31 @@ fn main() {
             }
             println!("{line}");
         }
+    }
+
+    println!(
+        "\ntwo weight rows × four tokens (prefill): ns per row × token product; 2×x4 = two dot4 \
+         calls, 2x4 = one dot2x4 call, gain = 2×x4 / 2x4\n"
+    );
+    let mut header = format!("{:<14} {:>5}", "op", "width");
+    for k in all.iter().rev() {
+        header += &format!(
+            " | {:>12} {:>7} {:>7} {:>5}",
+            k.name(),
+            "2×x4",
+            "2x4",
+            "gain"
+        );
+    }
+    println!("{header}");
+    for width in WIDTHS {
+        let data = Data::new(width);
+        let mut line = format!("{:<14} {width:>5}", "q4_1·q8_1");
+        for k in all.iter().rev() {
+            let (t4, t24) = measure2x4(k, width, &data);
+            line += &format!(" | {:>12} {t4:>7.2} {t24:>7.2} {:>4.2}x", "", t4 / t24);
+        }
+        println!("{line}");
     }
 
     println!(

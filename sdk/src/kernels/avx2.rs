@@ -7,8 +7,10 @@
 //! float accumulator; unlike ggml, two blocks per iteration go into two accumulators, as one
 //! FMA chain per block is latency-bound (~20% faster here). With VNNI the byte products are summed by one `vpdpbusd` instead
 //! (`K = AVX_VNNI`: VEX encoding, Alder Lake and later; `K = AVX512_VNNI`: EVEX encoding on
-//! ymm registers, Ice Lake / Zen 4 and later, needs AVX512VL). `vpdpbusd` is emitted with
-//! inline assembly so that no AVX-512 target feature has to be enabled at compile time.
+//! ymm registers, Ice Lake / Zen 4 and later, needs AVX512VL; that set's two-row kernel is
+//! the zmm one of [`super::avx512`], which also needs AVX512F and AVX512BW). `vpdpbusd` is
+//! emitted with inline assembly so that no AVX-512 target feature has to be enabled at
+//! compile time.
 //!
 //! The four-token kernels (`vec_dot4_*`, for prefill) unpack each weight block (nibbles to
 //! bytes, `|x|` for the sign trick, f16 scales to f32) once and apply it to four tokens'
@@ -16,7 +18,10 @@
 //! registers; no spills) and its order of operations, so each token's result is bit-identical
 //! to a single-token call. An eight-token variant was measured and not kept: with 16 ymm
 //! registers it either spills or gives up bit-identity, and it did not beat two four-token
-//! calls consistently (0.92–1.12×).
+//! calls consistently (0.92–1.12×). For the same reason the two-row × four-token kernel
+//! (`vec_dot2x4_q4_1_q8_1`) is two four-token calls here (a ymm version with its 16
+//! accumulators measured 0.96–1.01× of that), except in the AVX512-VNNI set, whose zmm kernel
+//! ([`super::avx512`]) has two blocks per register and 32 registers.
 //!
 //! The quantizers use ggml's x86 SIMD arithmetic, as the scalar reference does on every
 //! platform (so results match llama.cpp on x86 and are identical across our kernel sets):
@@ -25,7 +30,8 @@
 //!
 //! # Safety
 //! Every function here may only be called when the CPU supports AVX2, FMA and F16C, and
-//! for `K = AVX_VNNI` / `K = AVX512_VNNI` also AVX-VNNI / AVX512-VNNI + AVX512VL.
+//! for `K = AVX_VNNI` also AVX-VNNI, for `K = AVX512_VNNI` also AVX512-VNNI, AVX512F,
+//! AVX512BW and AVX512VL.
 //! Slices are only read within bounds; mismatched lengths are truncated to the shorter one.
 
 // Register-only intrinsics are safe to call inside `#[target_feature]` functions since Rust
@@ -133,7 +139,7 @@ unsafe fn scale_products(a0: u16, b0: u16, a1: u16, b1: u16) -> (__m256, __m256)
 /// Sum of the eight lanes (ggml's `hsum_float_8`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum_float_8(x: __m256) -> f32 {
+pub(super) unsafe fn hsum_float_8(x: __m256) -> f32 {
     // SAFETY: register-only AVX intrinsics on a function compiled with AVX2.
     unsafe {
         let mut res = _mm256_extractf128_ps::<1>(x);
@@ -384,7 +390,7 @@ pub(super) unsafe fn vec_dot4_q8_0_q8_0<const K: u8>(
 /// `[dx·dy0, mx·sy0, dx·dy1, mx·sy1, .., mx·sy3]`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block4_q4_1_q8_1<const K: u8>(
+pub(super) unsafe fn block4_q4_1_q8_1<const K: u8>(
     acc: &mut [__m256; 4],
     xb: &BlockQ4_1,
     y: [&BlockQ8_1; 4],
@@ -440,6 +446,32 @@ pub(super) unsafe fn vec_dot4_q4_1_q8_1<const K: u8>(
             hsum_float_8(_mm256_add_ps(acc0[2], acc1[2])) + ms[5],
             hsum_float_8(_mm256_add_ps(acc0[3], acc1[3])) + ms[7],
         ]
+    }
+}
+
+/// The eight dot products of two weight rows with four tokens, over the shortest length, each
+/// bit-identical to [`vec_dot_q4_1_q8_1`] of its row and token: with `K = AVX512_VNNI` the zmm
+/// kernel of [`super::avx512`], otherwise two four-token calls (a ymm two-row kernel needs 16
+/// accumulators, all 16 ymm registers, and measured no faster). See the module's safety
+/// contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot2x4_q4_1_q8_1<const K: u8>(
+    x0: &[BlockQ4_1],
+    x1: &[BlockQ4_1],
+    y: [&[BlockQ8_1]; 4],
+) -> [[f32; 4]; 2] {
+    let n = x0.len().min(x1.len());
+    // SAFETY: the module contract is ours; for K = AVX512_VNNI it includes AVX512F/BW, which
+    // the zmm kernel needs besides.
+    unsafe {
+        if K == AVX512_VNNI {
+            super::avx512::vec_dot2x4_q4_1_q8_1(&x0[..n], &x1[..n], y)
+        } else {
+            [
+                vec_dot4_q4_1_q8_1::<K>(&x0[..n], y),
+                vec_dot4_q4_1_q8_1::<K>(&x1[..n], y),
+            ]
+        }
     }
 }
 

@@ -411,6 +411,26 @@ pub(super) unsafe fn vec_dot4_q4_1_q8_1<const K: u8>(
     }
 }
 
+/// The eight dot products of two weight rows with four tokens over the shortest length: two
+/// four-token calls, so each is bit-identical to [`vec_dot_q4_1_q8_1`] of its row and token
+/// (NEON's 32 registers would hold a fused kernel's 16 accumulators, but there is no AArch64
+/// machine here to show it faster). See the module's safety contract.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn vec_dot2x4_q4_1_q8_1<const K: u8>(
+    x0: &[BlockQ4_1],
+    x1: &[BlockQ4_1],
+    y: [&[BlockQ8_1]; 4],
+) -> [[f32; 4]; 2] {
+    let n = x0.len().min(x1.len());
+    // SAFETY: the module contract is ours.
+    unsafe {
+        [
+            vec_dot4_q4_1_q8_1::<K>(&x0[..n], y),
+            vec_dot4_q4_1_q8_1::<K>(&x1[..n], y),
+        ]
+    }
+}
+
 /// `Σ a·b` over `min(a.len(), b.len())` values: four 4-lane FMA accumulators.
 #[target_feature(enable = "neon")]
 pub(super) unsafe fn vec_dot_f32(a: &[f32], b: &[f32]) -> f32 {

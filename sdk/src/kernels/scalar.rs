@@ -11,7 +11,8 @@
 //! # Panics
 //! Every function panics if its slices disagree in length (`x.len() != 32 * y.len()` for
 //! quantize/dequantize, `x.len() != y.len()` for block dot products and for each of the four
-//! rows of the `vec_dot4_*` ones, `a.len() != b.len()` for [`vec_dot_f32`]).
+//! rows of the `vec_dot4_*` ones, and of both weight rows of [`vec_dot2x4_q4_1_q8_1`],
+//! `a.len() != b.len()` for [`vec_dot_f32`]).
 
 use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use half::f16;
@@ -278,6 +279,18 @@ pub fn vec_dot4_q8_0_q8_0(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
         assert_eq!(x.len(), yt.len(), "vec_dot4_q8_0_q8_0: length mismatch");
     }
     y.map(|yt| vec_dot_q8_0_q8_0(x, yt))
+}
+
+/// Eight dot products of two `Q4_1` rows (two weight rows) with four `Q8_1` rows (four
+/// tokens), all of as many blocks: `[[x0·y_t; 4], [x1·y_t; 4]]`, i.e. [`vec_dot_q4_1_q8_1`]
+/// eight times.
+pub fn vec_dot2x4_q4_1_q8_1(
+    x0: &[BlockQ4_1],
+    x1: &[BlockQ4_1],
+    y: [&[BlockQ8_1]; 4],
+) -> [[f32; 4]; 2] {
+    assert_eq!(x0.len(), x1.len(), "vec_dot2x4_q4_1_q8_1: length mismatch");
+    [vec_dot4_q4_1_q8_1(x0, y), vec_dot4_q4_1_q8_1(x1, y)]
 }
 
 /// `Σ a·b` for `a.len() == b.len()`, as ggml's generic `ggml_vec_dot_f32`: products in f32,

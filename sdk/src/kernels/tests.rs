@@ -16,6 +16,7 @@
 //! | fast vs scalar, `q4_0·q8_0`, `q8_0·q8_0`, `q4_1·q8_1` (`nb` blocks) | `2(nb + 8)·u·B`, `B = Σ_b |dx·dy|·Σ_j |qx_j·qy_j| + |mx·sy|` | scalar: ≤ `nb + 2` roundings per term; SIMD: one FMA per block per lane, ≤ 5 for reductions and the separate `m·s` sum |
 //! | four-token `dot4_*` vs four scalar single dots | as fast vs scalar, per token | same sums |
 //! | four-token `dot4_*` vs four single dots of the same set | **bit-identical** | same per-token accumulators, same order |
+//! | two-row `dot2x4_q4_1_q8_1` vs eight single dots of the same set (and vs scalar: as `dot4`) | **bit-identical** | same per-output accumulators and order: the zmm kernel keeps the two ymm accumulators in interleaved lanes |
 //! | fast vs scalar, `f32` (`n` values) | `(n/8 + 32)·u·Σ|a_i·b_i|` | SIMD lanes ≥ 8 (chains ≤ n/8), ≤ 15 tail and 5 reduction steps; the scalar reference sums in f64 (1 rounding per product, 1 at the end) |
 //! | fast vs scalar, `f32 · f16` (`dot_f32_f16`, `n` values; [`f16`] tests) | `(n/8 + 32)·u·Σ|a_i·b_i| + n·2^-149` | as `f32`: each FMA chain ≤ n/16 + 1 steps (16 lanes), ≤ 5 reduction steps, the zero-padded tail adds exact zeros; f16 → f32 is exact; `n·2^-149` covers products that are f32 subnormals |
 //! | fast vs scalar, `axpy_f16` | **bit-identical** (every bit, subnormal results included) | both compute `fma(alpha, f32(x), y)`, one rounding per element: the SIMD sets with FMA instructions, the scalar reference with `f32::mul_add` |
@@ -31,6 +32,7 @@ use super::scalar::{self, f16_to_f32, f32_to_f16};
 use super::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels, QK};
 
 mod f16;
+mod multi_token;
 
 /// f32 unit roundoff.
 const U: f64 = 1.0 / (1u64 << 24) as f64;
@@ -269,139 +271,6 @@ fn fast_dots_match_scalar() {
     }
 }
 
-/// Checks one four-token dot of kernel set `k` against four scalar single dots (within `tol`
-/// per token) and against four single dots of the same set (bit for bit).
-#[allow(clippy::too_many_arguments)]
-fn check_dot4<X, Y>(
-    what: &str,
-    k: &Kernels,
-    seed: u64,
-    got: [f32; 4],
-    x: &[X],
-    y: [&[Y]; 4],
-    scalar_dot: fn(&[X], &[Y]) -> f32,
-    same_set_dot: fn(&[X], &[Y]) -> f32,
-    bound: fn(&[X], &[Y]) -> f64,
-) {
-    let nb = x.len();
-    for (t, (&got, yt)) in got.iter().zip(y).enumerate() {
-        let tol = 2.0 * (nb as f64 + 8.0) * U * bound(x, yt);
-        check_close(
-            &format!("{what} token {t} of 4, {nb} blocks"),
-            k.name(),
-            seed,
-            got,
-            scalar_dot(x, yt),
-            tol,
-        );
-        let single = same_set_dot(x, yt);
-        assert_eq!(
-            got.to_bits(),
-            single.to_bits(),
-            "{what} token {t} of 4, {nb} blocks [{}] seed {seed}: x4 gives {got:e}, single {single:e}",
-            k.name()
-        );
-    }
-}
-
-#[test]
-fn dot4s_match_four_single_dots() {
-    let (mut rng, seed) = fresh_rng();
-    // Every set, scalar included: its x4 must equal its own single dot too.
-    let all = Kernels::available();
-    for _ in 0..20 {
-        for nb in LENS {
-            let x = random_q4_0(&mut rng, nb);
-            let y: [Vec<BlockQ8_0>; 4] = std::array::from_fn(|_| random_q8_0(&mut rng, nb));
-            let y = [&y[0][..], &y[1], &y[2], &y[3]];
-            for k in &all {
-                let got = (k.dot4_q4_0_q8_0)(&x, y);
-                check_dot4(
-                    "dot4 q4_0·q8_0",
-                    k,
-                    seed,
-                    got,
-                    &x,
-                    y,
-                    scalar::vec_dot_q4_0_q8_0,
-                    k.dot_q4_0_q8_0,
-                    bound_q4_0,
-                );
-            }
-
-            let x = random_q4_1(&mut rng, nb);
-            let y: [Vec<BlockQ8_1>; 4] = std::array::from_fn(|_| random_q8_1(&mut rng, nb));
-            let y = [&y[0][..], &y[1], &y[2], &y[3]];
-            for k in &all {
-                let got = (k.dot4_q4_1_q8_1)(&x, y);
-                check_dot4(
-                    "dot4 q4_1·q8_1",
-                    k,
-                    seed,
-                    got,
-                    &x,
-                    y,
-                    scalar::vec_dot_q4_1_q8_1,
-                    k.dot_q4_1_q8_1,
-                    bound_q4_1,
-                );
-            }
-
-            let x = random_q8_0(&mut rng, nb);
-            let y: [Vec<BlockQ8_0>; 4] = std::array::from_fn(|_| random_q8_0(&mut rng, nb));
-            let y = [&y[0][..], &y[1], &y[2], &y[3]];
-            for k in &all {
-                let got = (k.dot4_q8_0_q8_0)(&x, y);
-                check_dot4(
-                    "dot4 q8_0·q8_0",
-                    k,
-                    seed,
-                    got,
-                    &x,
-                    y,
-                    scalar::vec_dot_q8_0_q8_0,
-                    k.dot_q8_0_q8_0,
-                    bound_q8_0,
-                );
-            }
-        }
-    }
-}
-
-#[test]
-fn dot4s_keep_tokens_apart() {
-    // One token all zero, one the negation of another: a mixed-up lane shows at once.
-    let (mut rng, seed) = fresh_rng();
-    for k in Kernels::available() {
-        for nb in LENS {
-            let x = random_q4_1(&mut rng, nb);
-            let a = random_q8_1(&mut rng, nb);
-            let neg: Vec<BlockQ8_1> = a
-                .iter()
-                .map(|b| BlockQ8_1 {
-                    d: b.d ^ 0x8000,
-                    ..*b
-                })
-                .collect();
-            let zero = vec![BlockQ8_1::default(); nb];
-            let b = random_q8_1(&mut rng, nb);
-            let got = (k.dot4_q4_1_q8_1)(&x, [&a, &zero, &neg, &b]);
-            let want = [&a, &zero, &neg, &b].map(|y| (k.dot_q4_1_q8_1)(&x, y));
-            assert_eq!(got, want, "[{}] seed {seed}", k.name());
-
-            let x = random_q8_0(&mut rng, nb);
-            let a = random_q8_0(&mut rng, nb);
-            let zero = vec![BlockQ8_0::default(); nb];
-            let b = random_q8_0(&mut rng, nb);
-            let c = random_q8_0(&mut rng, nb);
-            let got = (k.dot4_q8_0_q8_0)(&x, [&zero, &a, &b, &c]);
-            let want = [&zero, &a, &b, &c].map(|y| (k.dot_q8_0_q8_0)(&x, y));
-            assert_eq!(got, want, "[{}] seed {seed}", k.name());
-            assert_eq!(got[0], 0.0);
-        }
-    }
-}
-
 #[test]
 fn fast_dots_on_extreme_values_match_scalar() {
     // All-max magnitudes: nibbles 0 (-8 for q4_0) and 15, q8 values ±127, against every sign.
@@ -462,6 +331,8 @@ fn fast_dots_on_extreme_values_match_scalar() {
                 assert_eq!((k.dot4_q4_0_q8_0)(&x4, [&y8; 4]), [want; 4], "{name}");
                 let want = scalar::vec_dot_q4_1_q8_1(&x41, &y81);
                 assert_eq!((k.dot4_q4_1_q8_1)(&x41, [&y81; 4]), [want; 4], "{name}");
+                let got = (k.dot2x4_q4_1_q8_1)(&x41, &x41, [&y81; 4]);
+                assert_eq!(got, [[want; 4]; 2], "{name}");
                 let want = scalar::vec_dot_q8_0_q8_0(&x8, &y8);
                 assert_eq!((k.dot4_q8_0_q8_0)(&x8, [&y8; 4]), [want; 4], "{name}");
             }
@@ -980,6 +851,17 @@ fn dot4s_reject_mismatched_lengths() {
                 "[{}] token {t}: {msg}",
                 k.name()
             );
+        }
+        let short = vec![BlockQ4_1::default(); 1];
+        for (x0, x1, y) in [
+            (&x, &short, [&good[..]; 4]),
+            (&short, &x, [&good[..]; 4]),
+            (&x, &x, [&good[..], &good, &good, &bad]),
+        ] {
+            let r = std::panic::catch_unwind(|| (k.dot2x4_q4_1_q8_1)(x0, x1, y));
+            let msg = r.expect_err("no panic");
+            let msg = msg.downcast_ref::<String>().map_or("", String::as_str);
+            assert!(msg.contains("length mismatch"), "[{}]: {msg}", k.name());
         }
         let x = vec![BlockQ8_0::default(); 1];
         let y = vec![BlockQ8_0::default(); 2];
