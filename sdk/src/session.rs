@@ -444,7 +444,10 @@ impl Session {
             }
             // Stop strings: cut the text at the first match; hold back a tail that may
             // still become one.
-            let search_from = emitted.saturating_sub(stop_max);
+            let mut search_from = emitted.saturating_sub(stop_max);
+            while !out.text.is_char_boundary(search_from) {
+                search_from -= 1;
+            }
             let hit = params.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| out.text[search_from..].find(s.as_str()).map(|i| search_from + i)).min();
             let final_text = hit.is_some() || at_length || at_ctx;
             if let Some(cut) = hit {
@@ -554,5 +557,12 @@ mod tests {
         assert_eq!(safe_len("Hello", &stops), 5);
         assert_eq!(safe_len("Hello\n", &stops), 5);
         assert_eq!(safe_len("héllo", &["lo!".to_string()]), "héllo".len() - 2);
+    }
+
+    #[test]
+    fn stop_strings_next_to_multibyte_text() {
+        // A stop string after multi-byte characters: the search window must start on a
+        // character boundary.
+        assert_eq!(safe_len("日本語のテ", &["テキスト".to_string()]), "日本語の".len());
     }
 }

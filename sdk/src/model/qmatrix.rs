@@ -254,6 +254,7 @@ impl<'a> Prepared<'a> {
     /// Quantizes `x` (`[n, cols]`) for the given weight types.
     pub(crate) fn new(x: &'a [f32], n: usize, cols: usize, dtypes: &[GgmlDType]) -> Self {
         debug_assert_eq!(x.len(), n * cols);
+        let k = Kernels::detect();
         let mut p = Prepared { x, n, cols, q8_0: Vec::new(), q8_1: Vec::new(), candle: Vec::new() };
         for &dt in dtypes {
             match lane(dt) {
@@ -261,13 +262,13 @@ impl<'a> Prepared<'a> {
                 Lane::Q8_0 if p.q8_0.is_empty() => {
                     p.q8_0 = vec![bytemuck::Zeroable::zeroed(); n * cols / 32];
                     for (xr, yr) in x.chunks(cols).zip(p.q8_0.chunks_mut(cols / 32)) {
-                        quantize_q8_0_ggml_x86(xr, yr)
+                        (k.quantize_q8_0)(xr, yr)
                     }
                 }
                 Lane::Q8_1 if p.q8_1.is_empty() => {
                     p.q8_1 = vec![bytemuck::Zeroable::zeroed(); n * cols / 32];
                     for (xr, yr) in x.chunks(cols).zip(p.q8_1.chunks_mut(cols / 32)) {
-                        quantize_q8_1_ggml_x86(xr, yr)
+                        (k.quantize_q8_1)(xr, yr)
                     }
                 }
                 Lane::Candle(dt) if !p.candle.iter().any(|(d, _)| *d == dt) => {
@@ -377,13 +378,13 @@ unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out
         }
         Lane::Q8_0 => {
             if w.dtype == GgmlDType::Q4_0 {
-                blocks_rows(cast::<BlockQ4_0>(w.bytes()), &input.q8_0, cols / 32, n, r0, r1, k.dot_q4_0_q8_0, k.dot4_q4_0_q8_0, &put);
+                blocks_rows(cast::<BlockQ4_0>(w.bytes()), &input.q8_0, cols / 32, n, r0, r1, k.dot_q4_0_q8_0, k.dot4_q4_0_q8_0, None, &put);
             } else {
-                blocks_rows(cast::<BlockQ8_0>(w.bytes()), &input.q8_0, cols / 32, n, r0, r1, k.dot_q8_0_q8_0, k.dot4_q8_0_q8_0, &put);
+                blocks_rows(cast::<BlockQ8_0>(w.bytes()), &input.q8_0, cols / 32, n, r0, r1, k.dot_q8_0_q8_0, k.dot4_q8_0_q8_0, None, &put);
             }
         }
         Lane::Q8_1 => {
-            blocks_rows(cast::<BlockQ4_1>(w.bytes()), &input.q8_1, cols / 32, n, r0, r1, k.dot_q4_1_q8_1, k.dot4_q4_1_q8_1, &put);
+            blocks_rows(cast::<BlockQ4_1>(w.bytes()), &input.q8_1, cols / 32, n, r0, r1, k.dot_q4_1_q8_1, k.dot4_q4_1_q8_1, Some(k.dot2x4_q4_1_q8_1), &put);
         }
         Lane::Candle(dt) => {
             let acts = &input.candle.iter().find(|(d, _)| *d == dt).expect("input prepared for this dtype").1;
@@ -392,9 +393,12 @@ unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out
     }
 }
 
-/// Rows `r0..r1` of a block-quantized matrix against `n` quantized tokens: four tokens per
-/// weight-row pass (the row's blocks are unpacked once for all four), the rest one by one.
+/// Rows `r0..r1` of a block-quantized matrix against `n` quantized tokens: groups of four
+/// tokens per pass over a weight row (the row's blocks are unpacked once for all four; two rows
+/// at a time where the kernel set has a two-row kernel), the remaining tokens one by one. Every
+/// kernel gives bit-identical results to the single dot, so batching never changes numerics.
 #[allow(clippy::too_many_arguments)]
+#[allow(clippy::type_complexity)]
 fn blocks_rows<W, A>(
     wb: &[W],
     xq: &[A],
@@ -404,20 +408,39 @@ fn blocks_rows<W, A>(
     r1: usize,
     dot: fn(&[W], &[A]) -> f32,
     dot4: fn(&[W], [&[A]; 4]) -> [f32; 4],
+    dot2x4: Option<fn(&[W], &[W], [&[A]; 4]) -> [[f32; 4]; 2]>,
     put: &impl Fn(usize, usize, f32),
 ) {
     let tok = |t: usize| &xq[t * bpr..(t + 1) * bpr];
-    for r in r0..r1 {
-        let wr = &wb[r * bpr..(r + 1) * bpr];
-        let mut t = 0;
-        while t + 4 <= n {
+    let row = |r: usize| &wb[r * bpr..(r + 1) * bpr];
+    let n4 = n / 4 * 4;
+    let mut r = r0;
+    if let Some(dot2x4) = dot2x4 {
+        while r + 2 <= r1 && n4 > 0 {
+            for t in (0..n4).step_by(4) {
+                let v = dot2x4(row(r), row(r + 1), [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
+                for (dr, vr) in v.into_iter().enumerate() {
+                    for (i, v) in vr.into_iter().enumerate() {
+                        put(t + i, r + dr, v);
+                    }
+                }
+            }
+            for t in n4..n {
+                put(t, r, dot(row(r), tok(t)));
+                put(t, r + 1, dot(row(r + 1), tok(t)));
+            }
+            r += 2;
+        }
+    }
+    for r in r..r1 {
+        let wr = row(r);
+        for t in (0..n4).step_by(4) {
             let v = dot4(wr, [tok(t), tok(t + 1), tok(t + 2), tok(t + 3)]);
             for (i, v) in v.into_iter().enumerate() {
                 put(t + i, r, v);
             }
-            t += 4;
         }
-        for t in t..n {
+        for t in n4..n {
             put(t, r, dot(wr, tok(t)));
         }
     }
@@ -442,44 +465,6 @@ fn candle_rows<T: GgmlType>(w: &QMatrix, acts: &[u64], n: usize, r0: usize, r1: 
 fn acts_bytes(v: &[u64]) -> &[u8] {
     // SAFETY: reinterpreting initialised u64s as bytes is always valid.
     unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8) }
-}
-
-/// Q8_1 quantization with the arithmetic of ggml's x86 SIMD path (`id = 127/amax`, ties to
-/// even), which llama.cpp runs on this kind of machine, so that greedy decoding matches it as
-/// long as possible.
-fn quantize_q8_1_ggml_x86(x: &[f32], y: &mut [BlockQ8_1]) {
-    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        yb.d = f16::from_f32(d).to_bits();
-        let mut sum = 0i32;
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = round_even(v * id) as i8;
-            sum += *q as i32;
-        }
-        yb.s = f16::from_f32(d * sum as f32).to_bits();
-    }
-}
-/// Q8_0 quantization with ggml's x86 arithmetic (see [`quantize_q8_1_ggml_x86`]).
-fn quantize_q8_0_ggml_x86(x: &[f32], y: &mut [BlockQ8_0]) {
-    for (xb, yb) in x.chunks_exact(32).zip(y.iter_mut()) {
-        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-        let d = amax / 127.0;
-        let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
-        yb.d = f16::from_f32(d).to_bits();
-        for (q, &v) in yb.qs.iter_mut().zip(xb) {
-            *q = round_even(v * id) as i8;
-        }
-    }
-}
-
-/// Rounds to nearest, ties to even, for |x| < 2²² (what `_mm256_round_ps` does), without a libm
-/// call: adding and removing 1.5·2²³ leaves the integer part under the default rounding mode.
-#[inline]
-fn round_even(x: f32) -> f32 {
-    const MAGIC: f32 = 12_582_912.0;
-    (x + MAGIC) - MAGIC
 }
 
 #[cfg(test)]

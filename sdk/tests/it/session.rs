@@ -254,3 +254,26 @@ fn logprobs_are_consistent() {
         assert!(entry.logprob <= 0.0);
     }
 }
+
+#[test]
+fn stop_strings_never_split_characters_in_random_text() {
+    // The tiny model's byte tokens make text full of multi-byte characters and U+FFFD; stop
+    // strings of every length must be searched on character boundaries.
+    let (_d, _p, engine) = tiny(spec(GgmlDType::Q8_0, 64, rand::random()), 2);
+    let mut s = engine.new_session();
+    for seed in 0..40u64 {
+        let mut p = greedy(30);
+        p.sampling.temperature = 1.5;
+        p.sampling.seed = Some(seed);
+        p.stop = vec!["zq".into(), "\u{FFFD}\u{FFFD}\u{FFFD}".into(), "é!".into(), "x".repeat((seed % 5) as usize + 1)];
+        let mut streamed = String::new();
+        let g = s.generate(&Prompt::Tokens(vec![5, 200, 201, 202]), &p, &mut |ev| {
+            streamed.push_str(ev.text);
+            Flow::Continue
+        }).unwrap();
+        assert_eq!(streamed, g.text, "seed {seed}");
+        for stop in &p.stop {
+            assert!(!g.text.contains(stop.as_str()), "seed {seed}: {stop:?} in {:?}", g.text);
+        }
+    }
+}
