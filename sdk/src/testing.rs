@@ -71,23 +71,6 @@ const TINY_MERGES: [(&str, &str); 10] = [
     ("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("Ġ", "s"), ("r", "e"), ("Ġthe", "r"),
 ];
 
-fn byte_symbols() -> Vec<char> {
-    // GPT-2's byte-to-unicode table, in byte order.
-    let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
-    let mut cs = bs.clone();
-    let mut n = 0;
-    for b in 0..256u32 {
-        if !bs.contains(&b) {
-            bs.push(b);
-            cs.push(256 + n);
-            n += 1;
-        }
-    }
-    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
-    pairs.sort();
-    pairs.into_iter().map(|(_, c)| char::from_u32(c).expect("scalar")).collect()
-}
-
 impl TinyModel {
     /// Number of tokens in the tiny vocabulary.
     pub fn vocab_size(&self) -> usize {
@@ -131,7 +114,7 @@ impl TinyModel {
             tensors.push(("output.weight".into(), q(rand_t(vocab, d, 1.0)?, self.dtype)?));
         }
 
-        let bytes = byte_symbols();
+        let bytes = crate::text::tokenizer::byte_chars();
         let mut tokens: Vec<String> = TINY_CONTROL.iter().map(|s| s.to_string()).collect();
         tokens.extend(bytes.iter().map(|c| c.to_string()));
         tokens.extend(TINY_MERGES.iter().map(|(a, b)| format!("{a}{b}")));

@@ -36,8 +36,8 @@ fn pre_regexes(pre: &str) -> Option<Vec<&'static str>> {
     })
 }
 
-/// GPT-2's reversible map from bytes to printable characters, inverted.
-fn unicode_to_byte() -> HashMap<char, u8> {
+/// GPT-2's reversible map from bytes to printable characters: entry `b` is byte `b`'s char.
+pub(crate) fn byte_chars() -> Vec<char> {
     let mut bs: Vec<u32> = (b'!' as u32..=b'~' as u32).chain(0xA1..=0xAC).chain(0xAE..=0xFF).collect();
     let mut cs = bs.clone();
     let mut n = 0;
@@ -48,10 +48,14 @@ fn unicode_to_byte() -> HashMap<char, u8> {
             n += 1;
         }
     }
-    bs.into_iter()
-        .zip(cs)
-        .map(|(b, c)| (char::from_u32(c).expect("valid scalar"), b as u8))
-        .collect()
+    let mut pairs: Vec<(u32, u32)> = bs.into_iter().zip(cs).collect();
+    pairs.sort();
+    pairs.into_iter().map(|(_, c)| char::from_u32(c).expect("valid scalar")).collect()
+}
+
+/// The inverse of [`byte_chars`].
+fn unicode_to_byte() -> HashMap<char, u8> {
+    byte_chars().into_iter().enumerate().map(|(b, c)| (c, b as u8)).collect()
 }
 
 /// A model's tokenizer.
