@@ -41,6 +41,8 @@ pub struct TinyModel {
     pub weight_scale: f32,
     /// `llama.rope.freq_base`.
     pub rope_base: f32,
+    /// Write q/k/v biases (as Qwen2 models have).
+    pub qkv_bias: bool,
 }
 
 impl Default for TinyModel {
@@ -59,6 +61,7 @@ impl Default for TinyModel {
             seed: 0,
             weight_scale: 0.15,
             rope_base: 10_000.0,
+            qkv_bias: false,
         }
     }
 }
@@ -101,6 +104,12 @@ impl TinyModel {
             let mut r2 = rand::rngs::StdRng::seed_from_u64(self.seed.wrapping_add(1000 + l as u64));
             tensors.push((n("attn_norm.weight"), q(norm(&mut r2)?, GgmlDType::F32)?));
             tensors.push((n("ffn_norm.weight"), q(norm(&mut r2)?, GgmlDType::F32)?));
+            if self.qkv_bias {
+                for (name, len) in [("attn_q.bias", d), ("attn_k.bias", kv), ("attn_v.bias", kv)] {
+                    let b: Vec<f32> = (0..len).map(|_| r2.random_range(-0.5f32..0.5)).collect();
+                    tensors.push((n(name), q(Tensor::from_vec(b, len, &dev)?, GgmlDType::F32)?));
+                }
+            }
             tensors.push((n("attn_q.weight"), q(rand_t(d, d, s)?, self.dtype)?));
             tensors.push((n("attn_k.weight"), q(rand_t(kv, d, s)?, self.dtype)?));
             tensors.push((n("attn_v.weight"), q(rand_t(kv, d, s)?, self.dtype)?));

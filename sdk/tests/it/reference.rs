@@ -120,3 +120,30 @@ fn wide_heads_and_groups_of_three_match_candle_reference() {
     // to 4.4%; swapping the RoPE pairing for NeoX's gives 21%).
     compare_spec(sp, 2, 0.05);
 }
+
+/// A Qwen2-style model (NeoX RoPE, q/k/v biases) against candle-transformers'
+/// `quantized_qwen2`, which returns the last position's logits: fed one token at a time.
+#[test]
+fn qwen2_style_matches_candle_reference() {
+    use candle_transformers::models::quantized_qwen2::ModelWeights as Qwen2;
+    let mut sp = spec(GgmlDType::Q8_0, 64, rand::random());
+    sp.architecture = "qwen2".into();
+    sp.qkv_bias = true;
+    let seed = sp.seed;
+    let (_dir, path, engine) = tiny(sp, 2);
+    assert_eq!(engine.model_config().rope_style, tailor::model::config::RopeStyle::Neox);
+    let mut f = std::fs::File::open(&path).unwrap();
+    let ct = gguf_file::Content::read(&mut f).unwrap();
+    let mut m = Qwen2::from_gguf(ct, &mut f, &Device::Cpu).unwrap();
+    let vocab = engine.model_config().vocab_size;
+    let tokens: Vec<u32> = (0..24).map(|i| (i * 37 + 11) % vocab as u32).collect();
+    let got = engine.new_session().logits_all(&tokens).unwrap();
+    for (i, &t) in tokens.iter().enumerate() {
+        let x = Tensor::new(&[t], &Device::Cpu).unwrap().unsqueeze(0).unwrap();
+        let want = m.forward(&x, i).unwrap().squeeze(0).unwrap().to_vec1::<f32>().unwrap();
+        let g = &got[i * vocab..(i + 1) * vocab];
+        let range = want.iter().cloned().fold(f32::NEG_INFINITY, f32::max) - want.iter().cloned().fold(f32::INFINITY, f32::min);
+        let diff = g.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(diff <= 0.03 * range, "seed {seed} pos {i}: max |Δ| {diff} vs range {range}");
+    }
+}
