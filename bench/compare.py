@@ -56,7 +56,10 @@ def main():
     for name, d in (("tailor", tailor), ("llama.cpp", peer)):
         if d is not None:
             print("%-10s %s" % (name + ":", ", ".join(
-                "%s=%s" % (k, d[k]) for k in ["version"] + SETTINGS + ["model"] if k in d)))
+                "%s=%s" % (k, d[k]) for k in ["version"] + SETTINGS + ["ctx", "repack", "model"] if k in d)))
+            busy = [x for x in (d.get("samples") or {}).get("other_cpu_pct", []) if x is not None]
+            if busy and max(busy) > 5:
+                print("WARNING: other processes took up to %.0f%% of the CPU during %s's runs" % (max(busy), name))
     if tailor is not None and peer is not None:
         diff = [k for k in SETTINGS if k in tailor and k in peer and tailor[k] != peer[k]]
         if diff:

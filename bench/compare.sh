@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
 # Tailor vs llama.cpp on the same GGUF, same settings, back to back; prints a table.
 #
-#   bench/compare.sh --model M.gguf [--threads 2] [--prompt-tokens 128] [--gen-tokens 128] [--repeat 5]
+#   bench/compare.sh --model M.gguf [--threads 2] [--prompt-tokens 128] [--gen-tokens 128] [--repeat 5] [--ctx 2048]
 #
 # Tailor: $TAILOR_BIN (default target/release/tailor; build: cargo build --release -p tailor-cli).
 # llama.cpp: bench/llamacpp_peer.py in the peer venv ($PEER_VENV or .venv-peer/, see
-# scripts/peer-venv.sh). The two JSON results are kept in $OUT_DIR (default: a temp dir).
+# scripts/peer-venv.sh); $PEER_ARGS adds arguments to it (e.g. PEER_ARGS=--no-repack).
+# The two JSON results are kept in $OUT_DIR (default: a temp dir).
 # Run it on an otherwise idle machine: both engines use all the threads asked for.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-model="" threads=2 prompt=128 gen=128 repeat=5
+model="" threads=2 prompt=128 gen=128 repeat=5 ctx=2048
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --model) model="$2"; shift 2 ;;
@@ -18,7 +19,8 @@ while [ "$#" -gt 0 ]; do
         --prompt-tokens) prompt="$2"; shift 2 ;;
         --gen-tokens) gen="$2"; shift 2 ;;
         --repeat) repeat="$2"; shift 2 ;;
-        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+        --ctx) ctx="$2"; shift 2 ;;
+        -h|--help) sed -n '2,11p' "$0"; exit 0 ;;
         *) echo "compare.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -28,7 +30,7 @@ done
 tailor_bin="${TAILOR_BIN:-$root/target/release/tailor}"
 out="${OUT_DIR:-$(mktemp -d)}"
 mkdir -p "$out"
-settings=(--model "$model" --threads "$threads" --prompt-tokens "$prompt" --gen-tokens "$gen" --repeat "$repeat")
+settings=(--model "$model" --threads "$threads" --prompt-tokens "$prompt" --gen-tokens "$gen" --repeat "$repeat" --ctx "$ctx")
 
 : > "$out/tailor.json"
 if [ ! -x "$tailor_bin" ]; then
@@ -43,7 +45,8 @@ else
 fi
 
 echo "compare.sh: llama.cpp peer ..." >&2
-python3 "$root/bench/llamacpp_peer.py" "${settings[@]}" > "$out/llamacpp.json"
+# shellcheck disable=SC2086
+python3 "$root/bench/llamacpp_peer.py" "${settings[@]}" ${PEER_ARGS:-} > "$out/llamacpp.json"
 
 python3 "$root/bench/compare.py" "$out/tailor.json" "$out/llamacpp.json"
 echo "(results: $out)" >&2
