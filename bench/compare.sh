@@ -5,7 +5,7 @@
 #
 # Tailor: $TAILOR_BIN (default target/release/tailor; build: cargo build --release -p tailor-cli).
 # llama.cpp: bench/llamacpp_peer.py in the peer venv ($PEER_VENV or .venv-peer/, see
-# scripts/peer-venv.sh); $PEER_ARGS adds arguments to it (e.g. PEER_ARGS=--no-repack).
+# scripts/peer-venv.sh); $PEER_ARGS adds arguments to it (e.g. PEER_ARGS=--repack).
 # The two JSON results are kept in $OUT_DIR (default: a temp dir).
 # Run it on an otherwise idle machine: both engines use all the threads asked for.
 set -euo pipefail

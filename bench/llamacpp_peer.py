@@ -2,7 +2,7 @@
 """Measure llama.cpp (through llama-cpp-python) on a GGUF the way `tailor bench --json` does.
 
     python3 bench/llamacpp_peer.py --model M.gguf --threads 2 [--prompt-tokens 128]
-        [--gen-tokens 128] [--repeat 5] [--ctx 2048]
+        [--gen-tokens 128] [--repeat 5] [--ctx 2048] [--repack]
 
 Prints one JSON object on stdout (progress goes to stderr):
   {"engine": "llama.cpp", "version", "threads", "prompt_tokens", "gen_tokens", "load_ms",
@@ -19,7 +19,11 @@ One run:
   decode   G steps of eval([tok]) + argmax of its logits, greedy, EOS ignored;
            decode_tok_per_s = G / total decode time
   ttft     prefill time + the first decode step
-  repack   llama.cpp's default (extra buffer types: repacked/AMX weights) unless --no-repack
+  repack   off by default (llama.cpp's --no-repack: weights used as stored, from the mapped
+           file). llama.cpp's own default (--repack here) on this AMX Xeon repacks every
+           weight into an AMX buffer: prefill ~4x faster but its Q4_1 logits for batches of
+           >= 32 tokens are wrong (top logit 31.2 vs 25.0 after a 37-token prompt), and RSS
+           carries a second ~95 MiB copy of the weights; not a peer to measure against.
   rss      ru_maxrss at the end, in MiB (KiB / 1024); it includes the Python
            interpreter and numpy: "base_rss_mb" is ru_maxrss after the imports, before load
 Runs inside the peer venv (scripts/peer-venv.sh; re-executes itself there if needed).
@@ -105,7 +109,7 @@ def one_run(args):
     import numpy as np
     from llama_cpp import Llama
 
-    if args.no_repack:
+    if not args.repack:
         disable_extra_bufts()
 
     base_rss = rss_mb()
@@ -152,9 +156,11 @@ def main():
     ap.add_argument("--gen-tokens", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--ctx", type=int, default=2048)
-    ap.add_argument("--no-repack", action="store_true",
-                    help="as llama.cpp's --no-repack: no extra buffer types (on x86 with AMX, the "
-                         "default repacks every weight into an AMX buffer, a second ~95 MiB copy)")
+    ap.add_argument("--repack", action="store_true",
+                    help="use llama.cpp's extra buffer types (its default; on x86 with AMX every "
+                         "weight is repacked into an AMX buffer, a second ~95 MiB copy, and with "
+                         "llama-cpp-python 0.3.16 the Q4_1 AMX path gives wrong logits for "
+                         "micro-batches of >= 32 tokens, i.e. prefill)")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.prompt_tokens < 1 or args.gen_tokens < 1 or args.repeat < 1:
@@ -177,8 +183,8 @@ def main():
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--model", args.model,
            "--threads", str(args.threads), "--prompt-tokens", str(args.prompt_tokens),
            "--gen-tokens", str(args.gen_tokens), "--ctx", str(args.ctx)]
-    if args.no_repack:
-        cmd.append("--no-repack")
+    if args.repack:
+        cmd.append("--repack")
     for i in range(args.repeat):
         snap, t0 = cpu_snapshot(), time.perf_counter()
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
@@ -200,7 +206,7 @@ def main():
         "gen_tokens": args.gen_tokens,
         "repeat": args.repeat,
         "ctx": args.ctx,
-        "repack": not args.no_repack,
+        "repack": args.repack,
         "loadavg_1m_before": round(load1, 2),
         "model": os.path.basename(args.model),
         "model_sha256": peer_common.sha256_file(args.model),
