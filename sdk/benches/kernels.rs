@@ -4,6 +4,8 @@
 //! weight row against four tokens: one `dot4_*` call against four single-token calls; then
 //! two weight rows against four tokens: one `dot2x4_q4_1_q8_1` call against two `dot4` calls;
 //! then
+//! single-token dots (decode) of the `avx512vnni` set (zmm) against the `avxvnni` set (ymm), when
+//! both are available (`cargo bench -p tailor --bench kernels -- decode` for only those); then
 //! attention against the f16 KV cache at head width 64: `dot_f32_f16` (score of one cached
 //! key) and `axpy_f16` (add one weighted cached value), ns per call.
 //!
@@ -288,7 +290,46 @@ fn measure_attention(k: &Kernels) -> (f64, f64) {
     (dot, axpy)
 }
 
+/// Single-token (decode) dots of the `avx512vnni` set against the same dots of the
+/// `avxvnni` set (the ymm kernels it used before its zmm ones; bit-identical results), ns per
+/// row, when both are available.
+fn decode_rows() {
+    let all = Kernels::available();
+    let find = |name: &str| all.iter().copied().find(|k| k.name() == name);
+    let (Some(old), Some(new)) = (find("avxvnni"), find("avx512vnni")) else {
+        return;
+    };
+    println!(
+        "\nsingle-token dots (decode): ns per row, avxvnni (ymm) vs avx512vnni (zmm); \
+         gain = avxvnni / avx512vnni\n"
+    );
+    println!(
+        "{:<14} {:>5} {:>9} {:>11} {:>6}",
+        "op", "width", "avxvnni", "avx512vnni", "gain"
+    );
+    for width in DECODE_WIDTHS {
+        let data = Data::new(width);
+        for op in OPS4 {
+            let (t_old, t_new) = (
+                measure(old, op, width, &data),
+                measure(new, op, width, &data),
+            );
+            println!(
+                "{op:<14} {width:>5} {t_old:>9.1} {t_new:>11.1} {:>5.2}x",
+                t_old / t_new
+            );
+        }
+    }
+}
+
+/// Decode widths: the model's two, and 512 (no tail after the zmm kernel's four-block loop).
+const DECODE_WIDTHS: [usize; 3] = [512, 576, 1536];
+
 fn main() {
+    if std::env::args().any(|a| a == "decode") {
+        decode_rows();
+        return;
+    }
     let detected = Kernels::detect();
     let all = Kernels::available();
     let names: Vec<&str> = all.iter().map(|k| k.name()).collect();
@@ -370,6 +411,8 @@ fn main() {
         }
         println!("{line}");
     }
+
+    decode_rows();
 
     println!(
         "\nattention on the f16 KV cache, head width {HEAD}: ns per call (one cached position, \

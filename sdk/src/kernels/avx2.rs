@@ -210,16 +210,39 @@ pub(super) unsafe fn vec_dot_q8_0_q8_0<const K: u8>(x: &[BlockQ8_0], y: &[BlockQ
     unsafe { dot_blocks!(x, y, block_q8_0_q8_0::<K>) }
 }
 
-/// `Σ x·y` over `min(x.len(), y.len())` blocks; see the module's safety contract.
+/// `Σ x·y` over `min(x.len(), y.len())` blocks; see the module's safety contract. With
+/// `K = AVX512_VNNI` the zmm kernel of [`super::avx512`] (bit-identical to the ymm loop).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn vec_dot_q4_1_q8_1<const K: u8>(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
-    let n = x.len().min(y.len());
-    // SAFETY: as in `vec_dot_q4_0_q8_0`.
+    // SAFETY: the module contract is ours; for K = AVX512_VNNI it includes AVX512F/BW, which
+    // the zmm kernel needs besides.
     unsafe {
-        let mut acc0 = _mm256_setzero_ps();
-        let mut acc1 = _mm256_setzero_ps();
-        // Lane 1 accumulates mx·sy (ggml's `summs`).
-        let mut summs = _mm_setzero_ps();
+        if K == AVX512_VNNI {
+            super::avx512::vec_dot_q4_1_q8_1(x, y)
+        } else {
+            let zero = _mm256_setzero_ps();
+            dot_q4_1_q8_1_from::<K>([zero, zero], _mm_setzero_ps(), x, y)
+        }
+    }
+}
+
+/// The ymm `Q4_1 × Q8_1` loop from a given state: accumulators `acc` (even, odd blocks) and
+/// `summs` (lane 1: `Σ mx·sy`), over `min(x.len(), y.len())` blocks, the first of them taken
+/// as even. `vec_dot_q4_1_q8_1` starts it from zeros; the zmm kernel finishes its rows with
+/// it. See the module's safety contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn dot_q4_1_q8_1_from<const K: u8>(
+    acc: [__m256; 2],
+    mut summs: __m128,
+    x: &[BlockQ4_1],
+    y: &[BlockQ8_1],
+) -> f32 {
+    let n = x.len().min(y.len());
+    let [mut acc0, mut acc1] = acc;
+    // SAFETY: register-only intrinsics and helpers of this module on a function compiled
+    // with their features; indices are below the shorter length; the module contract (VNNI
+    // present for K != MADDUBS) is ours.
+    unsafe {
         let mut i = 0;
         while i + 1 < n {
             let (p0, q0) = block_q4_1_q8_1::<K>(&x[i], &y[i]);

@@ -1,11 +1,29 @@
-//! The two-rows × four-tokens `Q4_1 × Q8_1` prefill kernel on zmm registers (AVX512-VNNI).
+//! The zmm kernels of the `avx512vnni` set (AVX512-VNNI), `Q4_1 × Q8_1`: the two-rows ×
+//! four-tokens prefill kernel and the single-row decode kernel.
 //!
 //! [`vec_dot2x4_q4_1_q8_1`] multiplies two weight rows by four tokens' activations: eight dot
 //! products, each bit-identical to the single-token ymm kernel of the `avx512vnni` set
-//! ([`super::avx2`]'s `vec_dot_q4_1_q8_1`). On the Xeon (Sapphire Rapids class) it was built
+//! ([`super::avx2`]'s `dot_q4_1_q8_1_from`). On the Xeon (Sapphire Rapids class) it was built
 //! on, 1.28× the throughput of two ymm `dot4` calls at 1536 wide rows and 1.13× at 576
 //! (`benches/kernels.rs`); the fixed cost per call (loading constants, de-interleaving and
 //! summing eight accumulators) weighs more on short rows.
+//!
+//! [`vec_dot_q4_1_q8_1`] is the single-token dot (decode: every weight row against one
+//! activation row), bit-identical to the same ymm kernel: four blocks per iteration, two zmm
+//! block pairs laid out as below; the `d, m` and `d, s` words of the four blocks are gathered
+//! from the data loads with two `vpermi2d`, converted by one `vcvtph2ps` and multiplied by
+//! one `vmulps` (the ymm kernel converts and multiplies per block), the products stored on a
+//! scratch line and read back by `vbroadcastsd` per pair, the `m·s` pair sums added to a
+//! scalar in the ymm kernel's order. About 26 vector µops per four blocks on the two vector
+//! ports that run while 512-bit µops are in flight (the ymm kernel: ~13 per block on three).
+//! Measured against the ymm kernel (`cargo bench -p tailor --bench kernels -- decode`, two
+//! runs): 1.34–1.35× at 1536 wide rows, 1.08–1.14× at 576, 1.02–1.12× at 512; the call's
+//! fixed cost (constants, the latency of the first scales, de-interleaving, the ymm tail of
+//! `n % 4` blocks) weighs on short rows.
+//! `Q8_0 × Q8_0` and `Q4_0 × Q8_0` keep the ymm kernels: without a nibble unpack to share
+//! they need about as many µops per block on zmm (sign trick with `vpabsb`, `vpmovb2m` and a
+//! masked `vpsubb`; 2-byte scales off the dword grid), so two ports of zmm would not beat
+//! three of ymm.
 //!
 //! # Why bit-identical
 //! The ymm kernel keeps two accumulators, `acc0` for even blocks and `acc1` for odd ones, each
@@ -38,7 +56,7 @@
 //! across it, whatever target features the caller has), and ends with `vzeroupper`.
 //!
 //! # Safety
-//! [`vec_dot2x4_q4_1_q8_1`] may only be called when the CPU supports AVX2, FMA, F16C,
+//! [`vec_dot2x4_q4_1_q8_1`] and [`vec_dot_q4_1_q8_1`] may only be called when the CPU supports AVX2, FMA, F16C,
 //! AVX512F, AVX512BW, AVX512VL and AVX512-VNNI. Slices are only read within bounds;
 //! mismatched lengths are truncated to the shortest one.
 
@@ -98,8 +116,28 @@ struct State {
     scratch: [[f32; 16]; 2],
 }
 
+/// A zmm accumulator's interleaved lanes back to the ymm kernel's two: even lanes to `acc0`,
+/// odd ones to `acc1`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn deinterleave(acc: &[f32; 16]) -> [__m256; 2] {
+    // SAFETY: the loads read the 16 floats of `acc`; register-only AVX2 intrinsics otherwise.
+    unsafe {
+        let a = acc.as_ptr();
+        let (lo, hi) = (_mm256_loadu_ps(a), _mm256_loadu_ps(a.add(8)));
+        // The shuffles leave 64-bit chunks in order 0, 2, 1, 3, which the permutes put back.
+        let even = _mm256_castps_pd(_mm256_shuffle_ps::<0x88>(lo, hi));
+        let odd = _mm256_castps_pd(_mm256_shuffle_ps::<0xDD>(lo, hi));
+        [
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(even)),
+            _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(odd)),
+        ]
+    }
+}
+
 /// The eight dot products of two `Q4_1` rows with four `Q8_1` rows, over the shortest length;
-/// each bit-identical to `avx2::vec_dot_q4_1_q8_1::<AVX512_VNNI>` of its row and token. See
+/// each bit-identical to `avx2::dot_q4_1_q8_1_from::<AVX512_VNNI>` (from zeros) of its row
+/// and token. See
 /// the module's safety contract.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn vec_dot2x4_q4_1_q8_1(
@@ -283,14 +321,7 @@ pub(super) unsafe fn vec_dot2x4_q4_1_q8_1(
             let mut acc0 = [_mm256_setzero_ps(); 4];
             let mut acc1 = [_mm256_setzero_ps(); 4];
             for t in 0..4 {
-                let a = st.acc[4 * r + t].as_ptr();
-                let (lo, hi) = (_mm256_loadu_ps(a), _mm256_loadu_ps(a.add(8)));
-                // Even lanes to acc0, odd to acc1; the shuffles leave 64-bit chunks in order
-                // 0, 2, 1, 3, which the permutes put back.
-                let even = _mm256_castps_pd(_mm256_shuffle_ps::<0x88>(lo, hi));
-                let odd = _mm256_castps_pd(_mm256_shuffle_ps::<0xDD>(lo, hi));
-                acc0[t] = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(even));
-                acc1[t] = _mm256_castpd_ps(_mm256_permute4x64_pd::<0xD8>(odd));
+                [acc0[t], acc1[t]] = deinterleave(&st.acc[4 * r + t]);
             }
             let s = &st.summs[r];
             let mut ms = [s[2], s[6], s[10], s[14]];
@@ -313,4 +344,164 @@ pub(super) unsafe fn vec_dot2x4_q4_1_q8_1(
         }
     }
     out
+}
+
+/// Index vectors of the single-row loop ([`vec_dot_q4_1_q8_1`]), loaded once per call.
+#[repr(C, align(64))]
+struct Consts1 {
+    /// `vpermd` of the quad's first 64 weight bytes: pair 0's nibble dwords `1..5` and `6..10`
+    /// interleaved, twice (as `Consts::idx_x`, all from the one load).
+    idx_x0: [u32; 16],
+    /// `vpermi2d` of the two token loads: `[d, s]` of blocks 0..4 (dwords 0 and 9 of each) in
+    /// lanes 4..8.
+    idx_ys: [u32; 16],
+    /// `vpermi2d` of the quad's first 64 weight bytes and the above: `[d, m]` of blocks 0..4
+    /// (dwords 0, 5, 10, 15) in lanes 0..4, the tokens' in lanes 4..8.
+    idx_s: [u32; 16],
+    /// `vpshufb`: f16 words `[d0, m0, .., d3, m3]` to `[d0, .., d3, m0, .., m3]` per 128 bits.
+    shuf: [u8; 32],
+}
+
+static CONSTS1: Consts1 = Consts1 {
+    idx_x0: [1, 6, 2, 7, 3, 8, 4, 9, 1, 6, 2, 7, 3, 8, 4, 9],
+    idx_ys: [0, 0, 0, 0, 0, 9, 16, 25, 0, 0, 0, 0, 0, 0, 0, 0],
+    idx_s: [0, 5, 10, 15, 20, 21, 22, 23, 0, 0, 0, 0, 0, 0, 0, 0],
+    shuf: [
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15, //
+        0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15,
+    ],
+};
+
+/// What the single-row asm loop leaves behind, and its scratch line.
+#[repr(C, align(64))]
+struct State1 {
+    /// The accumulator, lanes interleaved (`acc0`, `acc1`).
+    acc: [f32; 16],
+    /// `Σ m·s` so far in lane 0 (the ymm kernel's `summs` lane 1).
+    summs: [f32; 16],
+    /// The quad's `[dx·dy(0..4), mx·sy(0..4)]`, then the same plus its neighbour
+    /// (`mx·sy(0) + mx·sy(1)` in lane 12, `mx·sy(2) + mx·sy(3)` in lane 14).
+    scratch: [f32; 16],
+}
+
+/// `Σ x·y` of a `Q4_1` and a `Q8_1` row over the shortest length, bit-identical to
+/// `avx2::dot_q4_1_q8_1_from::<AVX512_VNNI>` from zeros (the ymm single-row kernel): four
+/// blocks per iteration (two zmm pairs, as in [`vec_dot2x4_q4_1_q8_1`]), the f16 scales of
+/// all four converted and multiplied by one `vcvtph2ps` and one `vmulps`; the last `n % 4`
+/// blocks by the ymm loop. See the module's safety contract.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn vec_dot_q4_1_q8_1(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
+    let n = x.len().min(y.len());
+    let quads = n / 4;
+    let mut st = State1 {
+        acc: [0.0; 16],
+        summs: [0.0; 16],
+        scratch: [0.0; 16],
+    };
+    if quads > 0 {
+        // SAFETY: the module contract gives every instruction used. Per quad `q < n / 4` the
+        // loads read token bytes `144q..144q + 64`, `+64..+72`, `+72..+136`, `+136..+144` and
+        // weight bytes `80q..80q + 64`, `+40..+72`, `+72..+80`: inside the first
+        // `4q + 4 <= n` blocks. `st` is 64-byte aligned (`repr(align(64))`) for the aligned
+        // stores; the constants too. All vector registers the asm touches are declared
+        // clobbered; the pointer registers are in-out.
+        unsafe {
+            asm!(
+                "vmovdqa32 zmm24, [{c}]",
+                "vmovdqa32 zmm25, [{c} + 64]",
+                "vmovdqa32 zmm26, [{c} + 128]",
+                "vmovdqa32 zmm23, [{c1}]",
+                "vmovdqa32 zmm27, [{c1} + 64]",
+                "vmovdqa32 zmm28, [{c1} + 128]",
+                "vmovdqu8 ymm29, [{c1} + 192]",
+                "mov {tmp:e}, 0x0F0F0F0F",
+                "vpbroadcastd zmm30, {tmp:e}",
+                "vpxord zmm16, zmm16, zmm16",
+                "vxorps xmm15, xmm15, xmm15",
+                "2:",
+                // Tokens: blocks 0, 1 in zmm0 + xmm2, blocks 2, 3 in zmm1 + xmm3. Weights:
+                // blocks 0..3 from zmm4 (all four's d, m; pair 0's nibbles), pair 1's
+                // nibbles from ymm5 + xmm6.
+                "vmovdqu32 zmm0, [{y}]",
+                "vmovdqu32 zmm1, [{y} + 72]",
+                "vmovq xmm2, qword ptr [{y} + 64]",
+                "vmovq xmm3, qword ptr [{y} + 136]",
+                "vmovdqu32 zmm4, [{x}]",
+                "vmovdqu ymm5, [{x} + 40]",
+                "vmovq xmm6, qword ptr [{x} + 72]",
+                // Scales: words [dx0..3, mx0..3, dy0..3, sy0..3] to f32, then
+                // [dx·dy(0..4), mx·sy(0..4)] to the scratch line with the pair sums of m·s.
+                "vmovdqa32 zmm8, zmm27",
+                "vpermi2d zmm8, zmm0, zmm1",
+                "vmovdqa32 zmm9, zmm28",
+                "vpermi2d zmm9, zmm4, zmm8",
+                "vpshufb ymm9, ymm9, ymm29",
+                "vcvtph2ps zmm9, ymm9",
+                "vextractf64x4 ymm10, zmm9, 1",
+                "vmulps ymm10, ymm10, ymm9",
+                "vpermilps ymm11, ymm10, 0xB1",
+                "vaddps ymm11, ymm11, ymm10",
+                "vmovaps [{st} + 128], ymm10",
+                "vmovaps [{st} + 160], ymm11",
+                "vaddss xmm15, xmm15, dword ptr [{st} + 176]",
+                "vaddss xmm15, xmm15, dword ptr [{st} + 184]",
+                // Pair 0 (blocks 0, 1).
+                "vpermt2d zmm0, zmm24, zmm2",
+                "vpermd zmm4, zmm23, zmm4",
+                "vpsrlvd zmm4, zmm4, zmm26",
+                "vpandd zmm4, zmm4, zmm30",
+                "vpxord zmm12, zmm12, zmm12",
+                "vpdpbusd zmm12, zmm4, zmm0",
+                "vcvtdq2ps zmm12, zmm12",
+                "vbroadcastsd zmm13, qword ptr [{st} + 128]",
+                "vfmadd231ps zmm16, zmm12, zmm13",
+                // Pair 1 (blocks 2, 3).
+                "vpermt2d zmm1, zmm24, zmm3",
+                "vpermt2d zmm5, zmm25, zmm6",
+                "vpsrlvd zmm5, zmm5, zmm26",
+                "vpandd zmm5, zmm5, zmm30",
+                "vpxord zmm14, zmm14, zmm14",
+                "vpdpbusd zmm14, zmm5, zmm1",
+                "vcvtdq2ps zmm14, zmm14",
+                "vbroadcastsd zmm7, qword ptr [{st} + 136]",
+                "vfmadd231ps zmm16, zmm14, zmm7",
+                "add {x}, 80",
+                "add {y}, 144",
+                "dec {n}",
+                "jnz 2b",
+                "vmovaps [{st}], zmm16",
+                "vmovss [{st} + 64], xmm15",
+                "vzeroupper",
+                c = in(reg) &CONSTS,
+                c1 = in(reg) &CONSTS1,
+                st = in(reg) std::ptr::addr_of_mut!(st),
+                x = inout(reg) x.as_ptr() => _,
+                y = inout(reg) y.as_ptr() => _,
+                n = inout(reg) quads => _,
+                tmp = out(reg) _,
+                out("zmm0") _, out("zmm1") _, out("zmm2") _, out("zmm3") _,
+                out("zmm4") _, out("zmm5") _, out("zmm6") _, out("zmm7") _,
+                out("zmm8") _, out("zmm9") _, out("zmm10") _, out("zmm11") _,
+                out("zmm12") _, out("zmm13") _, out("zmm14") _, out("zmm15") _,
+                out("zmm16") _, out("zmm17") _, out("zmm18") _, out("zmm19") _,
+                out("zmm20") _, out("zmm21") _, out("zmm22") _, out("zmm23") _,
+                out("zmm24") _, out("zmm25") _, out("zmm26") _, out("zmm27") _,
+                out("zmm28") _, out("zmm29") _, out("zmm30") _, out("zmm31") _,
+                options(nostack),
+            );
+        }
+    }
+    let done = 4 * quads;
+    // SAFETY: AVX2/FMA/F16C intrinsics and `avx2` helpers on a function compiled with them;
+    // `deinterleave` reads `st.acc`; the module contract covers the ymm loop with
+    // `AVX512_VNNI`.
+    unsafe {
+        let summs = _mm_setr_ps(0.0, st.summs[0], 0.0, 0.0);
+        avx2::dot_q4_1_q8_1_from::<AVX512_VNNI>(
+            deinterleave(&st.acc),
+            summs,
+            &x[done..n],
+            &y[done..n],
+        )
+    }
 }

@@ -8,7 +8,7 @@
 //!
 //! | name | CPU | byte products |
 //! | --- | --- | --- |
-//! | `avx512vnni` | x86-64 with AVX2, FMA, F16C, AVX512-VNNI, AVX512F/BW/VL | `vpdpbusd` (EVEX, ymm; zmm in `dot2x4_q4_1_q8_1`) |
+//! | `avx512vnni` | x86-64 with AVX2, FMA, F16C, AVX512-VNNI, AVX512F/BW/VL | `vpdpbusd` (EVEX, ymm; zmm in `dot_q4_1_q8_1` and `dot2x4_q4_1_q8_1`) |
 //! | `avxvnni` | x86-64 with AVX2, FMA, F16C, AVX-VNNI | `vpdpbusd` (VEX) |
 //! | `avx2` | x86-64 with AVX2, FMA, F16C | `vpmaddubsw` + `vpmaddwd` |
 //! | `neon+dotprod` | AArch64 with the dot product extension | `sdot` |
@@ -146,8 +146,8 @@ impl Kernels {
                 && std::is_x86_feature_detected!("fma")
                 && std::is_x86_feature_detected!("f16c")
             {
-                // AVX512-VNNI first: its single-row kernels run as fast as AVX-VNNI's (the
-                // same instructions on ymm), its two-row kernel is faster.
+                // AVX512-VNNI first: its `Q4_1` kernels (zmm) are faster than AVX-VNNI's, its
+                // other single-row kernels the same (the same instructions on ymm).
                 if x86::has_avx512() {
                     all.push(&x86::AVX512_VNNI);
                 }

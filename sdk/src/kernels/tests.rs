@@ -271,6 +271,58 @@ fn fast_dots_match_scalar() {
     }
 }
 
+/// The `avx512vnni` set's zmm single-token `Q4_1` dot (four blocks per iteration, the rest by
+/// the ymm loop) against the ymm dots of the `avxvnni` and `avx2` sets: bit for bit, at every
+/// length up to 13 blocks (every tail) and the model widths; and against scalar (tolerance as
+/// `fast_dots_match_scalar`). The other single dots of all x86 sets are compared bit for bit
+/// too (one ymm arithmetic; no sums saturate for values in `-127..=127`).
+#[test]
+fn x86_single_dots_are_bit_identical_across_sets() {
+    let (mut rng, seed) = fresh_rng();
+    let fast: Vec<&Kernels> = fast_kernels()
+        .into_iter()
+        .filter(|k| ["avx512vnni", "avxvnni", "avx2"].contains(&k.name()))
+        .collect();
+    let lens = (1..=13).chain([18, 48]);
+    for _ in 0..20 {
+        for nb in lens.clone() {
+            let tol = 2.0 * (nb as f64 + 8.0) * U;
+            let (x, y) = (random_q4_1(&mut rng, nb), random_q8_1(&mut rng, nb));
+            let want = scalar::vec_dot_q4_1_q8_1(&x, &y);
+            let dots: Vec<f32> = fast.iter().map(|k| (k.dot_q4_1_q8_1)(&x, &y)).collect();
+            let (x0, y0) = (random_q4_0(&mut rng, nb), random_q8_0(&mut rng, nb));
+            let dots0: Vec<f32> = fast.iter().map(|k| (k.dot_q4_0_q8_0)(&x0, &y0)).collect();
+            let (x8, y8) = (random_q8_0(&mut rng, nb), random_q8_0(&mut rng, nb));
+            let dots8: Vec<f32> = fast.iter().map(|k| (k.dot_q8_0_q8_0)(&x8, &y8)).collect();
+            for (i, k) in fast.iter().enumerate() {
+                let name = k.name();
+                check_close(
+                    "q4_1·q8_1",
+                    name,
+                    seed,
+                    dots[i],
+                    want,
+                    tol * bound_q4_1(&x, &y),
+                );
+                for (what, d) in [
+                    ("q4_1·q8_1", &dots),
+                    ("q4_0·q8_0", &dots0),
+                    ("q8_0·q8_0", &dots8),
+                ] {
+                    assert_eq!(
+                        d[i].to_bits(),
+                        d[0].to_bits(),
+                        "{what}, {nb} blocks, seed {seed}: {name} gives {:e}, {} {:e}",
+                        d[i],
+                        fast[0].name(),
+                        d[0]
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn fast_dots_on_extreme_values_match_scalar() {
     // All-max magnitudes: nibbles 0 (-8 for q4_0) and 15, q8 values ±127, against every sign.
