@@ -29,10 +29,7 @@ impl Storage {
     fn bytes(&self) -> &[u8] {
         match self {
             Storage::Mapped(m) => m,
-            Storage::Owned(v) => {
-                // SAFETY: any initialised u64 buffer is a valid u8 buffer of 8x the length.
-                unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8) }
-            }
+            Storage::Owned(v) => bytemuck::cast_slice(v),
         }
     }
 }
@@ -235,8 +232,7 @@ impl QMatrix {
 }
 
 fn bytemuck_bytes_mut(v: &mut [u64]) -> &mut [u8] {
-    // SAFETY: reinterpreting initialised u64s as bytes is always valid.
-    unsafe { std::slice::from_raw_parts_mut(v.as_mut_ptr() as *mut u8, v.len() * 8) }
+    bytemuck::cast_slice_mut(v)
 }
 
 /// An input batch `[n, cols]` quantized once into every activation format the matrices it
@@ -463,8 +459,7 @@ fn candle_rows<T: GgmlType>(w: &QMatrix, acts: &[u64], n: usize, r0: usize, r1: 
 }
 
 fn acts_bytes(v: &[u64]) -> &[u8] {
-    // SAFETY: reinterpreting initialised u64s as bytes is always valid.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, v.len() * 8) }
+    bytemuck::cast_slice(v)
 }
 
 #[cfg(test)]
