@@ -1,0 +1,8 @@
+//! Integration tests of `tailor-adapters`: one binary, a module per feature.
+
+mod common;
+
+mod atomic_save;
+mod files;
+mod hostile;
+mod math;
