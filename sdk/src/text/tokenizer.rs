@@ -168,9 +168,13 @@ impl Tokenizer {
                 eog.push(i);
             }
         }
-        // As llama.cpp does: the usual end-of-turn control tokens end generation too.
-        const EOG_TEXT: [&str; 8] =
-            ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>", "</s>"];
+        // As llama.cpp does: the usual end-of-turn control tokens, and the fill-in-the-middle
+        // repository/file separators and padding, end generation too.
+        const EOG_TEXT: [&str; 15] = [
+            "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<end_of_turn>", "<|end|>",
+            "</s>", "<EOT>", "_<EOT>", "<reponame>", "<|repo_name|>", "<|file_sep|>", "<|fim_pad|>",
+            "<fim_pad>",
+        ];
         for (i, t) in tokens.iter().enumerate() {
             if is_control[i] && EOG_TEXT.contains(t) && !eog.contains(&(i as u32)) {
                 eog.push(i as u32);

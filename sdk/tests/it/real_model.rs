@@ -177,6 +177,18 @@ fn logits_match_candle_reference_on_the_real_model() {
 }
 
 #[test]
+fn end_of_generation_tokens_are_llama_cpps() {
+    #[derive(Deserialize)]
+    struct Eog {
+        eos_ids: Vec<u32>,
+    }
+    let g: Eog = serde_json::from_str(&data("greedy_golden.json")).unwrap();
+    let mut ours = engine().tokenizer().end_of_generation().to_vec();
+    ours.sort_unstable();
+    assert_eq!(ours, g.eos_ids);
+}
+
+#[test]
 fn multi_turn_chat_reuses_the_cache() {
     let e = engine();
     let mut s = e.new_session();
