@@ -125,6 +125,9 @@ pub enum Error {
     /// An error raised inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),
+    /// An adapter file or set is invalid or does not fit this base.
+    #[error(transparent)]
+    Adapter(#[from] tailor_adapters::Error),
 }
 
 /// Coarse classes of [`Error`], stable for bindings (status codes, HTTP statuses).
@@ -147,6 +150,8 @@ pub enum ErrorKind {
     Network,
     /// Cancelled by the caller.
     Cancelled,
+    /// An adapter or vector made for another base model, or of the wrong shape.
+    Incompatible,
     /// Anything else (a bug if it happens).
     Internal,
 }
@@ -172,6 +177,14 @@ impl Error {
             Error::Download { .. } => ErrorKind::Network,
             Error::Cancelled => ErrorKind::Cancelled,
             Error::Candle(_) => ErrorKind::Internal,
+            Error::Adapter(e) => match e.kind() {
+                tailor_adapters::ErrorKind::NotFound => ErrorKind::NotFound,
+                tailor_adapters::ErrorKind::Io => ErrorKind::Io,
+                tailor_adapters::ErrorKind::CorruptData => ErrorKind::CorruptData,
+                tailor_adapters::ErrorKind::Unsupported => ErrorKind::Unsupported,
+                tailor_adapters::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
+                _ => ErrorKind::Incompatible,
+            },
         }
     }
 

@@ -30,14 +30,16 @@ pub mod kernels;
 pub mod lora;
 pub mod model;
 pub mod model_files;
+pub mod registry;
 mod session;
 pub mod testing;
 pub mod text;
 
-pub use decode::hooks::{Hooks, LinearDelta, Proj, ResidualHook};
+pub use decode::hooks::{HookSource, Hooks, LinearDelta, Proj, ResidualHook};
 pub use decode::sampler::SamplingParams;
 pub use engine::{Engine, EngineConfig};
 pub use lora::LoraHook;
+pub use registry::{AdapterInfo, AdapterRegistry};
 pub use tailor_adapters as adapters;
 pub use error::{Error, ErrorKind, Result};
 pub use model::config::ModelConfig;

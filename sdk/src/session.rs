@@ -15,7 +15,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::forward::{Logits, Scratch};
-use crate::decode::hooks::Hooks;
+use crate::decode::hooks::{HookSource, Hooks};
 use crate::decode::kv_cache::KvCache;
 use crate::decode::sampler::{log_softmax, Sampler, SamplingParams};
 use crate::decode::team::Par;
@@ -214,6 +214,8 @@ pub struct Session {
     cached: Vec<u32>,
     scratch: Scratch,
     hooks: Hooks,
+    /// Where hooks come from when they follow a registry, and the generation in use.
+    source: Option<(Arc<dyn HookSource>, u64)>,
     cancel: CancelHandle,
     history: Vec<ChatMessage>,
 }
@@ -229,7 +231,7 @@ impl Session {
         let ctx = engine.context_for(config.context_length);
         let c = &engine.inner.model.cfg;
         let cache = KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, ctx);
-        Self { engine, cache, cached: Vec::new(), scratch: Scratch::default(), hooks: Hooks::none(), cancel: CancelHandle::default(), history: Vec::new() }
+        Self { engine, cache, cached: Vec::new(), scratch: Scratch::default(), hooks: Hooks::none(), source: None, cancel: CancelHandle::default(), history: Vec::new() }
     }
 
     /// The engine this session runs on.
@@ -257,10 +259,33 @@ impl Session {
         &self.hooks
     }
 
-    /// Replaces the hooks. The cache was computed with the old ones, so it is cleared.
+    /// Replaces the hooks (and stops following a [`HookSource`]). The cache was computed with
+    /// the old ones, so it is cleared.
     pub fn set_hooks(&mut self, hooks: Hooks) {
         self.hooks = hooks;
+        self.source = None;
         self.clear_cache();
+    }
+
+    /// Follows `source` (e.g. an [`crate::AdapterRegistry`]): each generation (and each
+    /// [`Session::feed`] / [`Session::logits_all`]) starts with the source's current hooks;
+    /// when they changed since the cache was built, the cache is recomputed.
+    pub fn follow(&mut self, source: Arc<dyn HookSource>) {
+        self.source = Some((source, u64::MAX));
+        self.refresh_hooks();
+    }
+
+    /// Takes the source's current hooks if they changed.
+    fn refresh_hooks(&mut self) {
+        if let Some((src, seen)) = &mut self.source {
+            let (generation, hooks) = src.snapshot();
+            if generation != *seen {
+                *seen = generation;
+                self.hooks = hooks;
+                self.cache.truncate(0);
+                self.cached.clear();
+            }
+        }
     }
 
     /// Forgets the cached tokens (the conversation history is kept).
@@ -308,6 +333,7 @@ impl Session {
     /// Logits of every position of `tokens` run from an empty cache (for tests and
     /// evaluation; `[n, vocab]` row-major). Leaves the cache holding `tokens`.
     pub fn logits_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.refresh_hooks();
         self.clear_cache();
         self.run(tokens, Logits::All)?;
         Ok(self.scratch.logits.clone())
@@ -315,6 +341,7 @@ impl Session {
 
     /// Runs `tokens` after what the cache holds and returns the last position's logits.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.refresh_hooks();
         self.run(tokens, Logits::Last)?;
         Ok(self.scratch.logits.clone())
     }
@@ -370,6 +397,7 @@ impl Session {
     ) -> Result<Generation> {
         let start = Instant::now();
         self.cancel.0.store(false, Ordering::SeqCst);
+        self.refresh_hooks();
         params.sampling.validate().map_err(Error::invalid)?;
         let tokens = self.prompt_tokens(prompt)?;
         if tokens.is_empty() {

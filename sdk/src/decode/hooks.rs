@@ -75,3 +75,12 @@ impl Hooks {
         Self::default()
     }
 }
+
+/// Hooks that change while sessions run (an adapter registry). A session that follows a source
+/// takes one snapshot at the start of each generation: a running generation keeps the set it
+/// started with, and an update applies to the next generation of every session (whose cache,
+/// built with the old set, is then recomputed). No output ever mixes two sets.
+pub trait HookSource: Send + Sync {
+    /// The current hooks and a generation number that changes whenever they do.
+    fn snapshot(&self) -> (u64, Hooks);
+}

@@ -13,7 +13,7 @@ use tailor::{Engine, EngineConfig, Hooks, LoraHook};
 use crate::common::{spec, tiny, TempDir};
 
 /// A random rank-`r` adapter on every projection of every layer.
-fn random_adapter(engine: &Engine, r: usize, seed: u64) -> LoraAdapter {
+pub fn random_adapter(engine: &Engine, r: usize, seed: u64) -> LoraAdapter {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     let shapes = engine.base_shapes();
     let mut a = LoraAdapter::new(LoraConfig::new(r, 2.0 * r as f64, &Target::ALL)).unwrap();

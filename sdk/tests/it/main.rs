@@ -5,5 +5,6 @@ mod lora;
 mod common;
 mod real_model;
 mod reference;
+mod registry;
 mod session;
 mod tokenizer;

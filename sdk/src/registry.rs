@@ -1,0 +1,188 @@
+//! The adapter registry of an engine: named LoRA adapters loaded once and shared, an active
+//! weighted set swapped atomically while sessions run, and an optional residual hook
+//! (steering). Sessions follow it with [`crate::Session::follow`].
+//!
+//! Swap semantics: every change publishes a new immutable snapshot (`Arc`s, no weight is
+//! copied) under a new generation number. A session takes the snapshot when a generation
+//! starts and keeps it to the end, so an output always comes from exactly one adapter set; the
+//! next generation of every session picks the change up.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+use serde::Serialize;
+use tailor_adapters::peft::{self, LoadOptions};
+use tailor_adapters::{LoraAdapter, LoraSet};
+
+use crate::decode::hooks::{HookSource, Hooks, ResidualHook};
+use crate::engine::Engine;
+use crate::lora::LoraHook;
+use crate::{Error, Result};
+
+/// What the registry holds about one adapter.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AdapterInfo {
+    /// Its name in the registry.
+    pub name: String,
+    /// Its weight in the active set, if active.
+    pub active_weight: Option<f32>,
+    /// LoRA rank.
+    pub rank: usize,
+    /// Number of adapted (layer, projection) pairs.
+    pub modules: usize,
+    /// Trainable parameters.
+    pub parameters: usize,
+}
+
+#[derive(Default)]
+struct State {
+    adapters: BTreeMap<String, Arc<LoraAdapter>>,
+    active: Vec<(String, f32)>,
+    residual: Option<Arc<dyn ResidualHook>>,
+    generation: u64,
+    snapshot: Hooks,
+}
+
+impl State {
+    fn publish(&mut self) {
+        let mut set = LoraSet::new();
+        for (name, w) in &self.active {
+            set.push(self.adapters[name].clone(), *w);
+        }
+        self.snapshot = Hooks {
+            linear: if set.is_empty() { None } else { Some(Arc::new(LoraHook::new(set))) },
+            residual: self.residual.clone(),
+        };
+        self.generation += 1;
+    }
+}
+
+/// Named adapters for one engine, with the active set. `Send + Sync`; share it in an `Arc`.
+pub struct AdapterRegistry {
+    engine: Engine,
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for AdapterRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdapterRegistry").field("adapters", &self.list()).finish()
+    }
+}
+
+fn adapter_err(e: tailor_adapters::Error) -> Error {
+    Error::Adapter(e)
+}
+
+impl AdapterRegistry {
+    /// An empty registry for `engine`'s base.
+    pub fn new(engine: &Engine) -> Arc<Self> {
+        Arc::new(Self { engine: engine.clone(), state: RwLock::new(State::default()) })
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Loads a PEFT adapter directory under `name` (inactive), checking its shapes against the
+    /// base and, when it records one, the base fingerprint. Replaces an adapter of that name
+    /// (an active one stays active with the new weights).
+    pub fn load(&self, name: &str, dir: &Path) -> Result<()> {
+        let opts = LoadOptions::new().with_shapes(self.engine.base_shapes()).with_fingerprint(self.engine.base_fingerprint());
+        let adapter = peft::load(dir, &opts).map_err(adapter_err)?;
+        self.insert(name, adapter)
+    }
+
+    /// Adds an adapter built in memory (e.g. by the trainer) under `name`.
+    pub fn insert(&self, name: &str, adapter: LoraAdapter) -> Result<()> {
+        let shapes = self.engine.base_shapes();
+        for ((layer, t), w) in adapter.iter() {
+            let (i, o) = shapes.in_out(t);
+            if layer >= shapes.n_layers || w.in_features() != i || w.out_features() != o {
+                return Err(Error::invalid(format!(
+                    "adapter `{name}`: layer {layer} {t} is {}x{} but the base has {} layers and {o}x{i} there",
+                    w.out_features(),
+                    w.in_features(),
+                    shapes.n_layers
+                )));
+            }
+        }
+        let mut st = self.write();
+        let active = st.active.iter().any(|(n, _)| n == name);
+        st.adapters.insert(name.to_string(), Arc::new(adapter));
+        if active {
+            st.publish();
+        }
+        Ok(())
+    }
+
+    /// Makes `set` (names with weights) the active set, atomically. Unknown names are an error
+    /// and change nothing. An empty set means the base model.
+    pub fn activate(&self, set: &[(&str, f32)]) -> Result<()> {
+        let mut st = self.write();
+        for (name, w) in set {
+            if !st.adapters.contains_key(*name) {
+                return Err(Error::invalid(format!("no adapter named `{name}`")));
+            }
+            if !w.is_finite() {
+                return Err(Error::invalid(format!("adapter `{name}`: weight {w} is not finite")));
+            }
+        }
+        st.active = set.iter().map(|(n, w)| (n.to_string(), *w)).collect();
+        st.publish();
+        Ok(())
+    }
+
+    /// Removes an adapter (and from the active set if it was there). Generations that took a
+    /// snapshot with it finish with it; its memory is freed after them.
+    pub fn unload(&self, name: &str) -> Result<()> {
+        let mut st = self.write();
+        if st.adapters.remove(name).is_none() {
+            return Err(Error::invalid(format!("no adapter named `{name}`")));
+        }
+        let before = st.active.len();
+        st.active.retain(|(n, _)| n != name);
+        if st.active.len() != before {
+            st.publish();
+        }
+        Ok(())
+    }
+
+    /// Sets (or clears) the residual hook (steering) that runs with the active set.
+    pub fn set_residual(&self, hook: Option<Arc<dyn ResidualHook>>) {
+        let mut st = self.write();
+        st.residual = hook;
+        st.publish();
+    }
+
+    /// The adapters held, by name.
+    pub fn list(&self) -> Vec<AdapterInfo> {
+        let st = self.read();
+        st.adapters
+            .iter()
+            .map(|(name, a)| AdapterInfo {
+                name: name.clone(),
+                active_weight: st.active.iter().find(|(n, _)| n == name).map(|(_, w)| *w),
+                rank: a.config().r,
+                modules: a.len(),
+                parameters: a.num_parameters(),
+            })
+            .collect()
+    }
+
+    /// The generation number of the current snapshot.
+    pub fn generation(&self) -> u64 {
+        self.read().generation
+    }
+}
+
+impl HookSource for AdapterRegistry {
+    fn snapshot(&self) -> (u64, Hooks) {
+        let st = self.read();
+        (st.generation, st.snapshot.clone())
+    }
+}

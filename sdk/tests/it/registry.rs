@@ -1,0 +1,105 @@
+//! The adapter registry: hot swaps while sessions generate on other threads.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use candle_core::quantized::GgmlDType;
+use tailor::{AdapterRegistry, Flow, GenerateParams, Prompt};
+
+use crate::common::{spec, tiny};
+use crate::lora::random_adapter;
+
+fn greedy(n: usize) -> GenerateParams {
+    let mut p = GenerateParams::default();
+    p.max_tokens = n;
+    p.ignore_eos = true;
+    p
+}
+
+#[test]
+fn swaps_while_generating_never_mix_sets() {
+    let (_d, _p, engine) = tiny(spec(GgmlDType::Q8_0, 64, rand::random()), 2);
+    let reg = AdapterRegistry::new(&engine);
+    reg.insert("a", random_adapter(&engine, 8, 1)).unwrap();
+    reg.insert("b", random_adapter(&engine, 8, 2)).unwrap();
+    let prompt = Prompt::Tokens(vec![5, 60, 61, 62, 63]);
+    // What each state generates, computed alone.
+    let states: [&[(&str, f32)]; 4] = [&[], &[("a", 1.0)], &[("b", 1.0)], &[("a", 0.5), ("b", 0.5)]];
+    let mut expected = Vec::new();
+    for st in states {
+        reg.activate(st).unwrap();
+        let mut s = engine.new_session();
+        s.follow(reg.clone());
+        expected.push(s.generate(&prompt, &greedy(12), &mut |_| Flow::Continue).unwrap().token_ids);
+    }
+    for i in 0..expected.len() {
+        for j in i + 1..expected.len() {
+            assert_ne!(expected[i], expected[j], "states {i} and {j} must be distinguishable");
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let swaps = Arc::new(AtomicUsize::new(0));
+    let swapper = {
+        let (reg, stop, swaps) = (reg.clone(), stop.clone(), swaps.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                reg.activate(states[i % 4]).unwrap();
+                if i % 7 == 0 {
+                    // Reload under the same name: active sets keep working.
+                    reg.insert("b", random_adapter_for_swap(2)).unwrap();
+                }
+                i += 1;
+                swaps.fetch_add(1, Ordering::SeqCst);
+                std::thread::yield_now();
+            }
+        })
+    };
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            let (engine, reg, prompt, expected) = (engine.clone(), reg.clone(), prompt.clone(), expected.clone());
+            std::thread::spawn(move || {
+                let mut s = engine.new_session();
+                s.follow(reg);
+                for _ in 0..25 {
+                    let g = s.generate(&prompt, &greedy(12), &mut |_| Flow::Continue).unwrap();
+                    assert!(expected.contains(&g.token_ids), "an output matching no single adapter set: {:?}", g.token_ids);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    swapper.join().unwrap();
+    assert!(swaps.load(Ordering::SeqCst) > 10, "the swapper ran");
+
+    fn random_adapter_for_swap(seed: u64) -> tailor::adapters::LoraAdapter {
+        // The same adapter "b" again (same seed): reloading must not change outputs.
+        let (_d, _p, e) = tiny(spec(GgmlDType::Q8_0, 64, 0), 1);
+        random_adapter(&e, 8, seed)
+    }
+}
+
+#[test]
+fn registry_errors_and_listing() {
+    let (_d, _p, engine) = tiny(spec(GgmlDType::Q8_0, 64, 3), 1);
+    let reg = AdapterRegistry::new(&engine);
+    assert!(reg.activate(&[("missing", 1.0)]).is_err());
+    reg.insert("a", random_adapter(&engine, 4, 1)).unwrap();
+    assert!(reg.activate(&[("a", f32::NAN)]).is_err());
+    let g0 = reg.generation();
+    reg.activate(&[("a", 0.5)]).unwrap();
+    assert!(reg.generation() > g0);
+    let l = reg.list();
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].active_weight, Some(0.5));
+    assert_eq!(l[0].rank, 4);
+    reg.unload("a").unwrap();
+    assert!(reg.list().is_empty());
+    assert!(reg.unload("a").is_err());
+    // An adapter for another shape is refused.
+    let (_d2, _p2, other) = tiny(spec(GgmlDType::Q8_0, 128, 3), 1);
+    assert!(reg.insert("wide", random_adapter(&other, 4, 1)).is_err());
+}
