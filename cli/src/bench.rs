@@ -7,7 +7,8 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tailor::{Flow, GenerateParams, Prompt, SessionConfig};
+use tailor::adapters::{LoraAdapter, LoraConfig, LoraWeights, Target};
+use tailor::{Engine, Flow, GenerateParams, Prompt};
 
 use crate::ModelArgs;
 
@@ -26,6 +27,10 @@ pub(crate) struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     json: bool,
+    /// Run with a random rank-R LoRA adapter on all seven projections of every layer (to
+    /// measure the adapter's cost).
+    #[arg(long, value_name = "R")]
+    lora_rank: Option<usize>,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -65,7 +70,13 @@ pub(crate) fn bench_once(a: BenchArgs) -> Result<()> {
         ids.extend(tok.encode(PARAGRAPH, false)?);
     }
     ids.truncate(a.prompt_tokens);
-    let mut session = engine.session_with(SessionConfig::with_context(a.model.ctx));
+    let mut session = a.model.session(&engine)?;
+    if let Some(r) = a.lora_rank {
+        let reg = tailor::AdapterRegistry::new(&engine);
+        reg.insert("random", random_adapter(&engine, r)?)?;
+        reg.activate(&[("random", 1.0)])?;
+        session.follow(reg);
+    }
     let mut params = GenerateParams::default();
     params.max_tokens = a.gen_tokens;
     params.ignore_eos = true;
@@ -102,6 +113,8 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         let out = Command::new(&exe)
             .args(["bench-once", "--prompt-tokens", &a.prompt_tokens.to_string(), "--gen-tokens", &a.gen_tokens.to_string()])
             .args(["--threads", &a.model.threads.to_string(), "--ctx", &a.model.ctx.to_string()])
+            .args(a.model.adapter.iter().flat_map(|s| ["--adapter", s.as_str()]))
+            .args(a.lora_rank.iter().flat_map(|r| ["--lora-rank".to_string(), r.to_string()]))
             .arg("--model")
             .arg(&model)
             .output()
@@ -139,4 +152,26 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A random rank-`r` adapter on every projection of every layer (fixed seed).
+fn random_adapter(engine: &Engine, r: usize) -> Result<LoraAdapter> {
+    let shapes = engine.base_shapes();
+    let mut a = LoraAdapter::new(LoraConfig::new(r, (2 * r) as f64, &Target::ALL))?;
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
+    };
+    for layer in 0..shapes.n_layers {
+        for t in Target::ALL {
+            let (i, o) = shapes.in_out(t);
+            let av: Vec<f32> = (0..r * i).map(|_| next()).collect();
+            let bv: Vec<f32> = (0..o * r).map(|_| next()).collect();
+            a.insert(layer, t, LoraWeights::new(r, i, o, av, bv)?)?;
+        }
+    }
+    Ok(a)
 }

@@ -63,6 +63,11 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Inspect LoRA adapters (PEFT layout: adapter_config.json + adapter_model.safetensors).
+    Adapter {
+        #[command(subcommand)]
+        command: AdapterCommand,
+    },
     /// Measure load time, prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
     #[command(hide = true)]
@@ -81,6 +86,15 @@ enum ModelsCommand {
     Path,
 }
 
+#[derive(Subcommand)]
+enum AdapterCommand {
+    /// Print an adapter's configuration and what it adapts, as JSON.
+    Inspect {
+        /// The adapter directory.
+        path: PathBuf,
+    },
+}
+
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// GGUF model file (default: the fetched SmolLM2-135M-Instruct).
@@ -92,6 +106,20 @@ struct ModelArgs {
     /// Context window in tokens.
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
+    /// A LoRA adapter directory (PEFT layout) to run with, optionally weighted: PATH[:WEIGHT].
+    /// Repeatable; the adapters are summed.
+    #[arg(long, value_name = "PATH[:WEIGHT]")]
+    adapter: Vec<String>,
+}
+
+/// Splits `PATH[:WEIGHT]` (the weight defaults to 1).
+fn path_and_weight(spec: &str) -> Result<(PathBuf, f32)> {
+    if let Some((p, w)) = spec.rsplit_once(':') {
+        if let Ok(w) = w.parse::<f32>() {
+            return Ok((PathBuf::from(p), w));
+        }
+    }
+    Ok((PathBuf::from(spec), 1.0))
 }
 
 #[derive(Args, Clone)]
@@ -172,6 +200,25 @@ impl ModelArgs {
         cfg.context_length = self.ctx;
         Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
     }
+
+    /// A session with the context window and the adapters asked for.
+    fn session(&self, engine: &Engine) -> Result<tailor::Session> {
+        let mut session = engine.session_with(SessionConfig::with_context(self.ctx));
+        if !self.adapter.is_empty() {
+            let reg = tailor::AdapterRegistry::new(engine);
+            let mut active = Vec::new();
+            for (i, spec) in self.adapter.iter().enumerate() {
+                let (path, w) = path_and_weight(spec)?;
+                let name = format!("adapter{i}");
+                reg.load(&name, &path).with_context(|| format!("loading adapter {}", path.display()))?;
+                active.push((name, w));
+            }
+            let set: Vec<(&str, f32)> = active.iter().map(|(n, w)| (n.as_str(), *w)).collect();
+            reg.activate(&set)?;
+            session.follow(reg);
+        }
+        Ok(session)
+    }
 }
 
 fn main() {
@@ -200,7 +247,7 @@ fn run(cli: Cli) -> Result<()> {
                 bail!("--logprobs needs --json");
             }
             let engine = model.load()?;
-            let mut session = engine.session_with(SessionConfig::with_context(model.ctx));
+            let mut session = model.session(&engine)?;
             let prompt = if raw {
                 Prompt::Text(prompt)
             } else {
@@ -242,6 +289,24 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Chat { system, gen, model } => chat(system, gen, model),
+        Command::Adapter { command: AdapterCommand::Inspect { path } } => {
+            let a = tailor::adapters::peft::load(&path, &tailor::adapters::peft::LoadOptions::new())
+                .with_context(|| format!("loading {}", path.display()))?;
+            let mut targets: Vec<String> = a.iter().map(|((_, t), _)| t.to_string()).collect();
+            targets.sort();
+            targets.dedup();
+            let layers: std::collections::BTreeSet<usize> = a.iter().map(|((l, _), _)| l).collect();
+            let v = serde_json::json!({
+                "config": serde_json::from_str::<serde_json::Value>(&a.config().to_json())?,
+                "scale": a.scale(),
+                "modules": a.len(),
+                "parameters": a.num_parameters(),
+                "targets": targets,
+                "layers": layers,
+            });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
         Command::Bench(args) => bench::bench(args),
         Command::BenchOnce(args) => bench::bench_once(args),
     }
@@ -249,7 +314,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn chat(system: Option<String>, gen: GenArgs, model: ModelArgs) -> Result<()> {
     let engine = model.load()?;
-    let mut session = engine.session_with(SessionConfig::with_context(model.ctx));
+    let mut session = model.session(&engine)?;
     let start: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     session.set_history(start.clone());
     let params = gen.params(None);

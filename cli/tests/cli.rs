@@ -63,3 +63,48 @@ fn tokenize_generate_json_and_errors() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn adapters_from_the_command_line() {
+    use tailor::adapters::{peft, LoraAdapter, LoraConfig, LoraWeights, Target};
+    let (dir, model) = tiny();
+    let m = model.to_str().unwrap();
+    // A small adapter on q and v of every layer, saved in PEFT's layout.
+    let engine = tailor::Engine::load(&model, tailor::EngineConfig::default()).unwrap();
+    let shapes = engine.base_shapes();
+    let mut a = LoraAdapter::new(LoraConfig::new(2, 4.0, &[Target::Q, Target::V])).unwrap();
+    for layer in 0..shapes.n_layers {
+        for t in [Target::Q, Target::V] {
+            let (i, o) = shapes.in_out(t);
+            let wave = |n: usize| (0..n).map(|k| ((k * 7919 % 13) as f32 - 6.0) * 0.1).collect::<Vec<f32>>();
+            a.insert(layer, t, LoraWeights::new(2, i, o, wave(2 * i), wave(2 * o)).unwrap()).unwrap();
+        }
+    }
+    let ad = dir.join("adapter");
+    peft::save(&a, &ad).unwrap();
+
+    let out = tailor(&["adapter", "inspect", ad.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["targets"], serde_json::json!(["q_proj", "v_proj"]));
+    assert_eq!(v["config"]["r"], 2);
+
+    let run = |extra: &[&str]| {
+        let mut args = vec!["generate", "the", "--raw", "--model", m, "--json", "--max-tokens", "6", "--ignore-eos", "--logprobs", "1"];
+        args.extend_from_slice(extra);
+        let out = tailor(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        // Token ids and the log-probability of each: any change in the logits shows.
+        (v["token_ids"].clone(), v["logprobs"]["content"].as_array().unwrap().iter().map(|c| c["logprob"].as_f64().unwrap()).collect::<Vec<_>>())
+    };
+    let spec0 = format!("{}:0", ad.display());
+    let spec1 = format!("{}:3", ad.display());
+    assert_eq!(run(&[]), run(&["--adapter", &spec0]), "weight 0 is the base");
+    assert_ne!(run(&[]), run(&["--adapter", &spec1]), "the adapter changes the output");
+
+    let out = tailor(&["generate", "x", "--model", m, "--adapter", "/nonexistent/adapter"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("adapter"));
+    let _ = std::fs::remove_dir_all(dir);
+}
