@@ -13,6 +13,10 @@
 //!   `adapter_model.safetensors`) with every check a hostile file needs, and saves
 //!   atomically.
 //!
+//! - [`SteeringVector`] is one direction per layer for activation steering, saved as
+//!   safetensors + JSON and exchanged with llama.cpp / repeng as a control-vector GGUF
+//!   ([`steering`]).
+//!
 //! This crate does not depend on the `tailor` crate: dependencies point `adapters ← sdk`.
 //!
 //! # Example
@@ -42,6 +46,7 @@ mod config;
 mod error;
 mod lora;
 pub mod peft;
+pub mod steering;
 mod target;
 
 pub use config::{
@@ -49,4 +54,5 @@ pub use config::{
 };
 pub use error::{Error, ErrorKind, Result};
 pub use lora::{LoraAdapter, LoraSet, LoraWeights};
+pub use steering::{SteeringMeta, SteeringVector};
 pub use target::Target;

@@ -32,6 +32,7 @@ pub mod model;
 pub mod model_files;
 pub mod registry;
 mod session;
+pub mod steering;
 pub mod testing;
 pub mod text;
 
@@ -39,6 +40,7 @@ pub use decode::hooks::{HookSource, Hooks, LinearDelta, Proj, ResidualHook};
 pub use decode::sampler::SamplingParams;
 pub use engine::{Engine, EngineConfig};
 pub use lora::LoraHook;
+pub use steering::{compute_steering, Readout, SteeringHook, SteeringMethod, SteeringOptions};
 pub use registry::{AdapterInfo, AdapterRegistry};
 pub use tailor_adapters as adapters;
 pub use error::{Error, ErrorKind, Result};

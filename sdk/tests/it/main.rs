@@ -7,4 +7,5 @@ mod real_model;
 mod reference;
 mod registry;
 mod session;
+mod steering;
 mod tokenizer;
