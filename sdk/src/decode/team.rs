@@ -220,8 +220,15 @@ mod tests {
             let next = AtomicUsize::new(0);
             let hits: Vec<AtomicUsize> = (0..100).map(|_| AtomicUsize::new(0)).collect();
             let members = AtomicUsize::new(0);
-            team.run(&|_tid| {
+            team.run(&|tid| {
                 members.fetch_add(1, Ordering::SeqCst);
+                if tid == 0 && round == 0 {
+                    // Once, keep the job open until a worker joins (workers must be able to).
+                    let t = std::time::Instant::now();
+                    while members.load(Ordering::SeqCst) < 2 && t.elapsed().as_secs() < 10 {
+                        std::hint::spin_loop();
+                    }
+                }
                 loop {
                     let i = next.fetch_add(1, Ordering::SeqCst);
                     if i >= hits.len() {
@@ -237,6 +244,7 @@ mod tests {
             }
         }
         assert!(joined > 3000, "workers never joined");
+        // (How often they join otherwise depends on the OS scheduler: not asserted.)
     }
 
     #[test]
