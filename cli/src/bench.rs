@@ -114,6 +114,8 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
             .args(["bench-once", "--prompt-tokens", &a.prompt_tokens.to_string(), "--gen-tokens", &a.gen_tokens.to_string()])
             .args(["--threads", &a.model.threads.to_string(), "--ctx", &a.model.ctx.to_string()])
             .args(a.model.adapter.iter().flat_map(|s| ["--adapter", s.as_str()]))
+            .args(a.model.steer.iter().flat_map(|s| ["--steer", s.as_str()]))
+            .args(a.model.steer_layers.iter().flat_map(|s| ["--steer-layers", s.as_str()]))
             .args(a.lora_rank.iter().flat_map(|r| ["--lora-rank".to_string(), r.to_string()]))
             .arg("--model")
             .arg(&model)

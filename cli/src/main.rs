@@ -68,6 +68,11 @@ enum Command {
         #[command(subcommand)]
         command: AdapterCommand,
     },
+    /// Steering vectors: compute one from contrasting prompt pairs.
+    Steer {
+        #[command(subcommand)]
+        command: SteerCommand,
+    },
     /// Measure load time, prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
     #[command(hide = true)]
@@ -95,6 +100,25 @@ enum AdapterCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum SteerCommand {
+    /// Compute a vector from a JSON file of `[["positive", "negative"], ...]` prompt pairs and
+    /// save it (`.gguf`: llama.cpp's control-vector format; anything else: safetensors + JSON).
+    Compute {
+        /// The pairs file.
+        #[arg(long)]
+        pairs: PathBuf,
+        /// Where to save the vector.
+        #[arg(long)]
+        out: PathBuf,
+        /// `mean` (mean difference) or `pca` (first principal component, sign fixed).
+        #[arg(long, default_value = "mean")]
+        method: String,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
+}
+
 #[derive(Args, Clone)]
 struct ModelArgs {
     /// GGUF model file (default: the fetched SmolLM2-135M-Instruct).
@@ -110,6 +134,24 @@ struct ModelArgs {
     /// Repeatable; the adapters are summed.
     #[arg(long, value_name = "PATH[:WEIGHT]")]
     adapter: Vec<String>,
+    /// A steering vector (`.safetensors` with its `.json` sidecar, or a llama.cpp/repeng
+    /// control-vector `.gguf`) added to the residual stream, scaled: PATH[:SCALE].
+    #[arg(long, value_name = "PATH[:SCALE]")]
+    steer: Option<String>,
+    /// Layers the steering vector is applied to, FIRST-LAST (default: every layer it has).
+    #[arg(long, value_name = "FIRST-LAST")]
+    steer_layers: Option<String>,
+}
+
+/// Loads a steering vector from our format or a control-vector GGUF, checked against `engine`.
+fn load_steering(engine: &Engine, path: &std::path::Path) -> Result<tailor::adapters::SteeringVector> {
+    let v = if path.extension().is_some_and(|e| e == "gguf") {
+        tailor::adapters::SteeringVector::import_gguf(path)?.0
+    } else {
+        tailor::adapters::SteeringVector::load(path)?
+    };
+    v.check_base(engine.base_fingerprint().as_str(), engine.model_config().d_model)?;
+    Ok(v)
 }
 
 /// Splits `PATH[:WEIGHT]` (the weight defaults to 1).
@@ -201,11 +243,38 @@ impl ModelArgs {
         Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
     }
 
-    /// A session with the context window and the adapters asked for.
+    /// A session with the context window, adapters and steering asked for.
     fn session(&self, engine: &Engine) -> Result<tailor::Session> {
         let mut session = engine.session_with(SessionConfig::with_context(self.ctx));
-        if !self.adapter.is_empty() {
+        let steer = match &self.steer {
+            None => None,
+            Some(spec) => {
+                let (path, scale) = path_and_weight(spec)?;
+                let v = load_steering(engine, &path).with_context(|| format!("loading steering vector {}", path.display()))?;
+                let n = engine.model_config().n_layers;
+                let layers = match &self.steer_layers {
+                    None => 0..=n - 1,
+                    Some(r) => {
+                        let (a, b) = r.split_once('-').context("--steer-layers takes FIRST-LAST")?;
+                        let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+                        if a > b || b >= n {
+                            bail!("--steer-layers {r}: the model has layers 0-{}", n - 1);
+                        }
+                        a..=b
+                    }
+                };
+                Some(tailor::SteeringHook::new(std::sync::Arc::new(v), scale, layers))
+            }
+        };
+        if self.adapter.is_empty() {
+            if let Some(h) = steer {
+                session.set_hooks(h.into_hooks());
+            }
+        } else {
             let reg = tailor::AdapterRegistry::new(engine);
+            if let Some(h) = steer {
+                reg.set_residual(Some(std::sync::Arc::new(h)));
+            }
             let mut active = Vec::new();
             for (i, spec) in self.adapter.iter().enumerate() {
                 let (path, w) = path_and_weight(spec)?;
@@ -305,6 +374,26 @@ fn run(cli: Cli) -> Result<()> {
                 "layers": layers,
             });
             println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }
+        Command::Steer { command: SteerCommand::Compute { pairs, out, method, model } } => {
+            let engine = model.load()?;
+            let text = std::fs::read_to_string(&pairs).with_context(|| format!("reading {}", pairs.display()))?;
+            let pairs: Vec<(String, String)> = serde_json::from_str(&text).context("the pairs file is a JSON array of [positive, negative] pairs")?;
+            let method = match method.as_str() {
+                "mean" => tailor::SteeringMethod::Mean,
+                "pca" => tailor::SteeringMethod::Pca,
+                m => bail!("--method {m}: use mean or pca"),
+            };
+            let mut v = tailor::compute_steering(&engine, &pairs, &tailor::SteeringOptions::with_method(method))?;
+            if out.extension().is_some_and(|e| e == "gguf") {
+                // llama.cpp's control vectors have no entry for the first layer.
+                v.remove(0);
+                v.export_gguf(&out, &engine.model_config().architecture)?;
+            } else {
+                v.save(&out)?;
+            }
+            eprintln!("steering vector over {} layers from {} pairs saved to {}", v.len(), pairs.len(), out.display());
             Ok(())
         }
         Command::Bench(args) => bench::bench(args),

@@ -108,3 +108,31 @@ fn adapters_from_the_command_line() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("adapter"));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn steering_from_the_command_line() {
+    let (dir, model) = tiny();
+    let m = model.to_str().unwrap();
+    let pairs = dir.join("pairs.json");
+    std::fs::write(&pairs, r#"[["the there", "in on"], ["there the", "on in"]]"#).unwrap();
+    for out in ["vec.safetensors", "vec.gguf"] {
+        let path = dir.join(out);
+        let o = tailor(&["steer", "compute", "--pairs", pairs.to_str().unwrap(), "--out", path.to_str().unwrap(), "--model", m]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let run = |extra: &[&str]| {
+            let mut args = vec!["generate", "the", "--raw", "--model", m, "--json", "--max-tokens", "4", "--ignore-eos", "--logprobs", "1"];
+            args.extend_from_slice(extra);
+            let o = tailor(&args);
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+            v["logprobs"]["content"].as_array().unwrap().iter().map(|c| c["logprob"].as_f64().unwrap()).collect::<Vec<_>>()
+        };
+        let zero = format!("{}:0", path.display());
+        let strong = format!("{}:3", path.display());
+        assert_eq!(run(&[]), run(&["--steer", &zero]), "{out}: scale 0 is the base");
+        assert_ne!(run(&[]), run(&["--steer", &strong, "--steer-layers", "1-1"]), "{out}: the vector acts");
+    }
+    let o = tailor(&["generate", "x", "--model", m, "--steer", "/nonexistent.safetensors"]);
+    assert!(!o.status.success());
+    let _ = std::fs::remove_dir_all(dir);
+}
