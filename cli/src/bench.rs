@@ -7,8 +7,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde::{Deserialize, Serialize};
-use tailor::adapters::{LoraAdapter, LoraConfig, LoraWeights, Target};
-use tailor::{Engine, Flow, GenerateParams, Prompt};
+use tailor::{Flow, GenerateParams, Prompt};
 
 use crate::ModelArgs;
 
@@ -73,7 +72,7 @@ pub(crate) fn bench_once(a: BenchArgs) -> Result<()> {
     let mut session = a.model.session(&engine)?;
     if let Some(r) = a.lora_rank {
         let reg = tailor::AdapterRegistry::new(&engine);
-        reg.insert("random", random_adapter(&engine, r)?)?;
+        reg.insert("random", tailor::testing::random_lora(&engine, r, 0.01, 1)?)?;
         reg.activate(&[("random", 1.0)])?;
         session.follow(reg);
     }
@@ -154,26 +153,4 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         );
     }
     Ok(())
-}
-
-/// A random rank-`r` adapter on every projection of every layer (fixed seed).
-fn random_adapter(engine: &Engine, r: usize) -> Result<LoraAdapter> {
-    let shapes = engine.base_shapes();
-    let mut a = LoraAdapter::new(LoraConfig::new(r, (2 * r) as f64, &Target::ALL))?;
-    let mut state = 0x9E37_79B9_7F4A_7C15u64;
-    let mut next = move || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.02
-    };
-    for layer in 0..shapes.n_layers {
-        for t in Target::ALL {
-            let (i, o) = shapes.in_out(t);
-            let av: Vec<f32> = (0..r * i).map(|_| next()).collect();
-            let bv: Vec<f32> = (0..o * r).map(|_| next()).collect();
-            a.insert(layer, t, LoraWeights::new(r, i, o, av, bv)?)?;
-        }
-    }
-    Ok(a)
 }

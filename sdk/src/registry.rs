@@ -70,10 +70,6 @@ impl std::fmt::Debug for AdapterRegistry {
     }
 }
 
-fn adapter_err(e: tailor_adapters::Error) -> Error {
-    Error::Adapter(e)
-}
-
 impl AdapterRegistry {
     /// An empty registry for `engine`'s base.
     pub fn new(engine: &Engine) -> Arc<Self> {
@@ -93,7 +89,7 @@ impl AdapterRegistry {
     /// (an active one stays active with the new weights).
     pub fn load(&self, name: &str, dir: &Path) -> Result<()> {
         let opts = LoadOptions::new().with_shapes(self.engine.base_shapes()).with_fingerprint(self.engine.base_fingerprint());
-        let adapter = peft::load(dir, &opts).map_err(adapter_err)?;
+        let adapter = peft::load(dir, &opts)?;
         self.insert(name, adapter)
     }
 

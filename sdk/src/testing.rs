@@ -165,3 +165,21 @@ impl TinyModel {
         Ok(())
     }
 }
+
+/// A random rank-`r` LoRA adapter on all seven projections of every layer of `engine`'s base
+/// (entries uniform in `±scale`, from `seed`): for tests and for measuring an adapter's cost.
+pub fn random_lora(engine: &crate::Engine, r: usize, scale: f32, seed: u64) -> Result<tailor_adapters::LoraAdapter> {
+    use tailor_adapters::{LoraAdapter, LoraConfig, LoraWeights, Target};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let shapes = engine.base_shapes();
+    let mut a = LoraAdapter::new(LoraConfig::new(r, 2.0 * r as f64, &Target::ALL))?;
+    for layer in 0..shapes.n_layers {
+        for t in Target::ALL {
+            let (i, o) = shapes.in_out(t);
+            let av: Vec<f32> = (0..r * i).map(|_| rng.random_range(-scale..scale)).collect();
+            let bv: Vec<f32> = (0..o * r).map(|_| rng.random_range(-scale..scale)).collect();
+            a.insert(layer, t, LoraWeights::new(r, i, o, av, bv)?)?;
+        }
+    }
+    Ok(a)
+}

@@ -5,7 +5,6 @@
 
 use std::cell::RefCell;
 
-use candle_core::quantized::GgmlDType;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
@@ -13,10 +12,10 @@ use super::hooks::{Hooks, Proj};
 use super::kv_cache::KvCache;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use super::team::Par;
+use super::team::{Par, SharedOut};
 use crate::kernels::Kernels;
 use crate::model::config::{ModelConfig, RopeStyle};
-use crate::model::qmatrix::{matmul, MatJob, Prepared, QMatrix};
+use crate::model::qmatrix::{matmul, MatJob, Prepared};
 use crate::model::weights::ModelWeights;
 use crate::{Error, Result};
 
@@ -147,7 +146,7 @@ impl Transformer {
                 let q = sized(&mut scratch.q, n * qd);
                 let kk = sized(&mut scratch.k, n * kvd);
                 let v = sized(&mut scratch.v, n * kvd);
-                let p = Prepared::new(xn, n, d, &dtypes(&[&lw.wq, &lw.wk, &lw.wv]));
+                let p = Prepared::new(xn, n, d, &[lw.wq.dtype(), lw.wk.dtype(), lw.wv.dtype()]);
                 matmul(par, &p, &mut [MatJob { w: &lw.wq, out: q }, MatJob { w: &lw.wk, out: kk }, MatJob { w: &lw.wv, out: v }]);
                 add_bias(q, lw.bq.as_deref());
                 add_bias(kk, lw.bk.as_deref());
@@ -182,7 +181,7 @@ impl Transformer {
                 let xn = &scratch.xn[..n * d];
                 let g = sized(&mut scratch.gate, n * ff);
                 let u = sized(&mut scratch.up, n * ff);
-                let p = Prepared::new(xn, n, d, &dtypes(&[&lw.w_gate, &lw.w_up]));
+                let p = Prepared::new(xn, n, d, &[lw.w_gate.dtype(), lw.w_up.dtype()]);
                 matmul(par, &p, &mut [MatJob { w: &lw.w_gate, out: g }, MatJob { w: &lw.w_up, out: u }]);
                 apply_delta(hooks, l, Proj::Gate, xn, n, g);
                 apply_delta(hooks, l, Proj::Up, xn, n, u);
@@ -277,7 +276,7 @@ impl Transformer {
         let (hd, nh) = (cfg.head_dim, cfg.n_heads);
         let group = nh / cfg.n_kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
-        let optr = OutPtr(out.as_mut_ptr());
+        let optr = SharedOut::new(out);
         // One item = one token and one query head.
         let one = |i: usize| {
             let (t, h) = (i / nh, i % nh);
@@ -327,25 +326,6 @@ impl Transformer {
             (0..items).for_each(one);
         }
     }
-}
-
-/// The attention output shared by the members of a team; each writes disjoint heads.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: members write disjoint ranges (see `attention`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
-
-fn dtypes(ms: &[&QMatrix]) -> Vec<GgmlDType> {
-    ms.iter().map(|m| m.dtype()).collect()
 }
 
 fn apply_delta(hooks: &Hooks, layer: usize, proj: Proj, x: &[f32], n: usize, out: &mut [f32]) {

@@ -181,6 +181,27 @@ impl Drop for Team {
     }
 }
 
+/// An output buffer written by the members of a team job, each member writing elements no
+/// other member writes (the job's contract), while the buffer outlives the job.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(*mut f32);
+// SAFETY: members write disjoint elements of a buffer that outlives the job (see the type).
+unsafe impl Send for SharedOut {}
+// SAFETY: as above.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Wraps a buffer for the duration of a job.
+    pub(crate) fn new(buf: &mut [f32]) -> Self {
+        Self(buf.as_mut_ptr())
+    }
+
+    /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// How a forward pass runs its parallel parts: on a team, or serially on the caller.
 #[derive(Clone, Copy)]
 pub(crate) enum Par<'a> {

@@ -14,7 +14,7 @@ use memmap2::Mmap;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::decode::team::Par;
+use crate::decode::team::{Par, SharedOut};
 use crate::kernels::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels};
 use crate::{Error, Result};
 
@@ -140,7 +140,7 @@ impl QMatrix {
     /// A matrix owning a copy of `bytes` (GGML blocks of `dtype`, row-major).
     pub fn from_bytes(name: &str, dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
         let mut buf = vec![0u64; bytes.len().div_ceil(8)];
-        bytemuck_bytes_mut(&mut buf)[..bytes.len()].copy_from_slice(bytes);
+        bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
         let m = Self { dtype, rows, cols, storage: Storage::Owned(Arc::new(buf)), offset: 0, len: bytes.len() };
         m.validate(name)?;
         Ok(m)
@@ -158,7 +158,7 @@ impl QMatrix {
         let row_bytes = cols / dtype.block_size() * dtype.type_size();
         let mut buf = vec![0u64; (rows * row_bytes).div_ceil(8)];
         {
-            let bytes = &mut bytemuck_bytes_mut(&mut buf)[..rows * row_bytes];
+            let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..rows * row_bytes];
             with_candle_type!(dtype, T => {
                 let blocks = cast_mut::<T>(bytes);
                 T::from_float(data, blocks);
@@ -231,10 +231,6 @@ impl QMatrix {
     }
 }
 
-fn bytemuck_bytes_mut(v: &mut [u64]) -> &mut [u8] {
-    bytemuck::cast_slice_mut(v)
-}
-
 /// An input batch `[n, cols]` quantized once into every activation format the matrices it
 /// multiplies need (q, k and v share one quantization).
 pub(crate) struct Prepared<'a> {
@@ -282,7 +278,7 @@ fn quantize_for<T: GgmlType>(x: &[f32], n: usize, cols: usize) -> Vec<u64> {
     type V<T> = <T as GgmlType>::VecDotType;
     let per_row = cols / V::<T>::BLCK_SIZE * std::mem::size_of::<V<T>>();
     let mut buf = vec![0u64; (n * per_row).div_ceil(8)];
-    let bytes = &mut bytemuck_bytes_mut(&mut buf)[..n * per_row];
+    let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..n * per_row];
     for (xr, yr) in x.chunks(cols).zip(bytes.chunks_mut(per_row)) {
         V::<T>::from_float(xr, cast_mut::<V<T>>(yr));
     }
@@ -295,27 +291,16 @@ pub(crate) struct MatJob<'a> {
     pub(crate) out: &'a mut [f32],
 }
 
-/// A raw output pointer shared by the tasks of one parallel matmul; each task writes a
-/// disjoint set of elements.
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: tasks write disjoint (row, token) elements of a buffer that outlives the scope.
-unsafe impl Send for OutPtr {}
-// SAFETY: as above.
-unsafe impl Sync for OutPtr {}
-
 /// Computes every job, the rows of all jobs split evenly over the members of `par`.
 pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]) {
     const MAX_JOBS: usize = 4;
     assert!(jobs.len() <= MAX_JOBS, "matmul: at most {MAX_JOBS} jobs per call");
-    let mut ws: [Option<&QMatrix>; MAX_JOBS] = [None; MAX_JOBS];
-    let mut outs = [OutPtr(std::ptr::null_mut()); MAX_JOBS];
+    let mut parts: [Option<(&QMatrix, SharedOut)>; MAX_JOBS] = [None; MAX_JOBS];
     let mut total = 0;
     for (j, job) in jobs.iter_mut().enumerate() {
         assert_eq!(job.w.cols, input.cols, "matmul: input width");
         assert_eq!(job.out.len(), input.n * job.w.rows, "matmul: output size");
-        ws[j] = Some(job.w);
-        outs[j] = OutPtr(job.out.as_mut_ptr());
+        parts[j] = Some((job.w, SharedOut::new(job.out)));
         total += job.w.rows;
     }
     let n = par.size();
@@ -336,8 +321,7 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]
         }
         let e = (s + chunk).min(total);
         let mut base = 0;
-        for (w, out) in ws.iter().zip(outs).take_while(|(w, _)| w.is_some()) {
-            let w = w.expect("taken while some");
+        for &(w, out) in parts.iter().map_while(Option::as_ref) {
             let (r0, r1) = (s.max(base) - base, e.min(base + w.rows).saturating_sub(base));
             if r0 < r1 {
                 // SAFETY: rows s..e of the concatenated jobs belong to this chunk alone (the
@@ -354,13 +338,13 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]
 /// # Safety
 /// `out` must point to a buffer of `input.n * w.rows` floats that no one else writes in the
 /// rows `r0..r1` during the call.
-unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out: OutPtr) {
+unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out: SharedOut) {
     let k = Kernels::detect();
     let (n, cols, rows) = (input.n, input.cols, w.rows);
     let put = |t: usize, r: usize, v: f32| {
         // SAFETY: t < n and r < rows, inside the caller's buffer; disjointness is the
         // caller's contract.
-        unsafe { *out.0.add(t * rows + r) = v };
+        unsafe { *out.ptr().add(t * rows + r) = v };
     };
     match lane(w.dtype) {
         Lane::F32 => {
@@ -448,7 +432,7 @@ fn candle_rows<T: GgmlType>(w: &QMatrix, acts: &[u64], n: usize, r0: usize, r1: 
     let wb = cast::<T>(w.bytes());
     let bpr = cols / T::BLCK_SIZE;
     let vpr = cols / V::<T>::BLCK_SIZE;
-    let all = cast::<u8>(acts_bytes(acts));
+    let all = bytemuck::cast_slice::<u64, u8>(acts);
     let xs = cast::<V<T>>(&all[..n * vpr * std::mem::size_of::<V<T>>()]);
     for r in r0..r1 {
         let wr = &wb[r * bpr..(r + 1) * bpr];
@@ -456,10 +440,6 @@ fn candle_rows<T: GgmlType>(w: &QMatrix, acts: &[u64], n: usize, r0: usize, r1: 
             put(t, r, T::vec_dot(cols, wr, &xs[t * vpr..(t + 1) * vpr]));
         }
     }
-}
-
-fn acts_bytes(v: &[u64]) -> &[u8] {
-    bytemuck::cast_slice(v)
 }
 
 #[cfg(test)]

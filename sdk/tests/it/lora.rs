@@ -6,26 +6,14 @@ use std::sync::Arc;
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
-use rand::{Rng, SeedableRng};
-use tailor::adapters::{LoraAdapter, LoraConfig, LoraSet, LoraWeights, Target};
+use tailor::adapters::{LoraAdapter, LoraSet, Target};
 use tailor::{Engine, EngineConfig, Hooks, LoraHook};
 
 use crate::common::{spec, tiny, TempDir};
 
-/// A random rank-`r` adapter on every projection of every layer.
+/// A random rank-`r` adapter on every projection of every layer (entries in ±0.3).
 pub fn random_adapter(engine: &Engine, r: usize, seed: u64) -> LoraAdapter {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
-    let shapes = engine.base_shapes();
-    let mut a = LoraAdapter::new(LoraConfig::new(r, 2.0 * r as f64, &Target::ALL)).unwrap();
-    for layer in 0..shapes.n_layers {
-        for t in Target::ALL {
-            let (i, o) = shapes.in_out(t);
-            let av: Vec<f32> = (0..r * i).map(|_| rng.random_range(-0.3..0.3)).collect();
-            let bv: Vec<f32> = (0..o * r).map(|_| rng.random_range(-0.3..0.3)).collect();
-            a.insert(layer, t, LoraWeights::new(r, i, o, av, bv).unwrap()).unwrap();
-        }
-    }
-    a
+    tailor::testing::random_lora(engine, r, 0.3, seed).unwrap()
 }
 
 /// Writes a copy of the f32 GGUF at `src` with every targeted weight replaced by
