@@ -184,7 +184,7 @@ impl Drop for Team {
 /// An output buffer written by the members of a team job, each member writing elements no
 /// other member writes (the job's contract), while the buffer outlives the job.
 #[derive(Clone, Copy)]
-pub(crate) struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: members write disjoint elements of a buffer that outlives the job (see the type).
 unsafe impl Send for SharedOut {}
 // SAFETY: as above.
@@ -192,11 +192,13 @@ unsafe impl Sync for SharedOut {}
 
 impl SharedOut {
     /// Wraps a buffer for the duration of a job.
+    #[inline]
     pub(crate) fn new(buf: &mut [f32]) -> Self {
         Self(buf.as_mut_ptr())
     }
 
     /// The pointer (a method, so closures capture the whole `Sync` wrapper).
+    #[inline(always)]
     pub(crate) fn ptr(self) -> *mut f32 {
         self.0
     }

