@@ -13,6 +13,8 @@
 //!   `adapter_model.safetensors`) with every check a hostile file needs, and saves
 //!   atomically.
 //!
+//! - [`QkLayout`] maps `lora_B` rows of the query/key projections between PEFT's order and
+//!   a llama GGUF's permuted order.
 //! - [`SteeringVector`] is one direction per layer for activation steering, saved as
 //!   safetensors + JSON and exchanged with llama.cpp / repeng as a control-vector GGUF
 //!   ([`steering`]).
@@ -44,6 +46,7 @@
 
 mod config;
 mod error;
+pub mod layout;
 mod lora;
 pub mod peft;
 pub mod steering;
@@ -53,6 +56,7 @@ pub use config::{
     BaseFingerprint, LayerSelection, LoraConfig, TailorMeta, TargetModules, TAILOR_FORMAT_VERSION,
 };
 pub use error::{Error, ErrorKind, Result};
+pub use layout::QkLayout;
 pub use lora::{LoraAdapter, LoraSet, LoraWeights};
 pub use steering::{SteeringMeta, SteeringVector};
 pub use target::Target;

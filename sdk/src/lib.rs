@@ -36,10 +36,10 @@ pub mod steering;
 pub mod testing;
 pub mod text;
 
-pub use decode::hooks::{HookSource, Hooks, LinearDelta, Proj, ResidualHook};
+pub use decode::hooks::{HookSource, Hooks, LinearDelta, LowRank, LowRankTerm, Proj, ResidualHook};
 pub use decode::sampler::SamplingParams;
 pub use engine::{Engine, EngineConfig};
-pub use lora::LoraHook;
+pub use lora::{LoraHook, PreparedLora};
 pub use steering::{compute_steering, Readout, SteeringHook, SteeringMethod, SteeringOptions};
 pub use registry::{AdapterInfo, AdapterRegistry};
 pub use tailor_adapters as adapters;

@@ -1,14 +1,19 @@
-//! LoRA adapters (`tailor-adapters`) on the decode path: the [`LinearDelta`] hook over a
-//! [`LoraSet`], and what an adapter needs to know about the base it runs on (its shapes and a
-//! fingerprint).
+//! LoRA adapters (`tailor-adapters`) on the decode path: an adapter prepared for one base
+//! ([`PreparedLora`]: `lora_B` rows in the GGUF's order and transposed for the fused kernel),
+//! the [`LinearDelta`] hook over a weighted set of them ([`LoraHook`]), and what an adapter
+//! needs to know about the base it runs on (its shapes, q/k row layout and a fingerprint).
+
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 use tailor_adapters::peft::BaseShapes;
-use tailor_adapters::{BaseFingerprint, LoraSet, Target};
+use tailor_adapters::{BaseFingerprint, LoraAdapter, LoraSet, QkLayout, Target};
 
-use crate::decode::hooks::{Hooks, LinearDelta, Proj};
 use crate::decode::forward::Transformer;
+use crate::decode::hooks::{Hooks, LinearDelta, LowRank, LowRankTerm, Proj};
 use crate::engine::Engine;
+use crate::model::config::RopeStyle;
+use crate::{Error, Result};
 
 /// The adapters' name for one of our projections.
 pub fn target_of(proj: Proj) -> Target {
@@ -23,37 +28,113 @@ pub fn target_of(proj: Proj) -> Target {
     }
 }
 
-/// A weighted set of LoRA adapters as a decode-path hook: `y += Σ wᵢ·sᵢ·Bᵢ(Aᵢ·x)` on every
-/// projection an adapter targets, unmerged over the quantized base.
+fn slot(layer: usize, proj: Proj) -> usize {
+    layer * Proj::ALL.len() + Proj::ALL.iter().position(|p| *p == proj).unwrap_or(0)
+}
+
+/// An adapter prepared to run on one engine's base: its shapes checked, `lora_B` of the query
+/// and key projections permuted to the GGUF's row order ([`QkLayout`]), `B` transposed, pairs
+/// whose `B` is all zeros dropped (so they leave the base bit-identical). Build it once per
+/// adapter (it copies the weights); activating sets of prepared adapters copies nothing.
+#[derive(Debug)]
+pub struct PreparedLora {
+    adapter: Arc<LoraAdapter>,
+    table: Vec<Option<Arc<LowRank>>>,
+}
+
+impl PreparedLora {
+    /// Prepares `adapter` for `engine`'s base; [`Error::Adapter`] (a shape error) if a pair
+    /// does not fit the base.
+    pub fn new(engine: &Engine, adapter: Arc<LoraAdapter>) -> Result<Self> {
+        let shapes = engine.base_shapes();
+        let layout = engine.qk_layout();
+        let mut table = vec![None; shapes.n_layers * Proj::ALL.len()];
+        for ((layer, t), w) in adapter.iter() {
+            let (i, o) = shapes.in_out(t);
+            if layer >= shapes.n_layers || w.in_features() != i || w.out_features() != o {
+                return Err(Error::Adapter(tailor_adapters::Error::Shape {
+                    name: t.module_path(layer),
+                    expected: vec![o, i],
+                    actual: vec![w.out_features(), w.in_features()],
+                }));
+            }
+            if w.b().iter().all(|v| *v == 0.0) {
+                continue;
+            }
+            let r = w.r();
+            let b = layout.hf_to_file(t, w.b(), o, r);
+            let mut bt = vec![0f32; r * o];
+            for (row, br) in b.chunks_exact(r).enumerate() {
+                for (k, v) in br.iter().enumerate() {
+                    bt[k * o + row] = *v;
+                }
+            }
+            let proj = Proj::ALL.into_iter().find(|p| target_of(*p) == t).expect("every target is a projection");
+            let lr = LowRank::new(r, i, o, w.a().to_vec(), bt).expect("shapes checked above");
+            table[slot(layer, proj)] = Some(Arc::new(lr));
+        }
+        Ok(Self { adapter, table })
+    }
+
+    /// The adapter as loaded (PEFT's row order).
+    pub fn adapter(&self) -> &Arc<LoraAdapter> {
+        &self.adapter
+    }
+}
+
+/// A weighted set of prepared LoRA adapters as a decode-path hook: `y += Σ wᵢ·sᵢ·Bᵢ(Aᵢ·x)` on
+/// every projection an adapter targets, unmerged over the quantized base, computed inside the
+/// base product's parallel pass.
 #[derive(Debug, Clone, Default)]
 pub struct LoraHook {
-    set: LoraSet,
+    terms: Vec<Vec<LowRankTerm>>,
 }
 
 impl LoraHook {
-    /// Wraps a set.
-    pub fn new(set: LoraSet) -> Self {
-        Self { set }
+    /// The hook for `entries` (adapter, weight); adapters with weight 0 are left out. Cheap: it
+    /// shares the prepared weights.
+    pub fn new(entries: &[(Arc<PreparedLora>, f32)]) -> Self {
+        let slots = entries.iter().map(|(p, _)| p.table.len()).max().unwrap_or(0);
+        let mut terms = vec![Vec::new(); slots];
+        for (p, w) in entries {
+            if *w == 0.0 {
+                continue;
+            }
+            let scale = w * p.adapter.scale();
+            for (i, f) in p.table.iter().enumerate() {
+                if let Some(f) = f {
+                    terms[i].push(LowRankTerm { factors: f.clone(), scale });
+                }
+            }
+        }
+        Self { terms }
     }
 
-    /// The set.
-    pub fn set(&self) -> &LoraSet {
-        &self.set
+    /// Prepares every adapter of `set` for `engine` and makes the hook (for one-off use; a
+    /// registry prepares each adapter once).
+    pub fn from_set(engine: &Engine, set: &LoraSet) -> Result<Self> {
+        let entries = set
+            .entries()
+            .iter()
+            .map(|(a, w)| Ok((Arc::new(PreparedLora::new(engine, a.clone())?), *w)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self::new(&entries))
+    }
+
+    /// Whether the hook changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.terms.iter().all(Vec::is_empty)
     }
 
     /// Session hooks running this set (and no steering).
     pub fn into_hooks(self) -> Hooks {
-        Hooks { linear: Some(std::sync::Arc::new(self)), residual: None }
+        Hooks { linear: Some(Arc::new(self)), residual: None }
     }
 }
 
 impl LinearDelta for LoraHook {
-    fn applies_to(&self, layer: usize, proj: Proj) -> bool {
-        self.set.applies_to(layer, target_of(proj))
-    }
-
-    fn add_delta(&self, layer: usize, proj: Proj, x: &[f32], n_tokens: usize, out: &mut [f32]) {
-        self.set.add_delta(layer, target_of(proj), x, n_tokens, out);
+    fn terms(&self, layer: usize, proj: Proj) -> &[LowRankTerm] {
+        self.terms.get(slot(layer, proj)).map_or(&[], Vec::as_slice)
     }
 }
 
@@ -62,6 +143,16 @@ impl Engine {
     pub fn base_shapes(&self) -> BaseShapes {
         let c = self.model_config();
         BaseShapes { n_layers: c.n_layers, d_model: c.d_model, q_dim: c.n_heads * c.head_dim, kv_dim: c.kv_dim(), ffn_dim: c.ffn_dim }
+    }
+
+    /// How the base orders the rows of its query and key projections relative to PEFT
+    /// adapters (permuted for interleaved RoPE, as llama.cpp converts llama models).
+    pub fn qk_layout(&self) -> QkLayout {
+        let c = self.model_config();
+        match c.rope_style {
+            RopeStyle::Interleaved => QkLayout::Interleaved { n_heads: c.n_heads, n_kv_heads: c.n_kv_heads },
+            RopeStyle::Neox => QkLayout::Hf,
+        }
     }
 
     /// A fingerprint of the base weights an adapter was trained on: SHA-256 over the

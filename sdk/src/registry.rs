@@ -13,11 +13,11 @@ use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use tailor_adapters::peft::{self, LoadOptions};
-use tailor_adapters::{LoraAdapter, LoraSet};
+use tailor_adapters::LoraAdapter;
 
 use crate::decode::hooks::{HookSource, Hooks, ResidualHook};
 use crate::engine::Engine;
-use crate::lora::LoraHook;
+use crate::lora::{LoraHook, PreparedLora};
 use crate::{Error, Result};
 
 /// What the registry holds about one adapter.
@@ -37,7 +37,7 @@ pub struct AdapterInfo {
 
 #[derive(Default)]
 struct State {
-    adapters: BTreeMap<String, Arc<LoraAdapter>>,
+    adapters: BTreeMap<String, Arc<PreparedLora>>,
     active: Vec<(String, f32)>,
     residual: Option<Arc<dyn ResidualHook>>,
     generation: u64,
@@ -46,12 +46,10 @@ struct State {
 
 impl State {
     fn publish(&mut self) {
-        let mut set = LoraSet::new();
-        for (name, w) in &self.active {
-            set.push(self.adapters[name].clone(), *w);
-        }
+        let entries: Vec<_> = self.active.iter().map(|(name, w)| (self.adapters[name].clone(), *w)).collect();
+        let hook = LoraHook::new(&entries);
         self.snapshot = Hooks {
-            linear: if set.is_empty() { None } else { Some(Arc::new(LoraHook::new(set))) },
+            linear: if hook.is_empty() { None } else { Some(Arc::new(hook)) },
             residual: self.residual.clone(),
         };
         self.generation += 1;
@@ -93,27 +91,22 @@ impl AdapterRegistry {
         self.insert(name, adapter)
     }
 
-    /// Adds an adapter built in memory (e.g. by the trainer) under `name`.
+    /// Adds an adapter built in memory (e.g. by the trainer) under `name`, after checking its
+    /// shapes against the base and preparing it (the only copy of its weights a swap makes).
     pub fn insert(&self, name: &str, adapter: LoraAdapter) -> Result<()> {
-        let shapes = self.engine.base_shapes();
-        for ((layer, t), w) in adapter.iter() {
-            let (i, o) = shapes.in_out(t);
-            if layer >= shapes.n_layers || w.in_features() != i || w.out_features() != o {
-                return Err(Error::invalid(format!(
-                    "adapter `{name}`: layer {layer} {t} is {}x{} but the base has {} layers and {o}x{i} there",
-                    w.out_features(),
-                    w.in_features(),
-                    shapes.n_layers
-                )));
-            }
-        }
+        let prepared = Arc::new(PreparedLora::new(&self.engine, Arc::new(adapter))?);
         let mut st = self.write();
         let active = st.active.iter().any(|(n, _)| n == name);
-        st.adapters.insert(name.to_string(), Arc::new(adapter));
+        st.adapters.insert(name.to_string(), prepared);
         if active {
             st.publish();
         }
         Ok(())
+    }
+
+    /// The adapter held under `name` (PEFT's row order), to save or export it.
+    pub fn get(&self, name: &str) -> Option<Arc<LoraAdapter>> {
+        self.read().adapters.get(name).map(|p| p.adapter().clone())
     }
 
     /// Makes `set` (names with weights) the active set, atomically. Unknown names are an error
@@ -160,6 +153,7 @@ impl AdapterRegistry {
         let st = self.read();
         st.adapters
             .iter()
+            .map(|(name, p)| (name, p.adapter()))
             .map(|(name, a)| AdapterInfo {
                 name: name.clone(),
                 active_weight: st.active.iter().find(|(n, _)| n == name).map(|(_, w)| *w),

@@ -8,14 +8,14 @@ use std::cell::RefCell;
 use half::f16;
 use half::slice::HalfFloatSliceExt;
 
-use super::hooks::{Hooks, Proj};
+use super::hooks::{Hooks, LowRankTerm, Proj};
 use super::kv_cache::KvCache;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::team::{Par, SharedOut};
 use crate::kernels::Kernels;
 use crate::model::config::{ModelConfig, RopeStyle};
-use crate::model::qmatrix::{matmul, MatJob, Prepared};
+use crate::model::qmatrix::{matmul, Delta, MatJob, Prepared};
 use crate::model::weights::ModelWeights;
 use crate::{Error, Result};
 
@@ -44,6 +44,8 @@ pub struct Scratch {
     up: Vec<f32>,
     rope_cos: Vec<f32>,
     rope_sin: Vec<f32>,
+    /// `scale·A·x` of the low-rank terms of the current projections.
+    u: Vec<f32>,
     /// Logits of the requested positions, `[n, vocab]`.
     pub logits: Vec<f32>,
 }
@@ -147,13 +149,20 @@ impl Transformer {
                 let kk = sized(&mut scratch.k, n * kvd);
                 let v = sized(&mut scratch.v, n * kvd);
                 let p = Prepared::new(xn, n, d, &[lw.wq.dtype(), lw.wk.dtype(), lw.wv.dtype()]);
-                matmul(par, &p, &mut [MatJob { w: &lw.wq, out: q }, MatJob { w: &lw.wk, out: kk }, MatJob { w: &lw.wv, out: v }]);
+                let (tq, tk, tv) = (terms(hooks, l, Proj::Q), terms(hooks, l, Proj::K), terms(hooks, l, Proj::V));
+                scratch.u.clear();
+                let rq = low_rank_inputs(tq, xn, n, k, &mut scratch.u);
+                let rk = low_rank_inputs(tk, xn, n, k, &mut scratch.u);
+                let rv = low_rank_inputs(tv, xn, n, k, &mut scratch.u);
+                let u = &scratch.u;
+                matmul(par, &p, &mut [
+                    MatJob { w: &lw.wq, out: q, delta: Delta { terms: tq, u: &u[rq] } },
+                    MatJob { w: &lw.wk, out: kk, delta: Delta { terms: tk, u: &u[rk] } },
+                    MatJob { w: &lw.wv, out: v, delta: Delta { terms: tv, u: &u[rv] } },
+                ]);
                 add_bias(q, lw.bq.as_deref());
                 add_bias(kk, lw.bk.as_deref());
                 add_bias(v, lw.bv.as_deref());
-                apply_delta(hooks, l, Proj::Q, xn, n, q);
-                apply_delta(hooks, l, Proj::K, xn, n, kk);
-                apply_delta(hooks, l, Proj::V, xn, n, v);
             }
             self.rope(&mut scratch.q[..n * qd], n, cfg.n_heads, &scratch.rope_cos, &scratch.rope_sin);
             self.rope(&mut scratch.k[..n * kvd], n, cfg.n_kv_heads, &scratch.rope_cos, &scratch.rope_sin);
@@ -168,8 +177,10 @@ impl Transformer {
                 let att = &scratch.att[..n * qd];
                 let o = sized(&mut scratch.o, n * d);
                 let p = Prepared::new(att, n, qd, &[lw.wo.dtype()]);
-                matmul(par, &p, &mut [MatJob { w: &lw.wo, out: o }]);
-                apply_delta(hooks, l, Proj::O, att, n, o);
+                let to = terms(hooks, l, Proj::O);
+                scratch.u.clear();
+                let ro = low_rank_inputs(to, att, n, k, &mut scratch.u);
+                matmul(par, &p, &mut [MatJob { w: &lw.wo, out: o, delta: Delta { terms: to, u: &scratch.u[ro] } }]);
             }
             for (xi, oi) in scratch.x[..n * d].iter_mut().zip(&scratch.o[..n * d]) {
                 *xi += oi;
@@ -182,9 +193,15 @@ impl Transformer {
                 let g = sized(&mut scratch.gate, n * ff);
                 let u = sized(&mut scratch.up, n * ff);
                 let p = Prepared::new(xn, n, d, &[lw.w_gate.dtype(), lw.w_up.dtype()]);
-                matmul(par, &p, &mut [MatJob { w: &lw.w_gate, out: g }, MatJob { w: &lw.w_up, out: u }]);
-                apply_delta(hooks, l, Proj::Gate, xn, n, g);
-                apply_delta(hooks, l, Proj::Up, xn, n, u);
+                let (tg, tu) = (terms(hooks, l, Proj::Gate), terms(hooks, l, Proj::Up));
+                scratch.u.clear();
+                let rg = low_rank_inputs(tg, xn, n, k, &mut scratch.u);
+                let ru = low_rank_inputs(tu, xn, n, k, &mut scratch.u);
+                let uu = &scratch.u;
+                matmul(par, &p, &mut [
+                    MatJob { w: &lw.w_gate, out: g, delta: Delta { terms: tg, u: &uu[rg] } },
+                    MatJob { w: &lw.w_up, out: u, delta: Delta { terms: tu, u: &uu[ru] } },
+                ]);
                 for (gi, ui) in g.iter_mut().zip(u.iter()) {
                     *gi = silu(*gi) * ui;
                 }
@@ -193,8 +210,10 @@ impl Transformer {
                 let h = &scratch.gate[..n * ff];
                 let o = sized(&mut scratch.o, n * d);
                 let p = Prepared::new(h, n, ff, &[lw.w_down.dtype()]);
-                matmul(par, &p, &mut [MatJob { w: &lw.w_down, out: o }]);
-                apply_delta(hooks, l, Proj::Down, h, n, o);
+                let td = terms(hooks, l, Proj::Down);
+                scratch.u.clear();
+                let rd = low_rank_inputs(td, h, n, k, &mut scratch.u);
+                matmul(par, &p, &mut [MatJob { w: &lw.w_down, out: o, delta: Delta { terms: td, u: &scratch.u[rd] } }]);
             }
             for (xi, oi) in scratch.x[..n * d].iter_mut().zip(&scratch.o[..n * d]) {
                 *xi += oi;
@@ -216,7 +235,7 @@ impl Transformer {
         rms_norm(xs, &self.w.output_norm, cfg.rms_eps, sized(&mut scratch.xn, rows * d), d);
         let logits = sized(&mut scratch.logits, rows * cfg.vocab_size);
         let p = Prepared::new(&scratch.xn[..rows * d], rows, d, &[self.w.output.dtype()]);
-        matmul(par, &p, &mut [MatJob { w: &self.w.output, out: logits }]);
+        matmul(par, &p, &mut [MatJob::new(&self.w.output, logits)]);
         scratch.logits.truncate(rows * cfg.vocab_size);
         Ok(())
     }
@@ -328,12 +347,24 @@ impl Transformer {
     }
 }
 
-fn apply_delta(hooks: &Hooks, layer: usize, proj: Proj, x: &[f32], n: usize, out: &mut [f32]) {
-    if let Some(h) = &hooks.linear {
-        if h.applies_to(layer, proj) {
-            h.add_delta(layer, proj, x, n, out);
+fn terms<'h>(hooks: &'h Hooks, layer: usize, proj: Proj) -> &'h [LowRankTerm] {
+    hooks.linear.as_ref().map_or(&[], |h| h.terms(layer, proj))
+}
+
+/// Appends `scale·A·x` (`[n, rank]`) of every term to `u`; returns the range it wrote.
+fn low_rank_inputs(terms: &[LowRankTerm], x: &[f32], n: usize, k: &Kernels, u: &mut Vec<f32>) -> std::ops::Range<usize> {
+    let start = u.len();
+    for term in terms {
+        let f = &term.factors;
+        let d_in = f.d_in();
+        assert_eq!(x.len(), n * d_in, "low-rank term input width");
+        for xt in x.chunks_exact(d_in) {
+            for ar in f.a().chunks_exact(d_in) {
+                u.push(term.scale * (k.dot_f32)(ar, xt));
+            }
         }
     }
+    start..u.len()
 }
 
 fn add_bias(y: &mut [f32], b: Option<&[f32]>) {

@@ -28,17 +28,70 @@ impl Proj {
     pub const ALL: [Proj; 7] = [Proj::Q, Proj::K, Proj::V, Proj::O, Proj::Gate, Proj::Up, Proj::Down];
 }
 
-/// An additive delta on linear projections: for `y = W·x` the forward computes
-/// `y += delta(x)`. LoRA adapters implement this (`delta(x) = s·B(A·x)`).
-///
-/// Implementations must be deterministic and must not keep references to the buffers.
-pub trait LinearDelta: Send + Sync {
-    /// Whether this delta touches `proj` of `layer` at all (lets the forward skip the call).
-    fn applies_to(&self, layer: usize, proj: Proj) -> bool;
+/// One low-rank term of a projection's delta: `y += scale·B(A·x)`, with `A` as
+/// `[rank, d_in]` and `B` stored transposed as `bt`, `[rank, d_out]` (row-major, rows in the
+/// order of the model file's output rows). LoRA adapters are made of these.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LowRank {
+    rank: usize,
+    d_in: usize,
+    d_out: usize,
+    a: Vec<f32>,
+    bt: Vec<f32>,
+}
 
-    /// Adds the delta to `out` (`[n_tokens, out_features]`, row-major) given the projection's
-    /// input `x` (`[n_tokens, in_features]`, the same f32 values the base matmul consumed).
-    fn add_delta(&self, layer: usize, proj: Proj, x: &[f32], n_tokens: usize, out: &mut [f32]);
+impl LowRank {
+    /// Wraps `a` (`[rank, d_in]`) and `bt` (`[rank, d_out]`); `None` if a length is wrong or a
+    /// dimension is zero.
+    pub fn new(rank: usize, d_in: usize, d_out: usize, a: Vec<f32>, bt: Vec<f32>) -> Option<Self> {
+        let ok = rank > 0 && d_in > 0 && d_out > 0 && Some(a.len()) == rank.checked_mul(d_in) && Some(bt.len()) == rank.checked_mul(d_out);
+        ok.then_some(Self { rank, d_in, d_out, a, bt })
+    }
+
+    /// The rank.
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    /// Input width.
+    pub fn d_in(&self) -> usize {
+        self.d_in
+    }
+
+    /// Output width.
+    pub fn d_out(&self) -> usize {
+        self.d_out
+    }
+
+    /// `A`, `[rank, d_in]`.
+    pub fn a(&self) -> &[f32] {
+        &self.a
+    }
+
+    /// `Bᵀ`, `[rank, d_out]`.
+    pub fn bt(&self) -> &[f32] {
+        &self.bt
+    }
+}
+
+/// A [`LowRank`] factor pair with the scale it runs at (adapter weight × `alpha / r`).
+#[derive(Debug, Clone)]
+pub struct LowRankTerm {
+    /// The factors (shared between sets that use the same adapter).
+    pub factors: Arc<LowRank>,
+    /// The scale.
+    pub scale: f32,
+}
+
+/// An additive delta on linear projections: for `y = W·x` the forward computes
+/// `y += Σ scaleᵢ·Bᵢ(Aᵢ·x)` over the terms this returns, inside the same parallel pass as the
+/// base product. LoRA adapters implement this ([`crate::LoraHook`]).
+///
+/// An output element whose delta is exactly zero is left untouched, so a term whose `B` is
+/// zero leaves the base bit-identical.
+pub trait LinearDelta: Send + Sync {
+    /// The terms on `proj` of `layer` (empty: none). Their widths must be the projection's.
+    fn terms(&self, layer: usize, proj: Proj) -> &[LowRankTerm];
 }
 
 /// An addition to the residual stream after a transformer block (activation steering).

@@ -14,6 +14,7 @@ use memmap2::Mmap;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::decode::hooks::LowRankTerm;
 use crate::decode::team::{Par, SharedOut};
 use crate::kernels::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels};
 use crate::{Error, Result};
@@ -285,22 +286,83 @@ fn quantize_for<T: GgmlType>(x: &[f32], n: usize, cols: usize) -> Vec<u64> {
     buf
 }
 
-/// One matrix product of a batch: `out[n, w.rows] = x[n, cols] · wᵀ`.
+/// One matrix product of a batch: `out[n, w.rows] = x[n, cols] · wᵀ`, plus low-rank terms.
 pub(crate) struct MatJob<'a> {
     pub(crate) w: &'a QMatrix,
     pub(crate) out: &'a mut [f32],
+    /// Added to `out` by the same worker right after it computes a chunk of rows.
+    pub(crate) delta: Delta<'a>,
+}
+
+/// Low-rank terms to add to a product: for term `i`, `out[t, :] += Σ_k u[t, k]·Bᵢᵀ[k, :]`
+/// where `u` is the term's `[n, rank]` slice of `u` (already `scale·A·x`, in term order).
+#[derive(Clone, Copy, Default)]
+pub(crate) struct Delta<'a> {
+    pub(crate) terms: &'a [LowRankTerm],
+    pub(crate) u: &'a [f32],
+}
+
+impl<'a> MatJob<'a> {
+    /// A product without delta.
+    pub(crate) fn new(w: &'a QMatrix, out: &'a mut [f32]) -> Self {
+        Self { w, out, delta: Delta::default() }
+    }
+}
+
+/// Adds rows `r0..r1` of the delta's terms to `out` (`[n, rows]`), skipping exact zeros.
+///
+/// # Safety
+/// As [`rows_into`]: nobody else writes rows `r0..r1` of `out` during the call.
+unsafe fn delta_rows(d: &Delta<'_>, n: usize, rows: usize, r0: usize, r1: usize, out: SharedOut) {
+    const BLOCK: usize = 256;
+    let mut acc = [0f32; BLOCK];
+    for t in 0..n {
+        let mut s = r0;
+        while s < r1 {
+            let e = (s + BLOCK).min(r1);
+            let acc = &mut acc[..e - s];
+            acc.fill(0.0);
+            let mut off = 0;
+            for term in d.terms {
+                let f = &term.factors;
+                let r = f.rank();
+                let u = &d.u[off + t * r..off + (t + 1) * r];
+                off += n * r;
+                for (k, &uk) in u.iter().enumerate() {
+                    let b = &f.bt()[k * rows + s..k * rows + e];
+                    for (a, bv) in acc.iter_mut().zip(b) {
+                        *a += uk * bv;
+                    }
+                }
+            }
+            for (i, &a) in acc.iter().enumerate() {
+                if a != 0.0 {
+                    // SAFETY: t < n and s + i < r1 <= rows: inside the caller's buffer, in the
+                    // rows the caller owns.
+                    unsafe { *out.0.add(t * rows + s + i) += a };
+                }
+            }
+            s = e;
+        }
+    }
 }
 
 /// Computes every job, the rows of all jobs split evenly over the members of `par`.
 pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]) {
     const MAX_JOBS: usize = 4;
     assert!(jobs.len() <= MAX_JOBS, "matmul: at most {MAX_JOBS} jobs per call");
-    let mut parts: [Option<(&QMatrix, SharedOut)>; MAX_JOBS] = [None; MAX_JOBS];
+    let mut parts: [Option<(&QMatrix, SharedOut, Delta<'_>)>; MAX_JOBS] = [None; MAX_JOBS];
     let mut total = 0;
     for (j, job) in jobs.iter_mut().enumerate() {
         assert_eq!(job.w.cols, input.cols, "matmul: input width");
         assert_eq!(job.out.len(), input.n * job.w.rows, "matmul: output size");
-        parts[j] = Some((job.w, SharedOut::new(job.out)));
+        let mut u_len = 0;
+        for t in job.delta.terms {
+            assert_eq!((t.factors.d_in(), t.factors.d_out()), (job.w.cols, job.w.rows), "matmul: low-rank term shape");
+            u_len += input.n * t.factors.rank();
+        }
+        assert_eq!(job.delta.u.len(), u_len, "matmul: low-rank input size");
+        parts[j] = Some((job.w, SharedOut::new(job.out), job.delta));
         total += job.w.rows;
     }
     let n = par.size();
@@ -321,12 +383,18 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]
         }
         let e = (s + chunk).min(total);
         let mut base = 0;
-        for &(w, out) in parts.iter().map_while(Option::as_ref) {
+        for &(w, out, delta) in parts.iter().map_while(Option::as_ref) {
             let (r0, r1) = (s.max(base) - base, e.min(base + w.rows).saturating_sub(base));
             if r0 < r1 {
                 // SAFETY: rows s..e of the concatenated jobs belong to this chunk alone (the
-                // counter hands each out once) and the outputs outlive `run`.
-                unsafe { rows_into(w, input, r0, r1, out) }
+                // counter hands each out once) and the outputs outlive `run`; the delta's shapes
+                // were checked above.
+                unsafe {
+                    rows_into(w, input, r0, r1, out);
+                    if !delta.terms.is_empty() {
+                        delta_rows(&delta, input.n, w.rows, r0, r1, out);
+                    }
+                }
             }
             base += w.rows;
         }
@@ -478,7 +546,7 @@ mod tests {
             let want = dense_matmul(&wd, &x, rows, cols, n);
             let mut got = vec![0f32; n * rows];
             let p = Prepared::new(&x, n, cols, &[dt]);
-            matmul(Par::Serial, &p, &mut [MatJob { w: &q, out: &mut got }]);
+            matmul(Par::Serial, &p, &mut [MatJob::new(&q, &mut got)]);
             let tol = if dt == GgmlDType::BF16 { 2e-2 } else { 1e-2 };
             for t in 0..n {
                 for r in 0..rows {

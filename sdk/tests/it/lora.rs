@@ -16,13 +16,23 @@ pub fn random_adapter(engine: &Engine, r: usize, seed: u64) -> LoraAdapter {
     tailor::testing::random_lora(engine, r, 0.3, seed).unwrap()
 }
 
+/// Row `row` of a llama GGUF's q/k weight holds this row of the Hugging Face weight (llama.cpp's
+/// converter reshapes rows as `[heads, 2, head_dim/2]` and swaps the last two axes).
+fn hf_row(row: usize, out: usize, heads: usize) -> usize {
+    let hd = out / heads;
+    let (h, j) = (row / hd, row % hd);
+    h * hd + (j % 2) * (hd / 2) + j / 2
+}
+
 /// Writes a copy of the f32 GGUF at `src` with every targeted weight replaced by
-/// `W + weight·scale·B·A`.
-fn merged_copy(src: &std::path::Path, dst: &std::path::Path, adapter: &LoraAdapter, weight: f32) {
+/// `W + weight·scale·B·A` (the adapter's q/k rows in PEFT's order, mapped to the file's).
+pub fn merged_copy(src: &std::path::Path, dst: &std::path::Path, adapter: &LoraAdapter, weight: f32) {
     let mut f = std::fs::File::open(src).unwrap();
     let ct = gguf_file::Content::read(&mut f).unwrap();
     let md: Vec<(String, Value)> = ct.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
+    let heads = |key: &str| md.iter().find(|(k, _)| k == key).unwrap().1.to_u32().unwrap() as usize;
+    let (n_heads, n_kv_heads) = (heads("llama.attention.head_count"), heads("llama.attention.head_count_kv"));
     let s = adapter.scale() * weight;
     let mut tensors = Vec::new();
     for name in &names {
@@ -39,9 +49,16 @@ fn merged_copy(src: &std::path::Path, dst: &std::path::Path, adapter: &LoraAdapt
                 let (rows, cols) = w.dims2().unwrap();
                 let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
                 let (r, a, b) = (lw.r(), lw.a(), lw.b());
+                let (_, t) = hit.unwrap();
+                let src_row = |o: usize| match t {
+                    Target::Q => hf_row(o, rows, n_heads),
+                    Target::K => hf_row(o, rows, n_kv_heads),
+                    _ => o,
+                };
                 for o in 0..rows {
+                    let ob = src_row(o);
                     for i in 0..cols {
-                        let d: f64 = (0..r).map(|k| b[o * r + k] as f64 * a[k * cols + i] as f64).sum();
+                        let d: f64 = (0..r).map(|k| b[ob * r + k] as f64 * a[k * cols + i] as f64).sum();
                         v[o * cols + i] += (s as f64 * d) as f32;
                     }
                 }
@@ -69,7 +86,7 @@ fn lora_hook_equals_the_merged_dense_model() {
     let vocab = engine.model_config().vocab_size;
 
     let mut s = engine.new_session();
-    s.set_hooks(LoraHook::new(LoraSet::new().with(adapter.clone(), 0.7)).into_hooks());
+    s.set_hooks(LoraHook::from_set(&engine, &LoraSet::new().with(adapter.clone(), 0.7)).unwrap().into_hooks());
     let hooked = s.logits_all(&tokens).unwrap();
 
     let merged_path = dir.path("merged.gguf");
@@ -96,14 +113,14 @@ fn zero_b_and_zero_weight_leave_the_base_bit_identical() {
     let base = engine.new_session().logits_all(&tokens).unwrap();
     let mut a = random_adapter(&engine, 8, 1);
     let mut s = engine.new_session();
-    s.set_hooks(LoraHook::new(LoraSet::new().with(Arc::new(a.clone()), 0.0)).into_hooks());
+    s.set_hooks(LoraHook::from_set(&engine, &LoraSet::new().with(Arc::new(a.clone()), 0.0)).unwrap().into_hooks());
     assert_eq!(s.logits_all(&tokens).unwrap(), base, "weight 0");
     for layer in 0..engine.model_config().n_layers {
         for t in Target::ALL {
             a.get_mut(layer, t).unwrap().b_mut().fill(0.0);
         }
     }
-    s.set_hooks(LoraHook::new(LoraSet::new().with(Arc::new(a), 1.0)).into_hooks());
+    s.set_hooks(LoraHook::from_set(&engine, &LoraSet::new().with(Arc::new(a), 1.0)).unwrap().into_hooks());
     assert_eq!(s.logits_all(&tokens).unwrap(), base, "B = 0");
     s.set_hooks(Hooks::none());
     assert_eq!(s.logits_all(&tokens).unwrap(), base);

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use candle_core::quantized::GgmlDType;
 use tailor::{
-    ChatMessage, Error, FinishReason, Flow, GenerateParams, Hooks, LinearDelta, Proj, Prompt, ResidualHook,
+    ChatMessage, Error, FinishReason, Flow, GenerateParams, Hooks, LinearDelta, LowRank, LowRankTerm, Proj, Prompt,
+    ResidualHook,
     SessionConfig,
 };
 
@@ -166,18 +167,31 @@ fn cancel_from_another_thread() {
     assert_eq!(h.finish_reason, FinishReason::Length);
 }
 
-struct ZeroDelta(AtomicUsize);
-impl LinearDelta for ZeroDelta {
-    fn applies_to(&self, _: usize, _: Proj) -> bool {
-        true
+/// Terms whose `B` is zero (with negative zeros): they run through the fused kernel and must
+/// leave the base bit-identical.
+struct ZeroDelta {
+    terms: Vec<Vec<LowRankTerm>>,
+    calls: AtomicUsize,
+}
+impl ZeroDelta {
+    fn new(engine: &tailor::Engine) -> Self {
+        let shapes = engine.base_shapes();
+        let terms = Proj::ALL
+            .iter()
+            .map(|p| {
+                let (i, o) = shapes.in_out(tailor::lora::target_of(*p));
+                let a = (0..2 * i).map(|j| (j as f32 * 0.37).sin()).collect();
+                let bt = (0..2 * o).map(|j| if j % 3 == 0 { -0.0 } else { 0.0 }).collect();
+                vec![LowRankTerm { factors: Arc::new(LowRank::new(2, i, o, a, bt).unwrap()), scale: 1.5 }]
+            })
+            .collect();
+        Self { terms, calls: AtomicUsize::new(0) }
     }
-    fn add_delta(&self, _: usize, _: Proj, x: &[f32], n: usize, out: &mut [f32]) {
-        assert_eq!(x.len() % n, 0);
-        assert_eq!(out.len() % n, 0);
-        self.0.fetch_add(1, Ordering::SeqCst);
-        for o in out.iter_mut() {
-            *o += 0.0;
-        }
+}
+impl LinearDelta for ZeroDelta {
+    fn terms(&self, _: usize, proj: Proj) -> &[LowRankTerm] {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        &self.terms[Proj::ALL.iter().position(|p| *p == proj).unwrap()]
     }
 }
 
@@ -205,11 +219,11 @@ fn zero_hooks_are_exactly_the_base_and_nonzero_ones_act() {
     let tokens: Vec<u32> = (0..9).map(|i| (i * 31 + 5) % 260).collect();
     let base = engine.new_session().logits_all(&tokens).unwrap();
     let mut s = engine.new_session();
-    let delta = Arc::new(ZeroDelta(AtomicUsize::new(0)));
+    let delta = Arc::new(ZeroDelta::new(&engine));
     let steer0 = Arc::new(Steer { layer: 1, scale: 0.0, calls: AtomicUsize::new(0) });
     s.set_hooks(Hooks { linear: Some(delta.clone()), residual: Some(steer0.clone()) });
     assert_eq!(s.logits_all(&tokens).unwrap(), base);
-    assert_eq!(delta.0.load(Ordering::SeqCst), 7 * engine.model_config().n_layers * 2, "2 prefill chunks of 7");
+    assert_eq!(delta.calls.load(Ordering::SeqCst), 7 * engine.model_config().n_layers * 2, "2 prefill chunks of 7");
     assert_eq!(steer0.calls.load(Ordering::SeqCst), 2);
     let steer = Arc::new(Steer { layer: 0, scale: 0.5, calls: AtomicUsize::new(0) });
     s.set_hooks(Hooks { linear: None, residual: Some(steer) });
