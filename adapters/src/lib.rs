@@ -13,6 +13,7 @@
 //!   `adapter_model.safetensors`) with every check a hostile file needs, and saves
 //!   atomically.
 //!
+//! - [`gguf_lora`] exports (and imports) llama.cpp's GGUF LoRA layout, for `llama-cli --lora`.
 //! - [`QkLayout`] maps `lora_B` rows of the query/key projections between PEFT's order and
 //!   a llama GGUF's permuted order.
 //! - [`SteeringVector`] is one direction per layer for activation steering, saved as
@@ -46,6 +47,8 @@
 
 mod config;
 mod error;
+mod gguf;
+pub mod gguf_lora;
 pub mod layout;
 mod lora;
 pub mod peft;
