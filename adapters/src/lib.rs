@@ -14,6 +14,7 @@
 //!   atomically.
 //!
 //! - [`gguf_lora`] exports (and imports) llama.cpp's GGUF LoRA layout, for `llama-cli --lora`.
+//! - [`merge()`] combines adapters (weighted sum, TIES, DARE) into one of a chosen rank by SVD.
 //! - [`QkLayout`] maps `lora_B` rows of the query/key projections between PEFT's order and
 //!   a llama GGUF's permuted order.
 //! - [`SteeringVector`] is one direction per layer for activation steering, saved as
@@ -51,6 +52,7 @@ mod gguf;
 pub mod gguf_lora;
 pub mod layout;
 mod lora;
+pub mod merge;
 pub mod peft;
 pub mod steering;
 mod target;
@@ -61,5 +63,6 @@ pub use config::{
 pub use error::{Error, ErrorKind, Result};
 pub use layout::QkLayout;
 pub use lora::{LoraAdapter, LoraSet, LoraWeights};
+pub use merge::{merge, MergeMethod, MergeOptions};
 pub use steering::{SteeringMeta, SteeringVector};
 pub use target::Target;

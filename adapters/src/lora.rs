@@ -208,6 +208,11 @@ impl LoraAdapter {
         &self.config
     }
 
+    /// Records the base this adapter belongs to (see [`LoraConfig::set_base_fingerprint`]).
+    pub fn set_base_fingerprint(&mut self, fingerprint: crate::config::BaseFingerprint) {
+        self.config.set_base_fingerprint(fingerprint);
+    }
+
     /// The scale `alpha / r` (or `alpha / sqrt(r)`) applied to every delta.
     pub fn scale(&self) -> f32 {
         self.scale

@@ -6,3 +6,4 @@ mod atomic_save;
 mod files;
 mod hostile;
 mod math;
+mod merge;
