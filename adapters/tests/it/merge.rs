@@ -72,11 +72,10 @@ fn truncated_merge_is_the_best_rank_r_approximation() {
                 let row_a: f64 = (0..o).map(|oo| (0..i).map(|ii| res[oo * i + ii] * w.a()[k * i + ii] as f64).sum::<f64>().abs()).sum();
                 assert!(col_b <= 1e-4 * scale && row_a <= 1e-4 * scale, "seed {seed}: {col_b} {row_a}");
             }
-            // And it is no worse than keeping either adapter's own delta.
-            for single in [&a, &b] {
-                let e: Vec<f64> = want.iter().zip(dense(single, layer, t)).map(|(w, s)| w - s).collect();
-                assert!(norm(&res) <= norm(&e) + 1e-6);
-            }
+            // The kept components are the largest: the sum has rank ≤ 8, so its top 3 singular
+            // values hold at least 3/8 of its energy.
+            let kept = norm(&got).powi(2);
+            assert!(kept >= 3.0 / 8.0 * scale * (1.0 - 1e-6), "seed {seed}: kept {kept} of {scale}");
         }
     }
 }
