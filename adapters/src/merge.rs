@@ -19,11 +19,12 @@
 //!
 //! The merged adapter has rank `r`, `alpha = r` (scale 1; the factors carry the magnitudes,
 //! split evenly between `A` and `B`), the union of the inputs' target modules, and a pair for
-//! every (layer, projection) any input has (zero where the merge is zero).
+//! every (layer, projection) of the union of the inputs' layers and projections (zero where no
+//! input has one); `layers_to_transform` lists those layers when an input restricts its own.
 
 use std::collections::BTreeSet;
 
-use crate::config::{BaseFingerprint, LoraConfig};
+use crate::config::{BaseFingerprint, LayerSelection, LoraConfig};
 use crate::error::{Error, Result};
 use crate::lora::{LoraAdapter, LoraWeights};
 use crate::target::Target;
@@ -107,11 +108,23 @@ pub fn merge(inputs: &[(&LoraAdapter, f32)], opts: &MergeOptions) -> Result<Lora
     if rank == 0 {
         return Err(Error::invalid("merge rank must be at least 1"));
     }
-    let keys: BTreeSet<(usize, Target)> = inputs.iter().flat_map(|(a, _)| a.iter().map(|(k, _)| k)).collect();
-    let targets: BTreeSet<Target> = keys.iter().map(|(_, t)| *t).collect();
-    let mut config = LoraConfig::new(rank, rank as f64, &targets.into_iter().collect::<Vec<_>>());
+    // Every (layer, target) of the union grid, so the result covers what its config selects.
+    let present: BTreeSet<(usize, Target)> = inputs.iter().flat_map(|(a, _)| a.iter().map(|(k, _)| k)).collect();
+    let layers: BTreeSet<usize> = present.iter().map(|(l, _)| *l).collect();
+    let targets: BTreeSet<Target> = present.iter().map(|(_, t)| *t).collect();
+    let keys: Vec<(usize, Target)> = layers.iter().flat_map(|l| targets.iter().map(move |t| (*l, *t))).collect();
+    let mut shapes = std::collections::BTreeMap::new();
+    for (a, _) in inputs {
+        for ((_, t), lw) in a.iter() {
+            shapes.entry(t).or_insert((lw.in_features(), lw.out_features()));
+        }
+    }
+    let mut config = LoraConfig::new(rank, rank as f64, &targets.iter().copied().collect::<Vec<_>>());
     if let Some(f) = fingerprint {
         config.set_base_fingerprint(f.clone());
+    }
+    if inputs.iter().any(|(a, _)| a.config().layers_to_transform.is_some()) {
+        config.layers_to_transform = Some(LayerSelection::Many(layers.iter().copied().collect()));
     }
     let mut out = LoraAdapter::new(config)?;
     for (pair_index, &(layer, t)) in keys.iter().enumerate() {
@@ -119,7 +132,11 @@ pub fn merge(inputs: &[(&LoraAdapter, f32)], opts: &MergeOptions) -> Result<Lora
             .iter()
             .filter_map(|(a, w)| a.get(layer, t).map(|lw| (lw, *w as f64 * a.scale() as f64)))
             .collect();
-        let (d_in, d_out) = (parts[0].0.in_features(), parts[0].0.out_features());
+        let (d_in, d_out) = shapes[&t];
+        if parts.is_empty() {
+            out.insert(layer, t, LoraWeights::zeros(rank, d_in, d_out)?)?;
+            continue;
+        }
         if let Some((lw, _)) = parts.iter().find(|(lw, _)| (lw.in_features(), lw.out_features()) != (d_in, d_out)) {
             return Err(Error::Shape {
                 name: t.module_path(layer),

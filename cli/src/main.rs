@@ -1,5 +1,6 @@
 //! `tailor`: fetch the models, tokenize, generate, chat and benchmark from the command line.
 
+mod adapters;
 mod bench;
 mod fetch;
 
@@ -63,12 +64,13 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
-    /// Inspect LoRA adapters (PEFT layout: adapter_config.json + adapter_model.safetensors).
+    /// LoRA adapters (PEFT layout: adapter_config.json + adapter_model.safetensors): list,
+    /// inspect, merge, export for llama.cpp.
     Adapter {
         #[command(subcommand)]
-        command: AdapterCommand,
+        command: adapters::AdapterCommand,
     },
-    /// Steering vectors: compute one from contrasting prompt pairs.
+    /// Steering vectors: compute one from contrasting prompt pairs, try one at several scales.
     Steer {
         #[command(subcommand)]
         command: SteerCommand,
@@ -92,15 +94,6 @@ enum ModelsCommand {
 }
 
 #[derive(Subcommand)]
-enum AdapterCommand {
-    /// Print an adapter's configuration and what it adapts, as JSON.
-    Inspect {
-        /// The adapter directory.
-        path: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
 enum SteerCommand {
     /// Compute a vector from a JSON file of `[["positive", "negative"], ...]` prompt pairs and
     /// save it (`.gguf`: llama.cpp's control-vector format; anything else: safetensors + JSON).
@@ -117,10 +110,26 @@ enum SteerCommand {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Generate an answer to PROMPT at each steering scale, to see what the vector does
+    /// (--steer-layers picks the layers).
+    Apply {
+        /// The vector (`.safetensors` + `.json` sidecar, or a control-vector `.gguf`).
+        vector: PathBuf,
+        /// The user message.
+        #[arg(long)]
+        prompt: String,
+        /// Comma-separated scales.
+        #[arg(long, default_value = "0,4,8", value_delimiter = ',')]
+        scales: Vec<f32>,
+        #[command(flatten)]
+        gen: GenArgs,
+        #[command(flatten)]
+        model: ModelArgs,
+    },
 }
 
 #[derive(Args, Clone)]
-struct ModelArgs {
+pub(crate) struct ModelArgs {
     /// GGUF model file (default: the fetched SmolLM2-135M-Instruct).
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
@@ -144,7 +153,7 @@ struct ModelArgs {
 }
 
 /// Loads a steering vector from our format or a control-vector GGUF, checked against `engine`.
-fn load_steering(engine: &Engine, path: &std::path::Path) -> Result<tailor::adapters::SteeringVector> {
+pub(crate) fn load_steering(engine: &Engine, path: &std::path::Path) -> Result<tailor::adapters::SteeringVector> {
     let v = if path.extension().is_some_and(|e| e == "gguf") {
         tailor::adapters::SteeringVector::import_gguf(path)?.0
     } else {
@@ -155,7 +164,7 @@ fn load_steering(engine: &Engine, path: &std::path::Path) -> Result<tailor::adap
 }
 
 /// Splits `PATH[:WEIGHT]` (the weight defaults to 1).
-fn path_and_weight(spec: &str) -> Result<(PathBuf, f32)> {
+pub(crate) fn path_and_weight(spec: &str) -> Result<(PathBuf, f32)> {
     if let Some((p, w)) = spec.rsplit_once(':') {
         if let Ok(w) = w.parse::<f32>() {
             return Ok((PathBuf::from(p), w));
@@ -165,7 +174,7 @@ fn path_and_weight(spec: &str) -> Result<(PathBuf, f32)> {
 }
 
 #[derive(Args, Clone)]
-struct GenArgs {
+pub(crate) struct GenArgs {
     /// Sampling temperature; 0 is greedy.
     #[arg(long, default_value_t = 0.0)]
     temperature: f32,
@@ -196,7 +205,7 @@ struct GenArgs {
 }
 
 impl GenArgs {
-    fn params(&self, logprobs: Option<usize>) -> GenerateParams {
+    pub(crate) fn params(&self, logprobs: Option<usize>) -> GenerateParams {
         let mut sampling = SamplingParams::default();
         sampling.temperature = self.temperature;
         sampling.top_k = self.top_k;
@@ -235,12 +244,28 @@ impl ModelArgs {
         Ok(p)
     }
 
-    fn load(&self) -> Result<Engine> {
+    pub(crate) fn load(&self) -> Result<Engine> {
         let path = self.path()?;
         let mut cfg = EngineConfig::default();
         cfg.threads = self.threads;
         cfg.context_length = self.ctx;
         Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
+    }
+
+    /// The layers `--steer-layers` asks for (default: all).
+    pub(crate) fn steer_layer_range(&self, engine: &Engine) -> Result<std::ops::RangeInclusive<usize>> {
+        let n = engine.model_config().n_layers;
+        Ok(match &self.steer_layers {
+            None => 0..=n - 1,
+            Some(r) => {
+                let (a, b) = r.split_once('-').context("--steer-layers takes FIRST-LAST")?;
+                let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
+                if a > b || b >= n {
+                    bail!("--steer-layers {r}: the model has layers 0-{}", n - 1);
+                }
+                a..=b
+            }
+        })
     }
 
     /// A session with the context window, adapters and steering asked for.
@@ -251,18 +276,7 @@ impl ModelArgs {
             Some(spec) => {
                 let (path, scale) = path_and_weight(spec)?;
                 let v = load_steering(engine, &path).with_context(|| format!("loading steering vector {}", path.display()))?;
-                let n = engine.model_config().n_layers;
-                let layers = match &self.steer_layers {
-                    None => 0..=n - 1,
-                    Some(r) => {
-                        let (a, b) = r.split_once('-').context("--steer-layers takes FIRST-LAST")?;
-                        let (a, b): (usize, usize) = (a.trim().parse()?, b.trim().parse()?);
-                        if a > b || b >= n {
-                            bail!("--steer-layers {r}: the model has layers 0-{}", n - 1);
-                        }
-                        a..=b
-                    }
-                };
+                let layers = self.steer_layer_range(engine)?;
                 Some(tailor::SteeringHook::new(std::sync::Arc::new(v), scale, layers))
             }
         };
@@ -358,23 +372,9 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Chat { system, gen, model } => chat(system, gen, model),
-        Command::Adapter { command: AdapterCommand::Inspect { path } } => {
-            let a = tailor::adapters::peft::load(&path, &tailor::adapters::peft::LoadOptions::new())
-                .with_context(|| format!("loading {}", path.display()))?;
-            let mut targets: Vec<String> = a.iter().map(|((_, t), _)| t.to_string()).collect();
-            targets.sort();
-            targets.dedup();
-            let layers: std::collections::BTreeSet<usize> = a.iter().map(|((l, _), _)| l).collect();
-            let v = serde_json::json!({
-                "config": serde_json::from_str::<serde_json::Value>(&a.config().to_json())?,
-                "scale": a.scale(),
-                "modules": a.len(),
-                "parameters": a.num_parameters(),
-                "targets": targets,
-                "layers": layers,
-            });
-            println!("{}", serde_json::to_string_pretty(&v)?);
-            Ok(())
+        Command::Adapter { command } => adapters::run(command),
+        Command::Steer { command: SteerCommand::Apply { vector, prompt, scales, gen, model } } => {
+            adapters::steer_apply(&vector, &prompt, &scales, &gen, &model)
         }
         Command::Steer { command: SteerCommand::Compute { pairs, out, method, model } } => {
             let engine = model.load()?;
