@@ -3,6 +3,7 @@
 mod bad_input;
 mod lora;
 mod common;
+mod peft_interop;
 mod real_model;
 mod reference;
 mod registry;
