@@ -21,7 +21,7 @@ fi
 have="$("$py" -c 'import importlib.metadata as m; print(m.version("llama-cpp-python"))' 2>/dev/null || true)"
 if [ "$have" != "$LLAMA_CPP_PYTHON_VERSION" ]; then
     echo "peer-venv: installing llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION into $venv (builds llama.cpp; takes a while)" >&2
-    "$py" -m pip install --quiet "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy jinja2 >&2
+    "$py" -m pip install --quiet "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy jinja2 safetensors >&2
 fi
 
 if [ "$#" -eq 0 ]; then
