@@ -40,7 +40,7 @@ pub use decode::hooks::{HookSource, Hooks, LinearDelta, LowRank, LowRankTerm, Pr
 pub use decode::sampler::SamplingParams;
 pub use engine::{Engine, EngineConfig};
 pub use lora::{LoraHook, PreparedLora};
-pub use steering::{compute_steering, Readout, SteeringHook, SteeringMethod, SteeringOptions};
+pub use steering::{compute_steering, Readout, SteeringHook, SteeringMethod, SteeringOptions, SteeringSet};
 pub use registry::{AdapterInfo, AdapterRegistry};
 pub use tailor_adapters as adapters;
 pub use error::{Error, ErrorKind, Result};

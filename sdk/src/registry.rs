@@ -1,6 +1,6 @@
-//! The adapter registry of an engine: named LoRA adapters loaded once and shared, an active
-//! weighted set swapped atomically while sessions run, and an optional residual hook
-//! (steering). Sessions follow it with [`crate::Session::follow`].
+//! The adapter registry of an engine: named LoRA adapters and steering vectors loaded once and
+//! shared, an active weighted LoRA set and an active steering set, both swapped atomically
+//! while sessions run. Sessions follow it with [`crate::Session::follow`].
 //!
 //! Swap semantics: every change publishes a new immutable snapshot (`Arc`s, no weight is
 //! copied) under a new generation number. A session takes the snapshot when a generation
@@ -8,16 +8,18 @@
 //! next generation of every session picks the change up.
 
 use std::collections::BTreeMap;
+use std::ops::RangeInclusive;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use serde::Serialize;
 use tailor_adapters::peft::{self, LoadOptions};
-use tailor_adapters::LoraAdapter;
+use tailor_adapters::{LoraAdapter, SteeringVector};
 
 use crate::decode::hooks::{HookSource, Hooks, ResidualHook};
 use crate::engine::Engine;
 use crate::lora::{LoraHook, PreparedLora};
+use crate::steering::{SteeringHook, SteeringSet};
 use crate::{Error, Result};
 
 /// What the registry holds about one adapter.
@@ -39,6 +41,8 @@ pub struct AdapterInfo {
 struct State {
     adapters: BTreeMap<String, Arc<PreparedLora>>,
     active: Vec<(String, f32)>,
+    vectors: BTreeMap<String, Arc<SteeringVector>>,
+    steering: Vec<(String, f32, RangeInclusive<usize>)>,
     residual: Option<Arc<dyn ResidualHook>>,
     generation: u64,
     snapshot: Hooks,
@@ -48,10 +52,15 @@ impl State {
     fn publish(&mut self) {
         let entries: Vec<_> = self.active.iter().map(|(name, w)| (self.adapters[name].clone(), *w)).collect();
         let hook = LoraHook::new(&entries);
-        self.snapshot = Hooks {
-            linear: if hook.is_empty() { None } else { Some(Arc::new(hook)) },
-            residual: self.residual.clone(),
+        let steer = SteeringSet::new(
+            self.steering.iter().map(|(n, scale, layers)| SteeringHook::new(self.vectors[n].clone(), *scale, layers.clone())).collect(),
+        );
+        let residual: Option<Arc<dyn ResidualHook>> = match (&self.residual, steer.is_empty()) {
+            (Some(r), _) => Some(r.clone()),
+            (None, false) => Some(Arc::new(steer)),
+            (None, true) => None,
         };
+        self.snapshot = Hooks { linear: if hook.is_empty() { None } else { Some(Arc::new(hook)) }, residual };
         self.generation += 1;
     }
 }
@@ -141,7 +150,63 @@ impl AdapterRegistry {
         Ok(())
     }
 
-    /// Sets (or clears) the residual hook (steering) that runs with the active set.
+    /// Adds a steering vector under `name` (inactive), after checking it against the base
+    /// (fingerprint when it records one, width). Replaces a vector of that name (an active one
+    /// stays active with the new directions).
+    pub fn insert_steering(&self, name: &str, vector: SteeringVector) -> Result<()> {
+        vector.check_base(self.engine.base_fingerprint().as_str(), self.engine.model_config().d_model)?;
+        let mut st = self.write();
+        st.vectors.insert(name.to_string(), Arc::new(vector));
+        if st.steering.iter().any(|(n, _, _)| n == name) {
+            st.publish();
+        }
+        Ok(())
+    }
+
+    /// Makes `set` (vector names with scales and the blocks they apply after) the active
+    /// steering set, atomically. Unknown names, non-finite scales and layers past the model are
+    /// errors and change nothing. An empty set means no steering.
+    pub fn activate_steering(&self, set: &[(&str, f32, RangeInclusive<usize>)]) -> Result<()> {
+        let n_layers = self.engine.model_config().n_layers;
+        let mut st = self.write();
+        for (name, scale, layers) in set {
+            if !st.vectors.contains_key(*name) {
+                return Err(Error::invalid(format!("no steering vector named `{name}`")));
+            }
+            if !scale.is_finite() {
+                return Err(Error::invalid(format!("steering `{name}`: scale {scale} is not finite")));
+            }
+            if layers.is_empty() || *layers.end() >= n_layers {
+                return Err(Error::invalid(format!("steering `{name}`: layers {layers:?} outside 0..{n_layers}")));
+            }
+        }
+        st.steering = set.iter().map(|(n, s, l)| (n.to_string(), *s, l.clone())).collect();
+        st.publish();
+        Ok(())
+    }
+
+    /// Removes a steering vector (and from the active steering set if it was there).
+    pub fn unload_steering(&self, name: &str) -> Result<()> {
+        let mut st = self.write();
+        if st.vectors.remove(name).is_none() {
+            return Err(Error::invalid(format!("no steering vector named `{name}`")));
+        }
+        let before = st.steering.len();
+        st.steering.retain(|(n, _, _)| n != name);
+        if st.steering.len() != before {
+            st.publish();
+        }
+        Ok(())
+    }
+
+    /// The steering vectors held, by name, with the scale of the active ones.
+    pub fn list_steering(&self) -> Vec<(String, Option<f32>)> {
+        let st = self.read();
+        st.vectors.keys().map(|n| (n.clone(), st.steering.iter().find(|(m, _, _)| m == n).map(|(_, s, _)| *s))).collect()
+    }
+
+    /// Sets (or clears) a custom residual hook that runs with the active set, in place of the
+    /// named steering set while it is set.
     pub fn set_residual(&self, hook: Option<Arc<dyn ResidualHook>>) {
         let mut st = self.write();
         st.residual = hook;

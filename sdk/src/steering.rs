@@ -56,6 +56,42 @@ impl ResidualHook for SteeringHook {
     }
 }
 
+/// Several steering vectors at once, each with its scale and layers: their additions are
+/// summed in order. Cloning is cheap.
+#[derive(Debug, Clone, Default)]
+pub struct SteeringSet {
+    hooks: Vec<SteeringHook>,
+}
+
+impl SteeringSet {
+    /// The set of `hooks`; those with scale 0 are dropped (bit-identical to the base).
+    pub fn new(hooks: Vec<SteeringHook>) -> Self {
+        Self { hooks: hooks.into_iter().filter(|h| h.scale != 0.0).collect() }
+    }
+
+    /// Whether the set adds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.hooks.is_empty()
+    }
+
+    /// The vectors with their scales and layers.
+    pub fn hooks(&self) -> &[SteeringHook] {
+        &self.hooks
+    }
+}
+
+impl ResidualHook for SteeringSet {
+    fn applies_to(&self, layer: usize) -> bool {
+        self.hooks.iter().any(|h| h.applies_to(layer))
+    }
+
+    fn after_layer(&self, layer: usize, hidden: &mut [f32], n_tokens: usize) {
+        for h in &self.hooks {
+            h.after_layer(layer, hidden, n_tokens);
+        }
+    }
+}
+
 /// How [`compute_steering`] turns per-pair activation differences into one direction per layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -105,3 +105,58 @@ fn registry_errors_and_listing() {
     let (_d2, _p2, other) = tiny(spec(GgmlDType::Q8_0, 128, 3), 1);
     assert!(reg.insert("wide", random_adapter(&other, 4, 1)).is_err());
 }
+
+#[test]
+fn a_lora_set_and_a_steering_set_run_together_and_swap() {
+    use tailor::adapters::{LoraSet, SteeringMeta, SteeringVector};
+    use tailor::{Hooks, LoraHook, SteeringHook, SteeringSet};
+    let (_d, _p, engine) = tiny(spec(GgmlDType::Q8_0, 64, rand::random()), 2);
+    let n = engine.model_config().n_layers;
+    let d = engine.model_config().d_model;
+    let vec_of = |seed: f32| {
+        let mut v = SteeringVector::new(d, SteeringMeta::default()).unwrap();
+        for l in 0..n {
+            v.insert(l, (0..d).map(|i| ((i as f32 + seed) * 0.7).sin()).collect()).unwrap();
+        }
+        v
+    };
+    let reg = AdapterRegistry::new(&engine);
+    let lora = random_adapter(&engine, 4, 5);
+    reg.insert("a", lora.clone()).unwrap();
+    reg.insert_steering("calm", vec_of(1.0)).unwrap();
+    reg.insert_steering("warm", vec_of(2.0)).unwrap();
+    reg.activate(&[("a", 0.8)]).unwrap();
+    reg.activate_steering(&[("calm", 2.0, 0..=n - 1), ("warm", -1.0, 1..=1)]).unwrap();
+    let tokens: Vec<u32> = (0..10).map(|i| (i * 13 + 2) % 260).collect();
+    let mut followed = engine.new_session();
+    followed.follow(reg.clone());
+    let prompt = Prompt::Tokens(tokens.clone());
+    let via_registry = followed.generate(&prompt, &greedy(12), &mut |_| Flow::Continue).unwrap().token_ids;
+    // The same hooks built by hand give the same tokens.
+    let steer = SteeringSet::new(vec![
+        SteeringHook::new(Arc::new(vec_of(1.0)), 2.0, 0..=n - 1),
+        SteeringHook::new(Arc::new(vec_of(2.0)), -1.0, 1..=1),
+    ]);
+    let mut manual = engine.new_session();
+    manual.set_hooks(Hooks {
+        linear: Some(Arc::new(LoraHook::from_set(&engine, &LoraSet::new().with(Arc::new(lora), 0.8)).unwrap())),
+        residual: Some(Arc::new(steer)),
+    });
+    assert_eq!(manual.generate(&prompt, &greedy(12), &mut |_| Flow::Continue).unwrap().token_ids, via_registry);
+    // Steering scale 0 and no adapter is the base, bit for bit.
+    reg.activate(&[]).unwrap();
+    reg.activate_steering(&[("calm", 0.0, 0..=n - 1)]).unwrap();
+    let mut s = engine.new_session();
+    s.follow(reg.clone());
+    let base = engine.new_session().generate(&prompt, &greedy(12), &mut |_| Flow::Continue).unwrap().token_ids;
+    assert_eq!(s.generate(&prompt, &greedy(12), &mut |_| Flow::Continue).unwrap().token_ids, base);
+    // Errors change nothing.
+    let g = reg.generation();
+    assert!(reg.activate_steering(&[("missing", 1.0, 0..=0)]).is_err());
+    assert!(reg.activate_steering(&[("calm", f32::INFINITY, 0..=0)]).is_err());
+    assert!(reg.activate_steering(&[("calm", 1.0, 0..=n)]).is_err());
+    assert!(reg.insert_steering("narrow", SteeringVector::new(d + 1, SteeringMeta::default()).unwrap()).is_err());
+    assert_eq!(reg.generation(), g);
+    reg.unload_steering("calm").unwrap();
+    assert_eq!(reg.list_steering(), vec![("warm".to_string(), None)]);
+}
