@@ -100,6 +100,12 @@ impl Engine {
         &self.inner.model.cfg
     }
 
+    /// The frozen base weights (memory-mapped, quantized), for code that runs its own math
+    /// over them (the trainer's forward and backward).
+    pub fn weights(&self) -> &crate::model::weights::ModelWeights {
+        &self.inner.model.w
+    }
+
     /// The configuration the engine was loaded with.
     pub fn config(&self) -> &EngineConfig {
         &self.inner.config
