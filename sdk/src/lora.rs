@@ -1,5 +1,5 @@
 //! LoRA adapters (`tailor-adapters`) on the decode path: an adapter prepared for one base
-//! ([`PreparedLora`]: `lora_B` rows in the GGUF's order and transposed for the fused kernel),
+//! ([`PreparedLora`]: `lora_B` rows in the GGUF's order, transposed for the fused kernel, f16),
 //! the [`LinearDelta`] hook over a weighted set of them ([`LoraHook`]), and what an adapter
 //! needs to know about the base it runs on (its shapes, q/k row layout and a fingerprint).
 
@@ -49,6 +49,7 @@ impl PreparedLora {
         let shapes = engine.base_shapes();
         let layout = engine.qk_layout();
         let mut table = vec![None; shapes.n_layers * Proj::ALL.len()];
+        let mut bt = Vec::new();
         for ((layer, t), w) in adapter.iter() {
             let (i, o) = shapes.in_out(t);
             if layer >= shapes.n_layers || w.in_features() != i || w.out_features() != o {
@@ -62,15 +63,24 @@ impl PreparedLora {
                 continue;
             }
             let r = w.r();
-            let b = layout.hf_to_file(t, w.b(), o, r);
-            let mut bt = vec![0f32; r * o];
-            for (row, br) in b.chunks_exact(r).enumerate() {
-                for (k, v) in br.iter().enumerate() {
+            // Bᵀ with the file's row order: bt[k, row] = B[hf_row(row), k].
+            let rows = layout.file_to_hf_rows(t, o);
+            bt.clear();
+            bt.resize(r * o, 0.0);
+            for row in 0..o {
+                let src = rows.as_ref().map_or(row, |m| m[row]);
+                for (k, v) in w.b()[src * r..(src + 1) * r].iter().enumerate() {
                     bt[k * o + row] = *v;
                 }
             }
             let proj = Proj::ALL.into_iter().find(|p| target_of(*p) == t).expect("every target is a projection");
-            let lr = LowRank::new(r, i, o, w.a().to_vec(), bt).expect("shapes checked above");
+            let lr = LowRank::new(r, i, o, w.a(), &bt).ok_or_else(|| {
+                Error::Adapter(tailor_adapters::Error::invalid(format!(
+                    "{}: a value is beyond ±{} (the decode path stores adapters as f16)",
+                    t.module_path(layer),
+                    LowRank::MAX_ABS
+                )))
+            })?;
             table[slot(layer, proj)] = Some(Arc::new(lr));
         }
         Ok(Self { adapter, table })

@@ -360,7 +360,7 @@ fn low_rank_inputs(terms: &[LowRankTerm], x: &[f32], n: usize, k: &Kernels, u: &
         assert_eq!(x.len(), n * d_in, "low-rank term input width");
         for xt in x.chunks_exact(d_in) {
             for ar in f.a().chunks_exact(d_in) {
-                u.push(term.scale * (k.dot_f32)(ar, xt));
+                u.push(term.scale * (k.dot_f32_f16)(xt, ar));
             }
         }
     }

@@ -315,6 +315,7 @@ impl<'a> MatJob<'a> {
 /// As [`rows_into`]: nobody else writes rows `r0..r1` of `out` during the call.
 unsafe fn delta_rows(d: &Delta<'_>, n: usize, rows: usize, r0: usize, r1: usize, out: SharedOut) {
     const BLOCK: usize = 256;
+    let kern = Kernels::detect();
     let mut acc = [0f32; BLOCK];
     for t in 0..n {
         let mut s = r0;
@@ -329,10 +330,7 @@ unsafe fn delta_rows(d: &Delta<'_>, n: usize, rows: usize, r0: usize, r1: usize,
                 let u = &d.u[off + t * r..off + (t + 1) * r];
                 off += n * r;
                 for (k, &uk) in u.iter().enumerate() {
-                    let b = &f.bt()[k * rows + s..k * rows + e];
-                    for (a, bv) in acc.iter_mut().zip(b) {
-                        *a += uk * bv;
-                    }
+                    (kern.axpy_f16)(uk, &f.bt()[k * rows + s..k * rows + e], acc);
                 }
             }
             for (i, &a) in acc.iter().enumerate() {

@@ -180,9 +180,9 @@ impl ZeroDelta {
             .iter()
             .map(|p| {
                 let (i, o) = shapes.in_out(tailor::lora::target_of(*p));
-                let a = (0..2 * i).map(|j| (j as f32 * 0.37).sin()).collect();
-                let bt = (0..2 * o).map(|j| if j % 3 == 0 { -0.0 } else { 0.0 }).collect();
-                vec![LowRankTerm { factors: Arc::new(LowRank::new(2, i, o, a, bt).unwrap()), scale: 1.5 }]
+                let a: Vec<f32> = (0..2 * i).map(|j| (j as f32 * 0.37).sin()).collect();
+                let bt: Vec<f32> = (0..2 * o).map(|j| if j % 3 == 0 { -0.0 } else { 0.0 }).collect();
+                vec![LowRankTerm { factors: Arc::new(LowRank::new(2, i, o, &a, &bt).unwrap()), scale: 1.5 }]
             })
             .collect();
         Self { terms, calls: AtomicUsize::new(0) }
