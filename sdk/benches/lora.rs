@@ -64,8 +64,9 @@ fn main() -> anyhow::Result<()> {
 
     // 2. Swap latency while another thread generates.
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let bg = {
-        let (engine, reg, stop, prompt) = (engine.clone(), reg.clone(), stop.clone(), prompt.clone());
+        let (engine, reg, stop, prompt, done) = (engine.clone(), reg.clone(), stop.clone(), prompt.clone(), done.clone());
         std::thread::spawn(move || -> tailor::Result<usize> {
             let mut s = engine.new_session();
             s.follow(reg);
@@ -77,6 +78,7 @@ fn main() -> anyhow::Result<()> {
                 s.clear_cache();
                 s.generate(&Prompt::Tokens(prompt.clone()), &p, &mut |_| Flow::Continue)?;
                 n += 1;
+                done.fetch_add(1, Ordering::SeqCst);
             }
             Ok(n)
         })
@@ -85,6 +87,11 @@ fn main() -> anyhow::Result<()> {
     let (mut ins, mut act) = (Vec::new(), Vec::new());
     for (i, a) in adapters.into_iter().enumerate() {
         let name = format!("a{i}");
+        // Swap in the middle of the other session's generations.
+        let seen = done.load(Ordering::SeqCst);
+        while done.load(Ordering::SeqCst) == seen {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let t = Instant::now();
         reg.insert(&name, a)?;
         ins.push(t.elapsed().as_secs_f64() * 1e3);

@@ -48,9 +48,8 @@ impl PreparedLora {
     pub fn new(engine: &Engine, adapter: Arc<LoraAdapter>) -> Result<Self> {
         let shapes = engine.base_shapes();
         let layout = engine.qk_layout();
-        let mut table = vec![None; shapes.n_layers * Proj::ALL.len()];
-        let mut bt = Vec::new();
-        for ((layer, t), w) in adapter.iter() {
+        let pairs: Vec<_> = adapter.iter().collect();
+        for &((layer, t), w) in &pairs {
             let (i, o) = shapes.in_out(t);
             if layer >= shapes.n_layers || w.in_features() != i || w.out_features() != o {
                 return Err(Error::Adapter(tailor_adapters::Error::Shape {
@@ -59,29 +58,19 @@ impl PreparedLora {
                     actual: vec![w.out_features(), w.in_features()],
                 }));
             }
-            if w.b().iter().all(|v| *v == 0.0) {
-                continue;
+        }
+        // Converting is memory-bound copying: split the pairs over the engine's threads.
+        let workers = engine.threads().clamp(1, pairs.len().max(1));
+        let per = pairs.len().div_ceil(workers).max(1);
+        let prepared: Vec<Result<Vec<(usize, Arc<LowRank>)>>> = std::thread::scope(|sc| {
+            let handles: Vec<_> = pairs.chunks(per).map(|chunk| sc.spawn(move || prepare_pairs(chunk, layout))).collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))).collect()
+        });
+        let mut table = vec![None; shapes.n_layers * Proj::ALL.len()];
+        for part in prepared {
+            for (i, lr) in part? {
+                table[i] = Some(lr);
             }
-            let r = w.r();
-            // Bᵀ with the file's row order: bt[k, row] = B[hf_row(row), k].
-            let rows = layout.file_to_hf_rows(t, o);
-            bt.clear();
-            bt.resize(r * o, 0.0);
-            for row in 0..o {
-                let src = rows.as_ref().map_or(row, |m| m[row]);
-                for (k, v) in w.b()[src * r..(src + 1) * r].iter().enumerate() {
-                    bt[k * o + row] = *v;
-                }
-            }
-            let proj = Proj::ALL.into_iter().find(|p| target_of(*p) == t).expect("every target is a projection");
-            let lr = LowRank::new(r, i, o, w.a(), &bt).ok_or_else(|| {
-                Error::Adapter(tailor_adapters::Error::invalid(format!(
-                    "{}: a value is beyond ±{} (the decode path stores adapters as f16)",
-                    t.module_path(layer),
-                    LowRank::MAX_ABS
-                )))
-            })?;
-            table[slot(layer, proj)] = Some(Arc::new(lr));
         }
         Ok(Self { adapter, table })
     }
@@ -90,6 +79,39 @@ impl PreparedLora {
     pub fn adapter(&self) -> &Arc<LoraAdapter> {
         &self.adapter
     }
+}
+
+/// Converts shape-checked pairs to f16 factors (`Bᵀ` in the file's row order), skipping pairs
+/// whose `B` is zero; returns (table slot, factors).
+fn prepare_pairs(pairs: &[((usize, Target), &tailor_adapters::LoraWeights)], layout: QkLayout) -> Result<Vec<(usize, Arc<LowRank>)>> {
+    let mut out = Vec::with_capacity(pairs.len());
+    let mut bt = Vec::new();
+    for &((layer, t), w) in pairs {
+        if w.b().iter().all(|v| *v == 0.0) {
+            continue;
+        }
+        let (r, i, o) = (w.r(), w.in_features(), w.out_features());
+        // Bᵀ with the file's row order: bt[k, row] = B[hf_row(row), k].
+        let rows = layout.file_to_hf_rows(t, o);
+        bt.clear();
+        bt.resize(r * o, 0.0);
+        for row in 0..o {
+            let src = rows.as_ref().map_or(row, |m| m[row]);
+            for (k, v) in w.b()[src * r..(src + 1) * r].iter().enumerate() {
+                bt[k * o + row] = *v;
+            }
+        }
+        let proj = Proj::ALL.into_iter().find(|p| target_of(*p) == t).expect("every target is a projection");
+        let lr = LowRank::new(r, i, o, w.a(), &bt).ok_or_else(|| {
+            Error::Adapter(tailor_adapters::Error::invalid(format!(
+                "{}: a value is beyond ±{} (the decode path stores adapters as f16)",
+                t.module_path(layer),
+                LowRank::MAX_ABS
+            )))
+        })?;
+        out.push((slot(layer, proj), Arc::new(lr)));
+    }
+    Ok(out)
 }
 
 /// A weighted set of prepared LoRA adapters as a decode-path hook: `y += Σ wᵢ·sᵢ·Bᵢ(Aᵢ·x)` on
