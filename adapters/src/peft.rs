@@ -317,8 +317,8 @@ static SAVE_SEQ: AtomicU64 = AtomicU64::new(0);
 
 /// Saves `adapter` to directory `dir` atomically, calling `hook` at each [`SaveStep`].
 ///
-/// Both files are written into `.<name>.tmp-<pid>-<n>` next to `dir`, each file and then
-/// the directory fsynced. If `dir` does not exist, the temporary directory is renamed to
+/// Both files are written into `.<name>.tmp-<pid>-<n>` next to `dir` (the parent is created
+/// if missing), each file and then the directory fsynced. If `dir` does not exist, the temporary directory is renamed to
 /// it. If it does, it is first renamed to `.<name>.old-<pid>-<n>`, the new one is renamed
 /// into place, the parent is fsynced, and the old one is removed.
 ///
@@ -352,6 +352,7 @@ pub fn save_with_hook(
     };
 
     let write_all = || -> Result<()> {
+        fs::create_dir_all(&parent).map_err(|e| Error::io(&parent, e))?;
         fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
         write_synced(&tmp.join(CONFIG_FILE), json.as_bytes())?;
         write_synced(&tmp.join(WEIGHTS_FILE), &weights)?;

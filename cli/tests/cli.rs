@@ -136,3 +136,46 @@ fn steering_from_the_command_line() {
     assert!(!o.status.success());
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn adapter_list_merge_export_inspect() {
+    let (dir, model) = tiny();
+    let m = model.to_str().unwrap();
+    let engine = tailor::Engine::load(&model, tailor::EngineConfig::default()).unwrap();
+    let adapters = dir.join("adapters");
+    for (name, seed) in [("a", 1), ("b", 2)] {
+        let mut a = tailor::testing::random_lora(&engine, 2, 0.05, seed).unwrap();
+        a.set_base_fingerprint(engine.base_fingerprint());
+        tailor::adapters::peft::save(&a, &adapters.join(name)).unwrap();
+    }
+    let a_dir = adapters.join("a");
+    let b_dir = adapters.join("b");
+    let merged = adapters.join("ab");
+    let spec = |p: &PathBuf, w: &str| format!("{}:{w}", p.display());
+    let out = tailor(&["adapter", "merge", &spec(&a_dir, "0.7"), &spec(&b_dir, "0.3"), "--out", merged.to_str().unwrap(), "--rank", "4", "--model", m]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tailor(&["adapter", "list", adapters.to_str().unwrap(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let names: Vec<&str> = list.as_array().unwrap().iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["a", "ab", "b"]);
+    assert_eq!(list[1]["rank"], 4);
+    let gguf = dir.join("ab.gguf");
+    let out = tailor(&["adapter", "export", merged.to_str().unwrap(), "--out", gguf.to_str().unwrap(), "--model", m]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tailor(&["adapter", "inspect", gguf.to_str().unwrap(), "--model", m]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["rank"], 4);
+    assert_eq!(v["modules"], list[1]["modules"]);
+    let out = tailor(&["generate", "hi", "--model", m, "--adapter", &spec(&merged, "1"), "--max-tokens", "3", "--ignore-eos"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tailor(&["adapter", "merge", a_dir.to_str().unwrap(), b_dir.to_str().unwrap(), "--method", "ties", "--density", "0.3", "--out", adapters.join("t").to_str().unwrap(), "--model", m]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Errors: unknown method, a missing adapter.
+    let out = tailor(&["adapter", "merge", a_dir.to_str().unwrap(), "--method", "avg", "--out", adapters.join("x").to_str().unwrap(), "--model", m]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("linear, ties or dare"));
+    let out = tailor(&["adapter", "inspect", adapters.join("nope").to_str().unwrap()]);
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
