@@ -50,8 +50,9 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 type Graph = Hnsw<'static, f32, CosineDistance>;
 
-/// The graph and its tombstones.
-pub(crate) struct VectorIndex {
+/// The graph and its tombstones. Public for benchmarks and tools; a [`crate::MemoryStore`]
+/// owns one and keeps it in step with SQLite.
+pub struct VectorIndex {
     dim: usize,
     cfg: IndexConfig,
     graph: Graph,
@@ -83,8 +84,9 @@ fn new_graph(cfg: &IndexConfig, capacity: usize) -> Graph {
 }
 
 impl VectorIndex {
-    /// An index over `(vec_id, vector)` pairs (vectors of length `dim`, unit length).
-    pub(crate) fn build(dim: usize, cfg: IndexConfig, generation: i64, items: &[(usize, Vec<f32>)]) -> Self {
+    /// An index over `(vec_id, vector)` pairs (vectors of length `dim`, unit length), built
+    /// on all cores; `generation` is the database generation it reflects.
+    pub fn build(dim: usize, cfg: IndexConfig, generation: i64, items: &[(usize, Vec<f32>)]) -> Self {
         let graph = new_graph(&cfg, items.len());
         let refs: Vec<(&Vec<f32>, usize)> = items.iter().map(|(id, v)| (v, *id)).collect();
         if refs.len() > 64 {
@@ -97,13 +99,18 @@ impl VectorIndex {
         VectorIndex { dim, cfg, graph, tombstones: HashSet::new(), nodes: items.len(), generation, dirty: true }
     }
 
+    /// Sets the search candidate list size.
+    pub fn set_ef_search(&mut self, ef: usize) {
+        self.cfg.ef_search = ef.max(1);
+    }
+
     /// Live vectors.
-    pub(crate) fn len(&self) -> usize {
+    pub fn len(&self) -> usize {
         self.nodes - self.tombstones.len()
     }
 
     /// Adds a node.
-    pub(crate) fn insert(&mut self, vec_id: usize, v: &[f32]) -> Result<()> {
+    pub fn insert(&mut self, vec_id: usize, v: &[f32]) -> Result<()> {
         if v.len() != self.dim {
             return Err(Error::DimensionMismatch { expected: self.dim, actual: v.len() });
         }
@@ -113,15 +120,15 @@ impl VectorIndex {
         Ok(())
     }
 
-    /// Hides a node from every later search; compacts when tombstones pile up.
-    pub(crate) fn remove(&mut self, vec_id: usize) {
+    /// Hides a node from every later search (see [`VectorIndex::maybe_compact`]).
+    pub fn remove(&mut self, vec_id: usize) {
         if self.tombstones.insert(vec_id) {
             self.dirty = true;
         }
     }
 
     /// Rebuilds the graph without tombstoned nodes if they exceed the configured fraction.
-    pub(crate) fn maybe_compact(&mut self) {
+    pub fn maybe_compact(&mut self) {
         let t = self.tombstones.len();
         if t > 0 && (t as f32) > self.cfg.compact_fraction * self.nodes as f32 {
             self.compact();
@@ -129,7 +136,7 @@ impl VectorIndex {
     }
 
     /// Rebuilds the graph from its live nodes.
-    pub(crate) fn compact(&mut self) {
+    pub fn compact(&mut self) {
         let live = self.live_vectors();
         *self = VectorIndex::build(self.dim, self.cfg.clone(), self.generation, &live);
     }
@@ -147,13 +154,18 @@ impl VectorIndex {
             .collect()
     }
 
+    /// Whether there is no live vector.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Whether a search now scans exactly.
-    pub(crate) fn is_exact(&self) -> bool {
+    pub fn is_exact(&self) -> bool {
         self.len() < self.cfg.exact_below
     }
 
     /// The `k` nodes most similar to `q` (cosine, best first) among those `allow` accepts.
-    pub(crate) fn search(&self, q: &[f32], k: usize, allow: Option<&dyn Fn(usize) -> bool>) -> Vec<(usize, f32)> {
+    pub fn search(&self, q: &[f32], k: usize, allow: Option<&dyn Fn(usize) -> bool>) -> Vec<(usize, f32)> {
         if k == 0 || q.len() != self.dim {
             return Vec::new();
         }
@@ -175,7 +187,7 @@ impl VectorIndex {
     }
 
     /// Exact scan over all live nodes.
-    pub(crate) fn exact(&self, q: &[f32], k: usize, ok: &dyn Fn(usize) -> bool) -> Vec<(usize, f32)> {
+    pub fn exact(&self, q: &[f32], k: usize, ok: &dyn Fn(usize) -> bool) -> Vec<(usize, f32)> {
         if self.nodes == 0 {
             return Vec::new();
         }
@@ -193,7 +205,7 @@ impl VectorIndex {
 
     /// Saves the graph to `dir` (replacing what is there) for a database at `generation`.
     /// Written to a temporary folder first and renamed, so `dir` is whole or absent.
-    pub(crate) fn save(&self, dir: &Path, profile_id: &str) -> Result<()> {
+    pub fn save(&self, dir: &Path, profile_id: &str) -> Result<()> {
         let tmp = tmp_dir(dir);
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
@@ -239,7 +251,7 @@ impl VectorIndex {
 
     /// Loads a saved graph if its manifest matches `profile_id`, `generation` and `dim`;
     /// `None` when absent, stale or unreadable (the caller rebuilds).
-    pub(crate) fn load(dir: &Path, profile_id: &str, generation: i64, dim: usize, cfg: &IndexConfig) -> Option<Self> {
+    pub fn load(dir: &Path, profile_id: &str, generation: i64, dim: usize, cfg: &IndexConfig) -> Option<Self> {
         let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
         let size = |ext: &str| std::fs::metadata(dir.join(format!("{BASENAME}.hnsw.{ext}"))).ok().map(|m| m.len());
         if manifest.format != MANIFEST_FORMAT
@@ -274,7 +286,7 @@ impl VectorIndex {
     }
 
     /// Deletes a saved graph (e.g. after forget_all, so no stale vectors linger on disk).
-    pub(crate) fn remove_saved(dir: &Path) {
+    pub fn remove_saved(dir: &Path) {
         let _ = std::fs::remove_dir_all(dir);
         let _ = std::fs::remove_dir_all(tmp_dir(dir));
     }

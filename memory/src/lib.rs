@@ -45,7 +45,7 @@ pub use config::{IndexConfig, MemoryConfig};
 pub use embedder::{normalize, BertEmbedder, Embed, Pooling};
 pub use error::{Error, ErrorKind, Result};
 pub use exchange::{Export, ExportedMemory, ImportReport, EXPORT_FORMAT, EXPORT_VERSION};
-pub use index::{dot, CosineDistance};
+pub use index::{dot, CosineDistance, VectorIndex};
 pub use key::EncryptionKey;
 pub use retrieval::RRF_K;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};

@@ -194,6 +194,9 @@ fn apply_key(conn: &Connection, key: &Key<'_>) -> Result<()> {
         Key::None => Ok(()),
         #[cfg(feature = "encryption")]
         Key::Some(k) => {
+            // A wrong key is reported as Error::WrongKey; SQLCipher's own stderr log of the
+            // failed HMAC check is noise for a host app.
+            let _ = conn.execute_batch("PRAGMA cipher_log_level = NONE;");
             conn.execute_batch(&format!("PRAGMA key = {};", k.pragma_literal()))?;
             Ok(())
         }

@@ -42,6 +42,12 @@ pub(crate) struct Changes {
     generation: Option<(i64, i64)>,
 }
 
+impl Changes {
+    fn touches_vectors(&self) -> bool {
+        !self.inserts.is_empty() || !self.removes.is_empty()
+    }
+}
+
 impl MemoryStore {
     /// Opens (or creates) the profile at `path`.
     pub fn open(path: impl AsRef<Path>, embedder: Arc<dyn Embed>, config: MemoryConfig) -> Result<Self> {
@@ -50,13 +56,15 @@ impl MemoryStore {
 
     /// Opens (or creates) an encrypted profile. A wrong key gives [`Error::WrongKey`] and
     /// leaves the file as it was. Needs the cargo feature `encryption`
-    /// ([`Error::EncryptionUnavailable`] otherwise).
+    /// ([`Error::EncryptionUnavailable`] otherwise). The vector graph is never saved beside an
+    /// encrypted profile (it would hold the embeddings in clear); it is rebuilt at open.
     pub fn open_encrypted(
         path: impl AsRef<Path>,
         key: &EncryptionKey,
         embedder: Arc<dyn Embed>,
-        config: MemoryConfig,
+        mut config: MemoryConfig,
     ) -> Result<Self> {
+        config.index.persist = false;
         Self::open_inner(path.as_ref(), Key::Some(key), embedder, config)
     }
 
@@ -76,7 +84,11 @@ impl MemoryStore {
         };
         store.reembed_stale()?;
         let generation = meta_i64(&store.conn, "index_generation")?;
-        match VectorIndex::load(&store.index_dir(), &store.profile_id, generation, dim, &store.config.index) {
+        let saved = match store.config.index.persist {
+            true => VectorIndex::load(&store.index_dir(), &store.profile_id, generation, dim, &store.config.index),
+            false => None,
+        };
+        match saved {
             Some(index) => {
                 store.index = index;
                 store.saved = true;
@@ -190,7 +202,9 @@ impl MemoryStore {
             };
             outcomes.push(outcome);
         }
-        bump_generation(&tx, &mut changes)?;
+        if changes.touches_vectors() {
+            bump_generation(&tx, &mut changes)?;
+        }
         tx.commit()?;
         self.apply(changes)?;
         Ok(outcomes)
@@ -223,7 +237,9 @@ impl MemoryStore {
         }
         let text = update.text.as_deref().zip(vector);
         update_row(&tx, &*self.embedder, &mut changes, id, text, meta, update.importance.map(|i| i.clamp(0.0, 1.0)), now_millis())?;
-        bump_generation(&tx, &mut changes)?;
+        if changes.touches_vectors() {
+            bump_generation(&tx, &mut changes)?;
+        }
         tx.commit()?;
         self.apply(changes)?;
         self.get(id)
@@ -326,9 +342,9 @@ impl MemoryStore {
     }
 
     /// Saves the vector graph beside the database so the next open loads it instead of
-    /// rebuilding. Done on drop too when [`crate::IndexConfig::persist`] is set.
+    /// rebuilding. Done on drop too; a no-op unless [`crate::IndexConfig::persist`] is set.
     pub fn persist_index(&mut self) -> Result<()> {
-        if self.saved {
+        if self.saved || !self.config.index.persist {
             return Ok(());
         }
         self.index.maybe_compact();

@@ -206,3 +206,17 @@ fn feedback_and_adapter_lineage() {
     let l = s.list_adapters().unwrap();
     assert_eq!(l.iter().map(|a| (a.version.as_str(), a.parent.as_deref())).collect::<Vec<_>>(), vec![("v1", None), ("v2", Some("v1"))]);
 }
+
+#[test]
+fn a_new_embedding_model_reembeds_at_open() {
+    let dir = tmp_dir("api-reembed");
+    let path = dir.join("profile.db");
+    let id = {
+        let mut s = tailor_memory::MemoryStore::open(&path, std::sync::Arc::new(tailor_memory::testing::HashEmbedder::new(32, 1)), MemoryConfig::default()).unwrap();
+        s.add(NewMemory::new("the embedder changes")).unwrap().id
+    };
+    let mut s = tailor_memory::MemoryStore::open(&path, std::sync::Arc::new(tailor_memory::testing::HashEmbedder::new(16, 2)), MemoryConfig::default()).unwrap();
+    let hits = s.search(&SearchQuery::new("the embedder changes", 1).mode(SearchMode::Vector)).unwrap();
+    assert_eq!(hits[0].memory.id, id);
+    assert!((hits[0].similarity - 1.0).abs() < 1e-5, "stored vector is the new model's");
+}
