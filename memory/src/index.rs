@@ -37,6 +37,8 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
+        // Fixed-size arrays: no bounds checks, one SIMD multiply-add per lane group.
+        let (x, y): (&[f32; 8], &[f32; 8]) = (x.try_into().unwrap_or(&[0.0; 8]), y.try_into().unwrap_or(&[0.0; 8]));
         for i in 0..8 {
             acc[i] += x[i] * y[i];
         }
@@ -116,6 +118,24 @@ impl VectorIndex {
         }
         self.graph.insert_slice((v, vec_id));
         self.nodes += 1;
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Adds many nodes (in parallel when there are many).
+    pub fn insert_many(&mut self, items: &[(usize, Vec<f32>)]) -> Result<()> {
+        if let Some((_, v)) = items.iter().find(|(_, v)| v.len() != self.dim) {
+            return Err(Error::DimensionMismatch { expected: self.dim, actual: v.len() });
+        }
+        if items.len() > 64 {
+            let refs: Vec<(&Vec<f32>, usize)> = items.iter().map(|(id, v)| (v, *id)).collect();
+            self.graph.parallel_insert(&refs);
+        } else {
+            for (id, v) in items {
+                self.graph.insert_slice((v, *id));
+            }
+        }
+        self.nodes += items.len();
         self.dirty = true;
         Ok(())
     }

@@ -405,9 +405,7 @@ impl MemoryStore {
         for r in changes.removes {
             self.index.remove(r);
         }
-        for (id, v) in changes.inserts {
-            self.index.insert(id, &v)?;
-        }
+        self.index.insert_many(&changes.inserts)?;
         self.index.generation = after;
         self.index.maybe_compact();
         Ok(())
