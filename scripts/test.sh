@@ -7,6 +7,8 @@ cd "$(dirname "$0")/.."
 
 cargo run --release -q -p tailor-cli -- models fetch >/dev/null
 cargo test --workspace --release
+# The memory crate's encryption at rest (SQLCipher with vendored OpenSSL; a separate build).
+cargo test --release -p tailor-memory --features encryption
 
 if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/null \
     && rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then

@@ -1,0 +1,146 @@
+//! Feedback events and adapter lineage: what the trainer reads and writes.
+
+use rusqlite::{params, OptionalExtension, TransactionBehavior};
+
+use crate::error::{Error, Result};
+use crate::store::{json_col, MemoryStore};
+use crate::types::{now_millis, AdapterRecord, Feedback, FeedbackKind, FeedbackQuery, NewFeedback};
+
+const FEEDBACK_COLUMNS: &str =
+    "id, turn_id, prompt, answer, kind, corrected, chosen, rejected, created_at, consumed_by, consumed_at";
+
+fn feedback_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Feedback> {
+    let kind: String = r.get(4)?;
+    let kind = match kind.as_str() {
+        "thumbs_up" => FeedbackKind::ThumbsUp,
+        "thumbs_down" => FeedbackKind::ThumbsDown,
+        "correction" => FeedbackKind::Correction { corrected: r.get(5)? },
+        _ => FeedbackKind::Preference { chosen: r.get(6)?, rejected: r.get(7)? },
+    };
+    Ok(Feedback {
+        id: r.get(0)?,
+        turn_id: r.get(1)?,
+        prompt: r.get(2)?,
+        answer: r.get(3)?,
+        kind,
+        created_at: r.get(8)?,
+        consumed_by: r.get(9)?,
+        consumed_at: r.get(10)?,
+    })
+}
+
+/// The `kind` column and the optional text columns of a feedback kind.
+pub(crate) fn feedback_params(kind: &FeedbackKind) -> (&'static str, Option<&String>, Option<&String>, Option<&String>) {
+    match kind {
+        FeedbackKind::ThumbsUp => ("thumbs_up", None, None, None),
+        FeedbackKind::ThumbsDown => ("thumbs_down", None, None, None),
+        FeedbackKind::Correction { corrected } => ("correction", Some(corrected), None, None),
+        FeedbackKind::Preference { chosen, rejected } => ("preference", None, Some(chosen), Some(rejected)),
+    }
+}
+
+impl MemoryStore {
+    /// Records a feedback event; returns its id.
+    pub fn add_feedback(&mut self, feedback: NewFeedback) -> Result<i64> {
+        let max = self.config.max_text_bytes * 4;
+        let (kind, corrected, chosen, rejected) = feedback_params(&feedback.kind);
+        let texts = [Some(&feedback.prompt), Some(&feedback.answer), corrected, chosen, rejected];
+        let texts: Vec<&String> = texts.into_iter().flatten().collect();
+        if feedback.prompt.trim().is_empty() {
+            return Err(Error::EmptyText);
+        }
+        if let Some(t) = texts.iter().find(|t| t.len() > max) {
+            return Err(Error::TextTooLong { len: t.len(), max });
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        tx.execute(
+            "INSERT INTO feedback (turn_id, prompt, answer, kind, corrected, chosen, rejected, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![feedback.turn_id, feedback.prompt, feedback.answer, kind, corrected, chosen, rejected, now_millis()],
+        )?;
+        let id = tx.last_insert_rowid();
+        tx.commit()?;
+        Ok(id)
+    }
+
+    /// One feedback event.
+    pub fn get_feedback(&self, id: i64) -> Result<Feedback> {
+        self.conn
+            .query_row(&format!("SELECT {FEEDBACK_COLUMNS} FROM feedback WHERE id = ?1"), [id], feedback_from_row)
+            .optional()?
+            .ok_or(Error::FeedbackNotFound { id })
+    }
+
+    /// Feedback events in id order.
+    pub fn list_feedback(&self, query: &FeedbackQuery) -> Result<Vec<Feedback>> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {FEEDBACK_COLUMNS} FROM feedback
+             WHERE id > ?1 AND (?2 = 0 OR consumed_by IS NULL) ORDER BY id LIMIT ?3"
+        ))?;
+        let rows = stmt.query_map(
+            params![query.after.unwrap_or(0), query.unconsumed_only as i64, query.limit.min(1_000_000) as i64],
+            feedback_from_row,
+        )?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Marks feedback events as consumed by an adapter version (all or none: an unknown id
+    /// gives [`Error::FeedbackNotFound`] and nothing changes). Returns how many changed.
+    pub fn mark_feedback_consumed(&mut self, ids: &[i64], adapter_version: &str) -> Result<usize> {
+        if adapter_version.is_empty() {
+            return Err(Error::invalid("adapter version is empty"));
+        }
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_millis();
+        {
+            let mut up = tx.prepare_cached("UPDATE feedback SET consumed_by = ?2, consumed_at = ?3 WHERE id = ?1")?;
+            for &id in ids {
+                if up.execute(params![id, adapter_version, now])? == 0 {
+                    return Err(Error::FeedbackNotFound { id });
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(ids.len())
+    }
+
+    /// Records a trained adapter version in the lineage. `parent` must be recorded already.
+    pub fn record_adapter(&mut self, version: &str, parent: Option<&str>, metrics: serde_json::Value) -> Result<AdapterRecord> {
+        if version.is_empty() {
+            return Err(Error::invalid("adapter version is empty"));
+        }
+        let metrics = match metrics {
+            serde_json::Value::Null => serde_json::json!({}),
+            m @ serde_json::Value::Object(_) => m,
+            _ => return Err(Error::InvalidMetadata { reason: "adapter metrics must be a JSON object".into() }),
+        };
+        let created_at = now_millis();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let exists = |v: &str| -> rusqlite::Result<bool> {
+            tx.query_row("SELECT count(*) FROM adapters WHERE version = ?1", [v], |r| r.get::<_, i64>(0)).map(|n| n > 0)
+        };
+        if exists(version)? {
+            return Err(Error::AdapterExists { version: version.into() });
+        }
+        if let Some(p) = parent {
+            if !exists(p)? {
+                return Err(Error::AdapterNotFound { version: p.into() });
+            }
+        }
+        tx.execute(
+            "INSERT INTO adapters (version, parent, created_at, metrics) VALUES (?1, ?2, ?3, ?4)",
+            params![version, parent, created_at, metrics.to_string()],
+        )?;
+        tx.commit()?;
+        Ok(AdapterRecord { version: version.into(), parent: parent.map(Into::into), created_at, metrics })
+    }
+
+    /// The adapter lineage, oldest first.
+    pub fn list_adapters(&self) -> Result<Vec<AdapterRecord>> {
+        let mut stmt = self.conn.prepare_cached("SELECT version, parent, created_at, metrics FROM adapters ORDER BY created_at, rowid")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(AdapterRecord { version: r.get(0)?, parent: r.get(1)?, created_at: r.get(2)?, metrics: json_col(r, 3)? })
+        })?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+}

@@ -1,0 +1,12 @@
+//! Behaviour of the profile store: one test binary, a module per feature.
+
+mod common;
+
+mod api;
+mod bad_input;
+mod crash;
+mod embedder;
+#[cfg(feature = "encryption")]
+mod encryption;
+mod quality;
+mod search;
