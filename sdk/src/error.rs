@@ -128,6 +128,9 @@ pub enum Error {
     /// An adapter file or set is invalid or does not fit this base.
     #[error(transparent)]
     Adapter(#[from] tailor_adapters::Error),
+    /// The profile store (long-term memory) failed.
+    #[error(transparent)]
+    Memory(#[from] tailor_memory::Error),
 }
 
 /// Coarse classes of [`Error`], stable for bindings (status codes, HTTP statuses).
@@ -152,6 +155,10 @@ pub enum ErrorKind {
     Cancelled,
     /// An adapter or vector made for another base model, or of the wrong shape.
     Incompatible,
+    /// A profile store opened with the wrong encryption key (or an encrypted one without).
+    WrongKey,
+    /// The profile store is locked by another writer.
+    Busy,
     /// Anything else (a bug if it happens).
     Internal,
 }
@@ -184,6 +191,16 @@ impl Error {
                 tailor_adapters::ErrorKind::Unsupported => ErrorKind::Unsupported,
                 tailor_adapters::ErrorKind::InvalidArgument => ErrorKind::InvalidArgument,
                 _ => ErrorKind::Incompatible,
+            },
+            Error::Memory(e) => match e.kind() {
+                tailor_memory::ErrorKind::InvalidArgument | tailor_memory::ErrorKind::AlreadyExists => ErrorKind::InvalidArgument,
+                tailor_memory::ErrorKind::NotFound => ErrorKind::NotFound,
+                tailor_memory::ErrorKind::Io => ErrorKind::Io,
+                tailor_memory::ErrorKind::CorruptData => ErrorKind::CorruptData,
+                tailor_memory::ErrorKind::WrongKey => ErrorKind::WrongKey,
+                tailor_memory::ErrorKind::Unsupported => ErrorKind::Unsupported,
+                tailor_memory::ErrorKind::Busy => ErrorKind::Busy,
+                _ => ErrorKind::Internal,
             },
         }
     }

@@ -20,6 +20,7 @@ use crate::decode::kv_cache::KvCache;
 use crate::decode::sampler::{log_softmax, Sampler, SamplingParams};
 use crate::decode::team::Par;
 use crate::engine::Engine;
+use crate::memory::{MemoryPromptConfig, RecalledMemory, SharedMemory};
 use crate::text::chat_template::ChatMessage;
 use crate::{Error, Result};
 
@@ -186,6 +187,9 @@ pub struct Generation {
     pub timings: Timings,
     /// Per-token log-probabilities, when asked for.
     pub logprobs: Option<Vec<TokenLogprob>>,
+    /// The memories retrieved into the prompt (empty without a profile store or when none
+    /// was relevant).
+    pub memories: Vec<RecalledMemory>,
 }
 
 /// Stops a session's generation from another thread. `Send + Sync`, cheap to clone; it
@@ -218,6 +222,7 @@ pub struct Session {
     source: Option<(Arc<dyn HookSource>, u64)>,
     cancel: CancelHandle,
     history: Vec<ChatMessage>,
+    memory: Option<(SharedMemory, MemoryPromptConfig)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -231,7 +236,7 @@ impl Session {
         let ctx = engine.context_for(config.context_length);
         let c = &engine.inner.model.cfg;
         let cache = KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, ctx);
-        Self { engine, cache, cached: Vec::new(), scratch: Scratch::default(), hooks: Hooks::none(), source: None, cancel: CancelHandle::default(), history: Vec::new() }
+        Self { engine, cache, cached: Vec::new(), scratch: Scratch::default(), hooks: Hooks::none(), source: None, cancel: CancelHandle::default(), history: Vec::new(), memory: None }
     }
 
     /// The engine this session runs on.
@@ -292,6 +297,12 @@ impl Session {
     pub fn clear_cache(&mut self) {
         self.cache.truncate(0);
         self.cached.clear();
+    }
+
+    /// Retrieves from `store` into the system prompt of every [`Prompt::Chat`] generation
+    /// (see [`crate::memory`]); `None` turns memory off.
+    pub fn set_memory(&mut self, store: Option<SharedMemory>, config: MemoryPromptConfig) {
+        self.memory = store.map(|s| (s, config));
     }
 
     /// The conversation so far (for [`Session::chat`]).
@@ -399,7 +410,14 @@ impl Session {
         self.cancel.0.store(false, Ordering::SeqCst);
         self.refresh_hooks();
         params.sampling.validate().map_err(Error::invalid)?;
-        let tokens = self.prompt_tokens(prompt)?;
+        let (augmented, memories) = match (prompt, &self.memory) {
+            (Prompt::Chat(messages), Some((store, cfg))) => {
+                let (m, used) = crate::memory::augment(messages, store, cfg, &self.engine.inner.tokenizer)?;
+                (Some(Prompt::Chat(m)), used)
+            }
+            _ => (None, Vec::new()),
+        };
+        let tokens = self.prompt_tokens(augmented.as_ref().unwrap_or(prompt))?;
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -425,6 +443,7 @@ impl Session {
             finish_reason: FinishReason::Length,
             timings: Timings::default(),
             logprobs: params.logprobs.map(|_| Vec::new()),
+            memories,
         };
         match self.run(&tokens[common..], Logits::Last) {
             Ok(()) => {}

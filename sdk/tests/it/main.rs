@@ -2,6 +2,7 @@
 
 mod bad_input;
 mod lora;
+mod memory_prompt;
 mod common;
 mod peft_interop;
 mod real_model;
