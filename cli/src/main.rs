@@ -3,6 +3,7 @@
 mod adapters;
 mod bench;
 mod fetch;
+mod memory_cmd;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -59,10 +60,19 @@ enum Command {
         /// A system message.
         #[arg(long)]
         system: Option<String>,
+        /// Use this profile's memories (see `tailor memory`): the relevant ones go into the
+        /// system prompt each turn.
+        #[arg(long, value_name = "PATH")]
+        profile: Option<PathBuf>,
         #[command(flatten)]
         gen: GenArgs,
         #[command(flatten)]
         model: ModelArgs,
+    },
+    /// The long-term memory in a profile: add, search, forget, list, export, import.
+    Memory {
+        #[command(subcommand)]
+        command: memory_cmd::MemoryCommand,
     },
     /// LoRA adapters (PEFT layout: adapter_config.json + adapter_model.safetensors): list,
     /// inspect, merge, export for llama.cpp.
@@ -371,7 +381,8 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Chat { system, gen, model } => chat(system, gen, model),
+        Command::Chat { system, profile, gen, model } => chat(system, profile, gen, model),
+        Command::Memory { command } => memory_cmd::run(command),
         Command::Adapter { command } => adapters::run(command),
         Command::Steer { command: SteerCommand::Apply { vector, prompt, scales, gen, model } } => {
             adapters::steer_apply(&vector, &prompt, &scales, &gen, &model)
@@ -401,9 +412,14 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn chat(system: Option<String>, gen: GenArgs, model: ModelArgs) -> Result<()> {
+fn chat(system: Option<String>, profile: Option<PathBuf>, gen: GenArgs, model: ModelArgs) -> Result<()> {
     let engine = model.load()?;
     let mut session = model.session(&engine)?;
+    let with_memory = profile.is_some();
+    if let Some(p) = profile {
+        let store = memory_cmd::ProfileArgs { profile: Some(p) }.open()?;
+        session.set_memory(Some(std::sync::Arc::new(std::sync::Mutex::new(store))), tailor::MemoryPromptConfig::default());
+    }
     let start: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     session.set_history(start.clone());
     let params = gen.params(None);
@@ -434,13 +450,19 @@ fn chat(system: Option<String>, gen: GenArgs, model: ModelArgs) -> Result<()> {
             Flow::Continue
         });
         match g {
-            Ok(g) => eprintln!(
-                "\n[{} tokens · prompt {} ({} reused) · {:.0} tok/s]",
-                g.token_ids.len(),
-                g.prompt_tokens,
-                g.reused_tokens,
-                g.timings.decode_tok_per_s()
-            ),
+            Ok(g) => {
+                if with_memory && !g.memories.is_empty() {
+                    let ids: Vec<String> = g.memories.iter().map(|m| m.id.to_string()).collect();
+                    eprint!("\n[memories used: {}]", ids.join(", "));
+                }
+                eprintln!(
+                    "\n[{} tokens · prompt {} ({} reused) · {:.0} tok/s]",
+                    g.token_ids.len(),
+                    g.prompt_tokens,
+                    g.reused_tokens,
+                    g.timings.decode_tok_per_s()
+                )
+            }
             Err(e) => eprintln!("\nerror: {e}"),
         }
     }

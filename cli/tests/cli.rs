@@ -179,3 +179,43 @@ fn adapter_list_merge_export_inspect() {
     assert!(!out.status.success());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tailor memory ...` on a fresh profile (the real MiniLM embedder, fetched by CI).
+#[test]
+fn memory_add_search_forget_export_import() {
+    let (dir, _model) = tiny();
+    let p = dir.join("profile.db");
+    let p = p.to_str().unwrap();
+    for text in ["I have a golden retriever called Biscuit.", "My blood type is O negative.", "I live in Porto."] {
+        let out = tailor(&["memory", "add", text, "--profile", p]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = tailor(&["memory", "search", "What is my dog called?", "--json", "--limit", "2", "--profile", p]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let hits: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(hits.as_array().unwrap().len(), 2);
+    assert_eq!(hits[0]["text"], "I have a golden retriever called Biscuit.");
+    let dog = hits[0]["id"].as_i64().unwrap().to_string();
+    let out = tailor(&["memory", "forget", &dog, "--profile", p]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tailor(&["memory", "list", "--json", "--profile", p]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("Biscuit"));
+    let export = dir.join("export.json");
+    assert!(tailor(&["memory", "export", "--out", export.to_str().unwrap(), "--profile", p]).status.success());
+    let other = dir.join("other.db");
+    let out = tailor(&["memory", "import", export.to_str().unwrap(), "--profile", other.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tailor(&["memory", "list", "--json", "--profile", other.to_str().unwrap()]);
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.as_array().unwrap().len(), 2);
+    // Bad input: clear errors.
+    let out = tailor(&["memory", "add", "", "--profile", p]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("empty"));
+    let out = tailor(&["memory", "add", "x", "--metadata", "{bad", "--profile", p]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("JSON"));
+    let out = tailor(&["memory", "list", "--profile", dir.join("tiny.gguf").to_str().unwrap()]);
+    assert!(!out.status.success(), "a GGUF is not a profile");
+    let _ = std::fs::remove_dir_all(&dir);
+}
