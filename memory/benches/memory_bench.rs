@@ -1,7 +1,7 @@
 //! Memory benchmark (a plain program, not a test): index and store figures at scale.
 //!
 //! ```text
-//! cargo bench -p tailor-memory --bench memory_bench -- [N] [EMBED_SAMPLE]
+//! cargo bench -p tailor-memory --bench memory_bench -- [N] [EMBED_SAMPLE] [SECTIONS]
 //! ```
 //!
 //! N (default 100,000) vectors of dimension 384, twice: random unit vectors (the worst case
@@ -14,6 +14,8 @@
 //!   search latency;
 //! - real embedder (all-MiniLM-L6-v2 from `$TAILOR_HOME`, if present): embed + insert rate on
 //!   EMBED_SAMPLE (default 1,000) sentences and end-to-end query latency.
+//!
+//! SECTIONS picks parts: a comma list of `random,clustered,store,embed` (default all).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -155,32 +157,55 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let n: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let embed_sample: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000);
+    let sections = args.get(2).cloned().unwrap_or_else(|| "random,clustered,store,embed".into());
+    let on = |name: &str| sections.split(',').any(|s| s == name);
     let n_queries = 1_000;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("memory_bench: N = {n}, dim {DIM}, {n_queries} queries, {threads} threads");
 
     // ---------------- index only ----------------
-    let random: Vec<(usize, Vec<f32>)> = (0..n).map(|i| (i + 1, random_unit(DIM, i as u64))).collect();
-    let queries: Vec<Vec<f32>> = (0..n_queries).map(|i| random_unit(DIM, 1 << 40 | i as u64)).collect();
-    index_bench("random unit vectors (worst case: no structure)", &random, &queries)?;
-    drop(random);
-    let clustered = Clustered::new();
-    let vectors: Vec<(usize, Vec<f32>)> = (0..n).map(|i| (i + 1, clustered.vector(i as u64))).collect();
-    let queries: Vec<Vec<f32>> = (0..n_queries).map(|i| clustered.vector(1 << 40 | i as u64)).collect();
-    index_bench("clustered vectors (1,000 clusters, like embeddings)", &vectors, &queries)?;
-    drop(vectors);
+    if on("random") {
+        let random: Vec<(usize, Vec<f32>)> = (0..n).map(|i| (i + 1, random_unit(DIM, i as u64))).collect();
+        let queries: Vec<Vec<f32>> = (0..n_queries).map(|i| random_unit(DIM, 1 << 40 | i as u64)).collect();
+        index_bench("random unit vectors (worst case: no structure)", &random, &queries)?;
+    }
+    if on("clustered") {
+        let clustered = Clustered::new();
+        let vectors: Vec<(usize, Vec<f32>)> = (0..n).map(|i| (i + 1, clustered.vector(i as u64))).collect();
+        let queries: Vec<Vec<f32>> = (0..n_queries).map(|i| clustered.vector(1 << 40 | i as u64)).collect();
+        index_bench("clustered vectors (1,000 clusters, like embeddings)", &vectors, &queries)?;
+    }
 
     // ---------------- store ----------------
-    println!("\n== store (SQLite + FTS5 + index; clustered hash embedder, no model) ==");
+    if on("store") {
+        store_bench(n)?;
+    }
+    if on("embed") {
+        embed_bench(embed_sample)?;
+    }
+    Ok(())
+}
+
+fn text(i: usize) -> String {
+    format!("memory {i}: something about {} and {} number {}", WORDS[i % 10], WORDS[(i / 10) % 10], i * 7919)
+}
+
+const WORDS: [&str; 10] = ["coffee", "sister", "Lisbon", "marathon", "allergy", "guitar", "rent", "Japan", "cello", "dog"];
+
+fn bench_dir() -> anyhow::Result<PathBuf> {
     let dir = std::env::temp_dir().join(format!("tailor-memory-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+fn store_bench(n: usize) -> anyhow::Result<()> {
+    println!("\n== store (SQLite + FTS5 + index; clustered hash embedder, no model) ==");
+    let dir = bench_dir()?;
     let path = dir.join("profile.db");
     let emb = Arc::new(ClusteredEmbedder(Clustered::new()));
     let mut config = MemoryConfig::default();
     config.dedup_threshold = None;
-    let words = ["coffee", "sister", "Lisbon", "marathon", "allergy", "guitar", "rent", "Japan", "cello", "dog"];
-    let text = |i: usize| format!("memory {i}: something about {} and {} number {}", words[i % 10], words[(i / 10) % 10], i * 7919);
     {
         let mut store = MemoryStore::open(&path, emb.clone(), config.clone())?;
         let t = Instant::now();
@@ -191,7 +216,7 @@ fn main() -> anyhow::Result<()> {
         println!("add_many (batches of 1000): {:.0} memories/s ({:.1} s)", n as f64 / d.as_secs_f64(), d.as_secs_f64());
         let mut lat = Vec::new();
         for i in 0..200 {
-            let q = SearchQuery::new(format!("something about {} number", words[i % 10]), 10).track_access(false);
+            let q = SearchQuery::new(format!("something about {} number", WORDS[i % 10]), 10).track_access(false);
             let t = Instant::now();
             store.search(&q)?;
             lat.push(t.elapsed());
@@ -227,8 +252,10 @@ fn main() -> anyhow::Result<()> {
     println!("open with a rebuild from SQLite: {:.2} s", t.elapsed().as_secs_f64());
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
 
-    // ---------------- real embedder ----------------
+fn embed_bench(embed_sample: usize) -> anyhow::Result<()> {
     let home = std::env::var_os("TAILOR_HOME")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/tailor"));
@@ -239,7 +266,7 @@ fn main() -> anyhow::Result<()> {
     }
     println!("\n== real embedder (all-MiniLM-L6-v2 on candle, CPU) ==");
     let bert = Arc::new(BertEmbedder::load(&folder)?);
-    std::fs::create_dir_all(&dir)?;
+    let dir = bench_dir()?;
     let mut store = MemoryStore::open(dir.join("real.db"), bert, MemoryConfig::default())?;
     let t = Instant::now();
     let sentences: Vec<NewMemory> = (0..embed_sample).map(|i| NewMemory::new(text(i))).collect();
@@ -250,12 +277,12 @@ fn main() -> anyhow::Result<()> {
     println!("embed + insert (add_many, batches of 100): {:.1} memories/s over {embed_sample}", embed_sample as f64 / d.as_secs_f64());
     let t = Instant::now();
     for i in 0..50 {
-        store.add(NewMemory::new(format!("single memory {i} about {}", words[i % 10])))?;
+        store.add(NewMemory::new(format!("single memory {i} about {}", WORDS[i % 10])))?;
     }
     println!("embed + insert (add, one at a time): {:.1} memories/s", 50.0 / t.elapsed().as_secs_f64());
     let mut lat = Vec::new();
     for i in 0..100 {
-        let q = SearchQuery::new(format!("what do I know about {}?", words[i % 10]), 5).track_access(false);
+        let q = SearchQuery::new(format!("what do I know about {}?", WORDS[i % 10]), 5).track_access(false);
         let t = Instant::now();
         store.search(&q)?;
         lat.push(t.elapsed());

@@ -226,6 +226,12 @@ impl VectorIndex {
     /// Saves the graph to `dir` (replacing what is there) for a database at `generation`.
     /// Written to a temporary folder first and renamed, so `dir` is whole or absent.
     pub fn save(&self, dir: &Path, profile_id: &str) -> Result<()> {
+        if self.nodes == 0 {
+            // Nothing to save (and hnsw_rs cannot dump an empty graph): the next open builds
+            // the empty index in no time.
+            VectorIndex::remove_saved(dir);
+            return Ok(());
+        }
         let tmp = tmp_dir(dir);
         let _ = std::fs::remove_dir_all(&tmp);
         std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;

@@ -46,7 +46,12 @@ impl MemoryStore {
                 None => None,
             };
             let allow = |v: usize| allowed_vecs.as_ref().is_none_or(|s| s.contains(&v));
-            let hits = self.index.search(&q, pool, Some(&allow));
+            let hits = match &allowed_vecs {
+                // A selective filter starves a filtered graph search; scan the few allowed
+                // vectors exactly instead (they are live: the set comes from SQLite).
+                Some(set) if set.len() < self.config.index.exact_below => self.index.exact(&q, pool, &allow),
+                _ => self.index.search(&q, pool, Some(&allow)),
+            };
             let vec_ids: Vec<usize> = hits.iter().map(|h| h.0).collect();
             vector_ranked = self.memory_ids_for(&vec_ids)?.into_iter().flatten().collect();
         }
