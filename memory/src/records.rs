@@ -29,6 +29,10 @@ fn feedback_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Feedback> {
     })
 }
 
+fn adapter_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AdapterRecord> {
+    Ok(AdapterRecord { version: r.get(0)?, parent: r.get(1)?, created_at: r.get(2)?, metrics: json_col(r, 3)?, tainted_at: r.get(4)? })
+}
+
 /// The `kind` column and the optional text columns of a feedback kind.
 pub(crate) fn feedback_params(kind: &FeedbackKind) -> (&'static str, Option<&String>, Option<&String>, Option<&String>) {
     match kind {
@@ -85,7 +89,9 @@ impl MemoryStore {
     }
 
     /// Marks feedback events as consumed by an adapter version (all or none: an unknown id
-    /// gives [`Error::FeedbackNotFound`] and nothing changes). Returns how many changed.
+    /// gives [`Error::FeedbackNotFound`] and nothing changes), and, when that version is
+    /// recorded, links them to it (see [`forget_feedback`](Self::forget_feedback)); record the
+    /// version first. Returns how many changed.
     pub fn mark_feedback_consumed(&mut self, ids: &[i64], adapter_version: &str) -> Result<usize> {
         if adapter_version.is_empty() {
             return Err(Error::invalid("adapter version is empty"));
@@ -94,10 +100,15 @@ impl MemoryStore {
         let now = now_millis();
         {
             let mut up = tx.prepare_cached("UPDATE feedback SET consumed_by = ?2, consumed_at = ?3 WHERE id = ?1")?;
+            let mut link = tx.prepare_cached(
+                "INSERT OR IGNORE INTO adapter_feedback (version, feedback_id)
+                 SELECT ?1, ?2 WHERE EXISTS (SELECT 1 FROM adapters WHERE version = ?1)",
+            )?;
             for &id in ids {
                 if up.execute(params![id, adapter_version, now])? == 0 {
                     return Err(Error::FeedbackNotFound { id });
                 }
+                link.execute(params![adapter_version, id])?;
             }
         }
         tx.commit()?;
@@ -132,15 +143,88 @@ impl MemoryStore {
             params![version, parent, created_at, metrics.to_string()],
         )?;
         tx.commit()?;
-        Ok(AdapterRecord { version: version.into(), parent: parent.map(Into::into), created_at, metrics })
+        Ok(AdapterRecord { version: version.into(), parent: parent.map(Into::into), created_at, metrics, tainted_at: None })
     }
 
     /// The adapter lineage, oldest first.
     pub fn list_adapters(&self) -> Result<Vec<AdapterRecord>> {
-        let mut stmt = self.conn.prepare_cached("SELECT version, parent, created_at, metrics FROM adapters ORDER BY created_at, rowid")?;
-        let rows = stmt.query_map([], |r| {
-            Ok(AdapterRecord { version: r.get(0)?, parent: r.get(1)?, created_at: r.get(2)?, metrics: json_col(r, 3)? })
-        })?;
+        let mut stmt = self.conn.prepare_cached("SELECT version, parent, created_at, metrics, tainted_at FROM adapters ORDER BY created_at, rowid")?;
+        let rows = stmt.query_map([], adapter_from_row)?;
         Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// The newest adapter version that never learned from forgotten feedback, if any: the one
+    /// to run after a forget.
+    pub fn newest_clean_adapter(&self) -> Result<Option<AdapterRecord>> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT version, parent, created_at, metrics, tainted_at FROM adapters
+                 WHERE tainted_at IS NULL ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                [],
+                adapter_from_row,
+            )
+            .optional()?)
+    }
+
+    /// The feedback events `version` learned from (ids; some may be forgotten since, which
+    /// is what makes a version tainted).
+    pub fn adapter_feedback(&self, version: &str) -> Result<Vec<i64>> {
+        let mut stmt = self.conn.prepare_cached("SELECT feedback_id FROM adapter_feedback WHERE version = ?1 ORDER BY feedback_id")?;
+        let rows = stmt.query_map([version], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    /// Forgets feedback events: their rows (prompt, answer, corrections) are deleted, and
+    /// every adapter version that learned from one of them is marked tainted, in one
+    /// transaction; the WAL is checkpointed so the text leaves it too. Unknown ids are
+    /// skipped. Returns the versions newly tainted (the app deletes their weight files and
+    /// falls back to [`newest_clean_adapter`](Self::newest_clean_adapter); the next training
+    /// run no longer sees the events).
+    pub fn forget_feedback(&mut self, ids: &[i64]) -> Result<Vec<String>> {
+        let now = now_millis();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut tainted = Vec::new();
+        {
+            let mut del = tx.prepare_cached("DELETE FROM feedback WHERE id = ?1")?;
+            let mut who = tx.prepare_cached(
+                "SELECT a.version FROM adapter_feedback f JOIN adapters a ON a.version = f.version
+                 WHERE f.feedback_id = ?1 AND a.tainted_at IS NULL",
+            )?;
+            let mut mark = tx.prepare_cached("UPDATE adapters SET tainted_at = ?2 WHERE version = ?1 AND tainted_at IS NULL")?;
+            for &id in ids {
+                del.execute([id])?;
+                let versions: Vec<String> = who.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+                for v in versions {
+                    if mark.execute(params![v, now])? > 0 {
+                        tainted.push(v);
+                    }
+                }
+            }
+        }
+        tx.commit()?;
+        self.checkpoint()?;
+        Ok(tainted)
+    }
+
+    /// Forgets every feedback event ([`forget_feedback`](Self::forget_feedback) of all).
+    pub fn forget_all_feedback(&mut self) -> Result<Vec<String>> {
+        let ids: Vec<i64> = {
+            let mut stmt = self.conn.prepare("SELECT id FROM feedback")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        // Versions that learned from events forgotten earlier are tainted already; links to
+        // ids no longer present are covered by the same query.
+        let linked: Vec<i64> = {
+            let mut stmt = self.conn.prepare("SELECT DISTINCT feedback_id FROM adapter_feedback")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
+        let mut all = ids;
+        all.extend(linked);
+        all.sort_unstable();
+        all.dedup();
+        self.forget_feedback(&all)
     }
 }

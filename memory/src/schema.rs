@@ -89,6 +89,20 @@ const MIGRATIONS: &[&str] = &[
         metrics    TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metrics))
     );
     "#,
+    // 2: which feedback each adapter version learned from, and versions made stale by a
+    // forgotten event. The link has no foreign key to `feedback`: it must outlive the event
+    // it records, so that forgetting the event can still find every version that saw it.
+    r#"
+    CREATE TABLE adapter_feedback (
+        version     TEXT    NOT NULL REFERENCES adapters(version) ON DELETE CASCADE,
+        feedback_id INTEGER NOT NULL,
+        PRIMARY KEY (version, feedback_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX adapter_feedback_by_feedback ON adapter_feedback(feedback_id);
+    ALTER TABLE adapters ADD COLUMN tainted_at INTEGER;
+    INSERT OR IGNORE INTO adapter_feedback (version, feedback_id)
+        SELECT consumed_by, id FROM feedback WHERE consumed_by IN (SELECT version FROM adapters);
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -393,6 +393,10 @@ pub struct AdapterRecord {
     pub created_at: Millis,
     /// Evaluation metrics and training facts (a JSON object).
     pub metrics: serde_json::Value,
+    /// When feedback this version learned from was forgotten: the version must not be used
+    /// any more (its weights hold what the user asked to forget). `None` while clean.
+    #[serde(default)]
+    pub tainted_at: Option<Millis>,
 }
 
 /// Changes to a memory; `None` fields stay as they are.

@@ -220,3 +220,44 @@ fn a_new_embedding_model_reembeds_at_open() {
     assert_eq!(hits[0].memory.id, id);
     assert!((hits[0].similarity - 1.0).abs() < 1e-5, "stored vector is the new model's");
 }
+
+/// Forgetting feedback reaches the adapters that learned from it: the events are gone from
+/// the file, every version that saw one is tainted, the newest clean version is the fallback,
+/// and it all survives a restart.
+#[test]
+fn forgetting_feedback_taints_the_versions_that_learned_from_it() {
+    let dir = tmp_dir("api-forget-feedback");
+    let path = dir.join("profile.db");
+    let (f1, f2, f3) = {
+        let mut s = hash_store(&dir, 16, MemoryConfig::default());
+        let f1 = s.add_feedback(NewFeedback::new("my cat's name?", "Tom", FeedbackKind::Correction { corrected: "Zanzibar-the-cat".into() })).unwrap();
+        let f2 = s.add_feedback(NewFeedback::new("p2", "a2", FeedbackKind::ThumbsUp)).unwrap();
+        let f3 = s.add_feedback(NewFeedback::new("p3", "a3", FeedbackKind::ThumbsUp)).unwrap();
+        s.record_adapter("v1", None, json!({})).unwrap();
+        s.mark_feedback_consumed(&[f2], "v1").unwrap();
+        s.record_adapter("v2", Some("v1"), json!({})).unwrap();
+        s.mark_feedback_consumed(&[f1, f2], "v2").unwrap();
+        s.record_adapter("v3", Some("v2"), json!({})).unwrap();
+        s.mark_feedback_consumed(&[f1, f2, f3], "v3").unwrap();
+        assert_eq!(s.adapter_feedback("v3").unwrap(), vec![f1, f2, f3]);
+        assert_eq!(s.newest_clean_adapter().unwrap().unwrap().version, "v3");
+        let tainted = s.forget_feedback(&[f1]).unwrap();
+        assert_eq!(tainted, vec!["v2".to_string(), "v3".to_string()]);
+        assert!(matches!(s.get_feedback(f1), Err(Error::FeedbackNotFound { .. })));
+        assert_eq!(s.newest_clean_adapter().unwrap().unwrap().version, "v1");
+        assert!(s.forget_feedback(&[f1]).unwrap().is_empty(), "forgetting again changes nothing");
+        (f1, f2, f3)
+    };
+    let bytes = std::fs::read(&path).unwrap();
+    assert!(!bytes.windows(16).any(|w| w == b"Zanzibar-the-cat"), "the forgotten correction is gone from the file");
+    let mut s = hash_store(&dir, 16, MemoryConfig::default());
+    let l = s.list_adapters().unwrap();
+    let flags: Vec<(&str, bool)> = l.iter().map(|a| (a.version.as_str(), a.tainted_at.is_some())).collect();
+    assert_eq!(flags, vec![("v1", false), ("v2", true), ("v3", true)]);
+    let rest: Vec<i64> = s.list_feedback(&FeedbackQuery::unconsumed(10)).unwrap().iter().map(|f| f.id).collect();
+    assert!(rest.is_empty() && s.get_feedback(f3).is_ok());
+    // Forgetting everything taints the last clean version too.
+    assert_eq!(s.forget_all_feedback().unwrap(), vec!["v1".to_string()]);
+    assert!(s.newest_clean_adapter().unwrap().is_none());
+    assert!(s.get_feedback(f2).is_err());
+}
