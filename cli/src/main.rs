@@ -69,6 +69,11 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Feedback on answers (what the trainer learns from): add, list, forget.
+    Feedback {
+        #[command(subcommand)]
+        command: memory_cmd::FeedbackCommand,
+    },
     /// The long-term memory in a profile: add, search, forget, list, export, import.
     Memory {
         #[command(subcommand)]
@@ -383,6 +388,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Chat { system, profile, gen, model } => chat(system, profile, gen, model),
         Command::Memory { command } => memory_cmd::run(command),
+        Command::Feedback { command } => memory_cmd::run_feedback(command),
         Command::Adapter { command } => adapters::run(command),
         Command::Steer { command: SteerCommand::Apply { vector, prompt, scales, gen, model } } => {
             adapters::steer_apply(&vector, &prompt, &scales, &gen, &model)

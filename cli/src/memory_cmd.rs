@@ -172,3 +172,88 @@ pub(crate) fn run(command: MemoryCommand) -> Result<()> {
     }
     Ok(())
 }
+
+#[derive(Subcommand)]
+pub(crate) enum FeedbackCommand {
+    /// Record feedback on an answer: one of --thumbs up|down, --correction TEXT, or --chosen
+    /// TEXT --rejected TEXT.
+    Add {
+        /// The user's prompt.
+        #[arg(long)]
+        prompt: String,
+        /// The model's answer.
+        #[arg(long)]
+        answer: String,
+        /// `up` or `down`.
+        #[arg(long, value_name = "up|down")]
+        thumbs: Option<String>,
+        /// The answer as it should have been.
+        #[arg(long)]
+        correction: Option<String>,
+        /// The preferred answer (with --rejected).
+        #[arg(long, requires = "rejected")]
+        chosen: Option<String>,
+        /// The dispreferred answer (with --chosen).
+        #[arg(long, requires = "chosen")]
+        rejected: Option<String>,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// List feedback events as JSON.
+    List {
+        /// Only those no adapter has learned from yet.
+        #[arg(long)]
+        unconsumed: bool,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+    /// Forget feedback events (or --all): deleted from the profile, and every adapter version
+    /// that learned from them is marked so it is not used again.
+    Forget {
+        /// Event ids.
+        ids: Vec<i64>,
+        /// Every event.
+        #[arg(long, conflicts_with = "ids")]
+        all: bool,
+        #[command(flatten)]
+        profile: ProfileArgs,
+    },
+}
+
+pub(crate) fn run_feedback(command: FeedbackCommand) -> Result<()> {
+    use tailor::profile::{FeedbackKind, FeedbackQuery, NewFeedback};
+    match command {
+        FeedbackCommand::Add { prompt, answer, thumbs, correction, chosen, rejected, profile } => {
+            let kind = match (thumbs.as_deref(), correction, chosen, rejected) {
+                (Some("up"), None, None, None) => FeedbackKind::ThumbsUp,
+                (Some("down"), None, None, None) => FeedbackKind::ThumbsDown,
+                (Some(t), None, None, None) => bail!("--thumbs {t}: use up or down"),
+                (None, Some(c), None, None) => FeedbackKind::Correction { corrected: c },
+                (None, None, Some(chosen), Some(rejected)) => FeedbackKind::Preference { chosen, rejected },
+                _ => bail!("give exactly one of --thumbs, --correction, or --chosen with --rejected"),
+            };
+            let id = profile.open()?.add_feedback(NewFeedback::new(prompt, answer, kind))?;
+            println!("{}", serde_json::json!({ "id": id }));
+        }
+        FeedbackCommand::List { unconsumed, profile } => {
+            let store = profile.open()?;
+            let mut q = FeedbackQuery::default();
+            q.unconsumed_only = unconsumed;
+            q.limit = 1_000_000;
+            println!("{}", serde_json::to_string_pretty(&store.list_feedback(&q)?)?);
+        }
+        FeedbackCommand::Forget { ids, all, profile } => {
+            let mut store = profile.open()?;
+            let tainted = match (all, ids.is_empty()) {
+                (true, _) => store.forget_all_feedback()?,
+                (false, false) => store.forget_feedback(&ids)?,
+                (false, true) => bail!("give event ids or --all"),
+            };
+            if !tainted.is_empty() {
+                eprintln!("adapter versions that learned from it, no longer used: {}", tainted.join(", "));
+            }
+            eprintln!("forgotten");
+        }
+    }
+    Ok(())
+}

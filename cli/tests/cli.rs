@@ -215,6 +215,20 @@ fn memory_add_search_forget_export_import() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("empty"));
     let out = tailor(&["memory", "add", "x", "--metadata", "{bad", "--profile", p]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("JSON"));
+    // Feedback: add three kinds, forget one, list.
+    for args in [vec!["--thumbs", "up"], vec!["--correction", "Zanzibar"], vec!["--chosen", "c", "--rejected", "r"]] {
+        let mut a = vec!["feedback", "add", "--prompt", "my cat's name?", "--answer", "Tom", "--profile", p];
+        a.extend(args);
+        let out = tailor(&a);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(tailor(&["feedback", "forget", "2", "--profile", p]).status.success());
+    let out = tailor(&["feedback", "list", "--profile", p]);
+    let fb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let kinds: Vec<&str> = fb.as_array().unwrap().iter().map(|f| f["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["thumbs_up", "preference"]);
+    let out = tailor(&["feedback", "add", "--prompt", "q", "--answer", "a", "--profile", p]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("exactly one"));
     let out = tailor(&["memory", "list", "--profile", dir.join("tiny.gguf").to_str().unwrap()]);
     assert!(!out.status.success(), "a GGUF is not a profile");
     let _ = std::fs::remove_dir_all(&dir);
