@@ -1,0 +1,234 @@
+//! Dense f32 products (the `gemm` crate, single-threaded per call) and the quantized linear
+//! layer's forward and input-gradient products, which dequantize the frozen weight a tile of
+//! rows at a time (never the whole matrix) and split the tiles over the rayon pool.
+
+use rayon::prelude::*;
+use tailor::model::qmatrix::QMatrix;
+
+/// A strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
+#[derive(Clone, Copy)]
+pub(crate) struct M<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl<'a> M<'a> {
+    /// Row-major `[rows, cols]`.
+    pub fn new(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        Self { data, rows, cols, rs: cols, cs: 1 }
+    }
+    /// The transpose (a view, nothing moves).
+    pub fn t(self) -> Self {
+        Self { data: self.data, rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs }
+    }
+    /// Columns `c0..c0+n` of every row.
+    pub fn cols(self, c0: usize, n: usize) -> Self {
+        let start = if self.rows == 0 || n == 0 { 0 } else { c0 * self.cs };
+        Self { data: &self.data[start..], cols: n, ..self }
+    }
+    fn check(&self, what: &str) {
+        if self.rows > 0 && self.cols > 0 {
+            let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
+            assert!(last < self.data.len(), "gemm: {what} view out of bounds");
+        }
+    }
+}
+
+/// `c = alpha·c + beta·a·b` (`c` row-major `[a.rows, b.cols]`; `acc == false` ignores its
+/// old contents, `alpha` is then unused).
+pub(crate) fn gemm(c: &mut [f32], a: M<'_>, b: M<'_>, acc: bool, beta: f32) {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    assert_eq!(b.rows, k, "gemm: inner dimensions");
+    assert!(c.len() >= m * n, "gemm: output size");
+    a.check("lhs");
+    b.check("rhs");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !acc {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: every index the views can touch was bounds-checked above (`check`), `c` holds
+    // `m·n` values written row-major with strides (1, n), and `c` cannot alias `a` or `b`
+    // (a unique borrow against shared ones).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            acc,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0,
+            beta,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// Rows per dequantized tile: about 64k values (256 KB), a multiple of 16.
+fn tile_rows(cols: usize) -> usize {
+    (65_536 / cols.max(1)).clamp(16, 512).next_multiple_of(16)
+}
+
+fn dequantize_tile(w: &QMatrix, r0: usize, r1: usize, buf: &mut Vec<f32>) {
+    let cols = w.cols();
+    buf.resize((r1 - r0) * cols, 0.0);
+    for (i, r) in (r0..r1).enumerate() {
+        w.dequantize_row(r, &mut buf[i * cols..(i + 1) * cols]);
+    }
+}
+
+/// `yᵀ[out, n] = W[out, in] · xᵀ` for `x` `[n, in]`: the product transposed, so that each
+/// tile of weight rows writes a contiguous block.
+pub(crate) fn qlinear_fwd_t(w: &QMatrix, x: &[f32], n: usize, yt: &mut [f32]) {
+    let (out, cols) = (w.rows(), w.cols());
+    assert_eq!(x.len(), n * cols, "qlinear: input size");
+    assert_eq!(yt.len(), n * out, "qlinear: output size");
+    let tr = tile_rows(cols);
+    yt.par_chunks_mut(tr * n).enumerate().for_each_init(Vec::new, |buf, (ti, chunk)| {
+        let r0 = ti * tr;
+        let r1 = (r0 + tr).min(out);
+        dequantize_tile(w, r0, r1, buf);
+        gemm(chunk, M::new(buf, r1 - r0, cols), M::new(x, n, cols).t(), false, 1.0);
+    });
+}
+
+/// `y[n, out] = x[n, in] · Wᵀ`.
+pub(crate) fn qlinear_fwd(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+    let out = w.rows();
+    let mut yt = vec![0f32; n * out];
+    qlinear_fwd_t(w, x, n, &mut yt);
+    transpose_into(&yt, out, n, y);
+}
+
+/// `dst[c, r] = src[r, c]` for `src` `[rows, cols]`.
+pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    assert_eq!(src.len(), rows * cols);
+    assert_eq!(dst.len(), rows * cols);
+    const B: usize = 32;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
+}
+
+/// Fixed number of partial sums of the input gradient: the result does not depend on how
+/// rayon schedules the work (the run is deterministic).
+const PARTS: usize = 4;
+
+/// `dx[n, in] += dy[n, out] · W[out, in]`.
+pub(crate) fn qlinear_bwd(w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
+    let (out, cols) = (w.rows(), w.cols());
+    assert_eq!(dy.len(), n * out, "qlinear backward: dy size");
+    assert_eq!(dx.len(), n * cols, "qlinear backward: dx size");
+    let tr = tile_rows(cols);
+    let tiles = out.div_ceil(tr);
+    let per_part = tiles.div_ceil(PARTS);
+    let partials: Vec<Vec<f32>> = (0..PARTS)
+        .into_par_iter()
+        .map(|p| {
+            let mut acc = Vec::new();
+            let mut buf = Vec::new();
+            for ti in p * per_part..((p + 1) * per_part).min(tiles) {
+                let r0 = ti * tr;
+                let r1 = (r0 + tr).min(out);
+                dequantize_tile(w, r0, r1, &mut buf);
+                let first = acc.is_empty();
+                if first {
+                    acc.resize(n * cols, 0.0);
+                }
+                let dyv = M { data: dy, rows: n, cols: out, rs: out, cs: 1 }.cols(r0, r1 - r0);
+                gemm(&mut acc, dyv, M::new(&buf, r1 - r0, cols), !first, 1.0);
+            }
+            acc
+        })
+        .collect();
+    for p in partials.iter().filter(|p| !p.is_empty()) {
+        for (d, s) in dx.iter_mut().zip(p) {
+            *d += s;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::quantized::GgmlDType;
+
+    fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
+        let mut c = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                c[i * n + j] = (0..k).map(|l| a[i * k + l] * b[l * n + j]).sum();
+            }
+        }
+        c
+    }
+
+    fn vals(n: usize, seed: u32) -> Vec<f32> {
+        (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 1000) as f32 / 500.0 - 1.0).collect()
+    }
+
+    #[test]
+    fn gemm_strided_matches_naive() {
+        let (m, k, n) = (7, 13, 5);
+        let a = vals(m * k, 1);
+        let bt = vals(n * k, 2); // stored [n, k], used transposed
+        let mut b = vec![0f32; k * n];
+        transpose_into(&bt, n, k, &mut b);
+        let want = naive(&a, &b, m, k, n);
+        let mut c = vec![1f32; m * n];
+        gemm(&mut c, M::new(&a, m, k), M::new(&bt, n, k).t(), false, 1.0);
+        for (x, y) in c.iter().zip(&want) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
+        }
+        // accumulate with beta
+        gemm(&mut c, M::new(&a, m, k), M::new(&b, k, n), true, -1.0);
+        assert!(c.iter().all(|x| x.abs() < 1e-4));
+    }
+
+    #[test]
+    fn qlinear_matches_dequantized_dense() {
+        let (out, cols, n) = (300, 64, 5);
+        let w = QMatrix::quantize(GgmlDType::Q8_0, out, cols, &vals(out * cols, 3)).unwrap();
+        let wd = w.dequantize();
+        let x = vals(n * cols, 4);
+        let mut y = vec![0f32; n * out];
+        qlinear_fwd(&w, &x, n, &mut y);
+        let mut wt = vec![0f32; out * cols];
+        transpose_into(&wd, out, cols, &mut wt);
+        let want = naive(&x, &wt, n, cols, out);
+        for (a, b) in y.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+        let dy = vals(n * out, 5);
+        let mut dx = vec![0.5f32; n * cols];
+        qlinear_bwd(&w, &dy, n, &mut dx);
+        let want = naive(&dy, &wd, n, out, cols);
+        for (a, b) in dx.iter().zip(&want) {
+            assert!((a - 0.5 - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
+        }
+    }
+}

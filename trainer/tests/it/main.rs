@@ -1,0 +1,6 @@
+//! Behaviour of the trainer on tiny models written on the fly.
+
+mod common;
+mod forward;
+mod gradients;
+mod training;
