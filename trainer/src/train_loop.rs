@@ -269,7 +269,7 @@ impl Trainer {
     }
 
     /// Identifies what a checkpoint belongs to: base, data, initial adapter and every setting
-    /// that changes the arithmetic (not limits, threads or paths).
+    /// that changes the arithmetic (not limits, threads, activation checkpointing or paths).
     fn run_id(&self, data: &TrainData) -> String {
         let mut c = self.config.clone();
         c.max_seconds = None;
@@ -277,6 +277,7 @@ impl Trainer {
         c.checkpoint_dir = None;
         c.checkpoint_every = 0;
         c.resume = false;
+        c.activation_checkpointing = false;
         let mut h = Sha256::new();
         h.update(self.engine.base_fingerprint().as_str().as_bytes());
         h.update(serde_json::to_vec(&c).unwrap_or_default());
