@@ -51,6 +51,7 @@
 mod checkpoint;
 mod config;
 mod error;
+mod kernels;
 mod linalg;
 mod model;
 mod optim;

@@ -5,6 +5,8 @@
 use rayon::prelude::*;
 use tailor::model::qmatrix::QMatrix;
 
+use crate::kernels::gemm_bcast;
+
 /// A strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
 pub(crate) struct M<'a> {
@@ -102,11 +104,14 @@ pub(crate) fn qlinear_fwd_t(w: &QMatrix, x: &[f32], n: usize, yt: &mut [f32]) {
     assert_eq!(x.len(), n * cols, "qlinear: input size");
     assert_eq!(yt.len(), n * out, "qlinear: output size");
     let tr = tile_rows(cols);
+    let mut xt = vec![0f32; n * cols];
+    transpose_into(x, n, cols, &mut xt);
+    let xt = &xt;
     yt.par_chunks_mut(tr * n).enumerate().for_each_init(Vec::new, |buf, (ti, chunk)| {
         let r0 = ti * tr;
         let r1 = (r0 + tr).min(out);
         dequantize_tile(w, r0, r1, buf);
-        gemm(chunk, M::new(buf, r1 - r0, cols), M::new(x, n, cols).t(), false, 1.0);
+        gemm_bcast(r1 - r0, n, cols, M::new(buf, r1 - r0, cols), xt, n, chunk, n, false);
     });
 }
 
@@ -160,7 +165,7 @@ pub(crate) fn qlinear_bwd(w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
                     acc.resize(n * cols, 0.0);
                 }
                 let dyv = M { data: dy, rows: n, cols: out, rs: out, cs: 1 }.cols(r0, r1 - r0);
-                gemm(&mut acc, dyv, M::new(&buf, r1 - r0, cols), !first, 1.0);
+                gemm_bcast(n, cols, r1 - r0, dyv, &buf, cols, &mut acc, cols, !first);
             }
             acc
         })
