@@ -10,12 +10,12 @@
 
 use crate::linalg::{gemm, M};
 
-/// `c[i·ldc + j] (+)= Σ_p a(i, p) · b[p·ldb + j]` for `i < m`, `j < n`, `p < k`.
+/// `c[i·ldc + j] (+)= alpha · Σ_p a(i, p) · b[p·ldb + j]` for `i < m`, `j < n`, `p < k`.
 ///
 /// # Panics
 /// If a view reaches past its slice.
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn gemm_bcast(m: usize, n: usize, k: usize, a: M<'_>, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, acc: bool) {
+pub(crate) fn gemm_bcast(m: usize, n: usize, k: usize, a: M<'_>, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, acc: bool, alpha: f32) {
     assert_eq!((a.rows, a.cols), (m, k), "gemm_bcast: lhs shape");
     if m == 0 || n == 0 {
         return;
@@ -30,21 +30,21 @@ pub(crate) fn gemm_bcast(m: usize, n: usize, k: usize, a: M<'_>, b: &[f32], ldb:
     if k > 0 && std::arch::is_x86_feature_detected!("avx512f") {
         // SAFETY: the CPU has AVX-512F (checked above) and every index the kernel touches is
         // inside the slices (the bounds were asserted above; masked lanes are not accessed).
-        unsafe { avx512::gemm_bcast(m, n, k, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc) };
+        unsafe { avx512::gemm_bcast(m, n, k, a.data.as_ptr(), a.rs, a.cs, b.as_ptr(), ldb, c.as_mut_ptr(), ldc, acc, alpha) };
         return;
     }
-    portable(m, n, k, a, b, ldb, c, ldc, acc);
+    portable(m, n, k, a, b, ldb, c, ldc, acc, alpha);
 }
 
 #[allow(clippy::too_many_arguments)]
-fn portable(m: usize, n: usize, k: usize, a: M<'_>, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, acc: bool) {
+fn portable(m: usize, n: usize, k: usize, a: M<'_>, b: &[f32], ldb: usize, c: &mut [f32], ldc: usize, acc: bool, alpha: f32) {
     if ldc == n && ldb == n {
-        gemm(c, a, M::new(&b[..k * n], k, n), acc, 1.0);
+        gemm(c, a, M::new(&b[..k * n], k, n), acc, alpha);
         return;
     }
     let mut tmp = vec![0f32; m * n];
     let bv = M { data: b, rows: k, cols: n, rs: ldb, cs: 1 };
-    gemm(&mut tmp, a, bv, false, 1.0);
+    gemm(&mut tmp, a, bv, false, alpha);
     for i in 0..m {
         let row = &mut c[i * ldc..i * ldc + n];
         let t = &tmp[i * n..(i + 1) * n];
@@ -69,7 +69,7 @@ mod avx512 {
     /// are valid (and `c` does not overlap `a` or `b`).
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn gemm_bcast(m: usize, n: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool) {
+    pub(super) unsafe fn gemm_bcast(m: usize, n: usize, k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, acc: bool, alpha: f32) {
         let mut j = 0;
         while j < n {
             let nr = (n - j).min(NR);
@@ -82,7 +82,7 @@ mod avx512 {
                     let (ap, bp, cp) = (a.add(i * a_rs), b.add(j), c.add(i * ldc + j));
                     macro_rules! go {
                         ($($r:literal)*) => {
-                            match mr { $($r => micro::<$r>(k, ap, a_rs, a_cs, bp, ldb, cp, ldc, m0, m1, acc),)* _ => unreachable!() }
+                            match mr { $($r => micro::<$r>(k, ap, a_rs, a_cs, bp, ldb, cp, ldc, m0, m1, acc, alpha),)* _ => unreachable!() }
                         };
                     }
                     go!(1 2 3 4 5 6 7 8 9 10 11 12);
@@ -100,7 +100,7 @@ mod avx512 {
     #[target_feature(enable = "avx512f")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro<const R: usize>(k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, m0: u16, m1: u16, acc: bool) {
+    unsafe fn micro<const R: usize>(k: usize, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, ldb: usize, c: *mut f32, ldc: usize, m0: u16, m1: u16, acc: bool, alpha: f32) {
         let mut c0 = [_mm512_setzero_ps(); R];
         let mut c1 = [_mm512_setzero_ps(); R];
         for p in 0..k {
@@ -111,7 +111,7 @@ mod avx512 {
                 let b1 = _mm512_maskz_loadu_ps(m1, brow.add(16));
                 let ap = a.add(p * a_cs);
                 for r in 0..R {
-                    let av = _mm512_set1_ps(*ap.add(r * a_rs));
+                    let av = _mm512_set1_ps(alpha * *ap.add(r * a_rs));
                     c0[r] = _mm512_fmadd_ps(av, b0, c0[r]);
                     c1[r] = _mm512_fmadd_ps(av, b1, c1[r]);
                 }
@@ -156,16 +156,16 @@ mod tests {
                 let mut want = init.clone();
                 for i in 0..m {
                     for j in 0..n {
-                        let s: f32 = (0..k).map(|p| a_store[p * m + i] * b[p * ldb + j]).sum();
+                        let s: f32 = 0.5 * (0..k).map(|p| a_store[p * m + i] * b[p * ldb + j]).sum::<f32>();
                         want[i * ldc + j] = if acc { init[i * ldc + j] + s } else { s };
                     }
                 }
                 for fast in [true, false] {
                     let mut c = init.clone();
                     if fast {
-                        gemm_bcast(m, n, k, a, &b, ldb, &mut c, ldc, acc);
+                        gemm_bcast(m, n, k, a, &b, ldb, &mut c, ldc, acc, 0.5);
                     } else {
-                        portable(m, n, k, a, &b, ldb, &mut c, ldc, acc);
+                        portable(m, n, k, a, &b, ldb, &mut c, ldc, acc, 0.5);
                     }
                     for (idx, (x, y)) in c.iter().zip(&want).enumerate() {
                         let tol = 1e-4 * (k as f32 + 1.0);
@@ -173,6 +173,34 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release -p tailor-trainer kernel_gflops -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn kernel_gflops() {
+        for &(m, n, k) in &[(112usize, 256usize, 576usize), (256, 576, 112), (256, 576, 48)] {
+            let a = vec![0.5f32; m * k];
+            let b = vec![0.25f32; k * n];
+            let mut c = vec![0f32; m * n];
+            let reps = 200;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                gemm_bcast(m, n, k, M::new(&a, m, k), &b, n, &mut c, n, true, 1.0);
+            }
+            let fast = 2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            let t = std::time::Instant::now();
+            for _ in 0..reps {
+                gemm(&mut c, M::new(&a, m, k), M::new(&b, k, n), true, 1.0);
+            }
+            let crate_ = 2.0 * (m * n * k * reps) as f64 / t.elapsed().as_secs_f64() / 1e9;
+            eprintln!("{m}x{n}x{k}: kernel {fast:.1} GFLOP/s, gemm crate {crate_:.1} GFLOP/s");
         }
     }
 }

@@ -111,7 +111,7 @@ pub(crate) fn qlinear_fwd_t(w: &QMatrix, x: &[f32], n: usize, yt: &mut [f32]) {
         let r0 = ti * tr;
         let r1 = (r0 + tr).min(out);
         dequantize_tile(w, r0, r1, buf);
-        gemm_bcast(r1 - r0, n, cols, M::new(buf, r1 - r0, cols), xt, n, chunk, n, false);
+        gemm_bcast(r1 - r0, n, cols, M::new(buf, r1 - r0, cols), xt, n, chunk, n, false, 1.0);
     });
 }
 
@@ -123,20 +123,26 @@ pub(crate) fn qlinear_fwd(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     transpose_into(&yt, out, n, y);
 }
 
-/// `dst[c, r] = src[r, c]` for `src` `[rows, cols]`.
+/// `dst[c, r] = src[r, c]` for `src` `[rows, cols]`, blocks of `dst` rows in parallel.
 pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     assert_eq!(src.len(), rows * cols);
     assert_eq!(dst.len(), rows * cols);
-    const B: usize = 32;
-    for r0 in (0..rows).step_by(B) {
-        for c0 in (0..cols).step_by(B) {
+    if rows == 0 || cols == 0 {
+        return;
+    }
+    const B: usize = 16;
+    dst.par_chunks_mut(B * rows).enumerate().for_each(|(bi, chunk)| {
+        let c0 = bi * B;
+        let nc = chunk.len() / rows;
+        for r0 in (0..rows).step_by(B) {
             for r in r0..(r0 + B).min(rows) {
-                for c in c0..(c0 + B).min(cols) {
-                    dst[c * rows + r] = src[r * cols + c];
+                let s = &src[r * cols + c0..r * cols + c0 + nc];
+                for (c, &v) in s.iter().enumerate() {
+                    chunk[c * rows + r] = v;
                 }
             }
         }
-    }
+    });
 }
 
 /// Fixed number of partial sums of the input gradient: the result does not depend on how
@@ -165,7 +171,7 @@ pub(crate) fn qlinear_bwd(w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
                     acc.resize(n * cols, 0.0);
                 }
                 let dyv = M { data: dy, rows: n, cols: out, rs: out, cs: 1 }.cols(r0, r1 - r0);
-                gemm_bcast(n, cols, r1 - r0, dyv, &buf, cols, &mut acc, cols, !first);
+                gemm_bcast(n, cols, r1 - r0, dyv, &buf, cols, &mut acc, cols, !first, 1.0);
             }
             acc
         })

@@ -18,7 +18,8 @@ use tailor::model::config::{ModelConfig, RopeStyle};
 use tailor::model::qmatrix::QMatrix;
 use tailor::model::weights::ModelWeights;
 
-use crate::linalg::{gemm, qlinear_bwd, qlinear_fwd, M};
+use crate::kernels::gemm_bcast;
+use crate::linalg::{gemm, qlinear_bwd, qlinear_fwd, transpose_into, M};
 use crate::params::LoraParams;
 use crate::{Error, Result};
 
@@ -267,7 +268,9 @@ impl<'a> Net<'a> {
             let b = &p.data[s.b..s.b + s.d_out * s.r];
             u = vec![0f32; n * s.r];
             gemm(&mut u, M::new(x, n, s.d_in), M::new(a, s.r, s.d_in).t(), false, 1.0);
-            gemm(&mut y, M::new(&u, n, s.r), M::new(b, s.d_out, s.r).t(), true, p.scale);
+            let mut bt = vec![0f32; s.r * s.d_out];
+            transpose_into(b, s.d_out, s.r, &mut bt);
+            gemm_bcast(n, s.d_out, s.r, M::new(&u, n, s.r), &bt, s.d_out, &mut y, s.d_out, true, p.scale);
         }
         if let Some(b) = bias {
             for row in y.chunks_mut(b.len()) {
@@ -290,8 +293,8 @@ impl<'a> Net<'a> {
         // g = dy·B;  dA = s · gᵀ·x;  dx += s · g·A
         let mut g = vec![0f32; n * r];
         gemm(&mut g, M::new(dy, n, dout), M::new(b, dout, r), false, 1.0);
-        gemm(&mut grads[s.a..s.a + r * din], M::new(&g, n, r).t(), M::new(x, n, din), true, sc);
-        gemm(dx, M::new(&g, n, r), M::new(a, r, din), true, sc);
+        gemm_bcast(r, din, n, M::new(&g, n, r).t(), x, din, &mut grads[s.a..s.a + r * din], din, true, sc);
+        gemm_bcast(n, din, r, M::new(&g, n, r), a, din, dx, din, true, sc);
     }
 
     fn layer_forward(&self, l: usize, x_in: Vec<f32>, n: usize, lora: Option<&LoraParams>, rope: &Rope) -> (Vec<f32>, LayerTape) {
@@ -315,7 +318,6 @@ impl<'a> Net<'a> {
                 let g = h / group;
                 let qh = M { data: &q[h * hd..], rows: n, cols: hd, rs: qd, cs: 1 };
                 let kg = M { data: &k[g * hd..], rows: n, cols: hd, rs: kvd, cs: 1 };
-                let vg = M { data: &v[g * hd..], rows: n, cols: hd, rs: kvd, cs: 1 };
                 let mut p = vec![0f32; n * n];
                 gemm(&mut p, qh, kg.t(), false, scale);
                 for i in 0..n {
@@ -331,7 +333,7 @@ impl<'a> Net<'a> {
                     row[i + 1..].fill(0.0);
                 }
                 let mut o = vec![0f32; n * hd];
-                gemm(&mut o, M::new(&p, n, n), vg, false, 1.0);
+                gemm_bcast(n, hd, n, M::new(&p, n, n), &v[g * hd..], kvd, &mut o, hd, false, 1.0);
                 (p, o)
             })
             .collect();
@@ -395,14 +397,12 @@ impl<'a> Net<'a> {
             .map(|h| {
                 let g = h / group;
                 let p = &t.probs[h * n * n..(h + 1) * n * n];
-                let qh = M { data: &t.q[h * hd..], rows: n, cols: hd, rs: qd, cs: 1 };
-                let kg = M { data: &t.k[g * hd..], rows: n, cols: hd, rs: kvd, cs: 1 };
                 let vg = M { data: &t.v[g * hd..], rows: n, cols: hd, rs: kvd, cs: 1 };
                 let doh = M { data: &datt[h * hd..], rows: n, cols: hd, rs: qd, cs: 1 };
                 let mut dp = vec![0f32; n * n];
                 gemm(&mut dp, doh, vg.t(), false, 1.0);
                 let mut dv = vec![0f32; n * hd];
-                gemm(&mut dv, M::new(p, n, n).t(), doh, false, 1.0);
+                gemm_bcast(n, hd, n, M::new(p, n, n).t(), &datt[h * hd..], qd, &mut dv, hd, false, 1.0);
                 // dS = P ∘ (dP − Σ_j P·dP), zero above the diagonal (P is).
                 for i in 0..n {
                     let (pr, dr) = (&p[i * n..(i + 1) * n], &mut dp[i * n..(i + 1) * n]);
@@ -412,9 +412,9 @@ impl<'a> Net<'a> {
                     }
                 }
                 let mut dq = vec![0f32; n * hd];
-                gemm(&mut dq, M::new(&dp, n, n), kg, false, scale);
+                gemm_bcast(n, hd, n, M::new(&dp, n, n), &t.k[g * hd..], kvd, &mut dq, hd, false, scale);
                 let mut dk = vec![0f32; n * hd];
-                gemm(&mut dk, M::new(&dp, n, n).t(), qh, false, scale);
+                gemm_bcast(n, hd, n, M::new(&dp, n, n).t(), &t.q[h * hd..], qd, &mut dk, hd, false, scale);
                 (dq, dk, dv)
             })
             .collect();
