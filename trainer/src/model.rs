@@ -312,14 +312,18 @@ impl<'a> Net<'a> {
         // Causal GQA attention, one head per task.
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
+        let kt = heads_transposed(&k, n, nkv, hd);
         let heads: Vec<(Vec<f32>, Vec<f32>)> = (0..nh)
             .into_par_iter()
             .map(|h| {
                 let g = h / group;
-                let qh = M { data: &q[h * hd..], rows: n, cols: hd, rs: qd, cs: 1 };
-                let kg = M { data: &k[g * hd..], rows: n, cols: hd, rs: kvd, cs: 1 };
+                let ktg = &kt[g * hd * n..(g + 1) * hd * n];
                 let mut p = vec![0f32; n * n];
-                gemm(&mut p, qh, kg.t(), false, scale);
+                // Row block i0..i1 of the scores only needs keys 0..i1 (causal).
+                for (i0, i1) in row_blocks(n) {
+                    let qb = M { data: &q[i0 * qd + h * hd..], rows: i1 - i0, cols: hd, rs: qd, cs: 1 };
+                    gemm_bcast(i1 - i0, i1, hd, qb, ktg, n, &mut p[i0 * n..], n, false, scale);
+                }
                 for i in 0..n {
                     let row = &mut p[i * n..(i + 1) * n];
                     let max = row[..=i].iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -333,7 +337,10 @@ impl<'a> Net<'a> {
                     row[i + 1..].fill(0.0);
                 }
                 let mut o = vec![0f32; n * hd];
-                gemm_bcast(n, hd, n, M::new(&p, n, n), &v[g * hd..], kvd, &mut o, hd, false, 1.0);
+                for (i0, i1) in row_blocks(n) {
+                    let pb = M { data: &p[i0 * n..], rows: i1 - i0, cols: i1, rs: n, cs: 1 };
+                    gemm_bcast(i1 - i0, hd, i1, pb, &v[g * hd..], kvd, &mut o[i0 * hd..], hd, false, 1.0);
+                }
                 (p, o)
             })
             .collect();
@@ -392,29 +399,41 @@ impl<'a> Net<'a> {
         self.proj_back(&lw.wo, &t.att, &t.uo, &dx_mid, n, lora, l, Target::O, grads, &mut datt);
         let group = nh / nkv;
         let scale = 1.0 / (hd as f32).sqrt();
+        let vt = heads_transposed(&t.v, n, nkv, hd);
         let per_head: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..nh)
             .into_par_iter()
             .map(|h| {
                 let g = h / group;
                 let p = &t.probs[h * n * n..(h + 1) * n * n];
-                let vg = M { data: &t.v[g * hd..], rows: n, cols: hd, rs: kvd, cs: 1 };
-                let doh = M { data: &datt[h * hd..], rows: n, cols: hd, rs: qd, cs: 1 };
+                let vtg = &vt[g * hd * n..(g + 1) * hd * n];
+                // Only the causal part (keys 0..i1 for query rows i0..i1) is computed; above
+                // the diagonal P is zero, so dS is too.
                 let mut dp = vec![0f32; n * n];
-                gemm(&mut dp, doh, vg.t(), false, 1.0);
-                let mut dv = vec![0f32; n * hd];
-                gemm_bcast(n, hd, n, M::new(p, n, n).t(), &datt[h * hd..], qd, &mut dv, hd, false, 1.0);
-                // dS = P ∘ (dP − Σ_j P·dP), zero above the diagonal (P is).
+                for (i0, i1) in row_blocks(n) {
+                    let dob = M { data: &datt[i0 * qd + h * hd..], rows: i1 - i0, cols: hd, rs: qd, cs: 1 };
+                    gemm_bcast(i1 - i0, i1, hd, dob, vtg, n, &mut dp[i0 * n..], n, false, 1.0);
+                }
+                // dS = P ∘ (dP − Σ_j P·dP).
                 for i in 0..n {
                     let (pr, dr) = (&p[i * n..(i + 1) * n], &mut dp[i * n..(i + 1) * n]);
                     let dot: f32 = pr[..=i].iter().zip(&dr[..=i]).map(|(a, b)| a * b).sum();
-                    for j in 0..n {
+                    for j in 0..=i {
                         dr[j] = pr[j] * (dr[j] - dot);
                     }
+                    dr[i + 1..].fill(0.0);
                 }
-                let mut dq = vec![0f32; n * hd];
-                gemm_bcast(n, hd, n, M::new(&dp, n, n), &t.k[g * hd..], kvd, &mut dq, hd, false, scale);
-                let mut dk = vec![0f32; n * hd];
-                gemm_bcast(n, hd, n, M::new(&dp, n, n).t(), &t.q[h * hd..], qd, &mut dk, hd, false, scale);
+                let (mut dq, mut dk, mut dv) = (vec![0f32; n * hd], vec![0f32; n * hd], vec![0f32; n * hd]);
+                for (i0, i1) in row_blocks(n) {
+                    // dq rows i0..i1 = scale · dS[i0..i1, ..i1] · K[..i1]
+                    let sb = M { data: &dp[i0 * n..], rows: i1 - i0, cols: i1, rs: n, cs: 1 };
+                    gemm_bcast(i1 - i0, hd, i1, sb, &t.k[g * hd..], kvd, &mut dq[i0 * hd..], hd, false, scale);
+                    // dv / dk rows j0..j1 = Σ_{i >= j0} P[i, j]·dO[i] / scale · dS[i, j]·q[i]
+                    let (j0, j1) = (i0, i1);
+                    let pt = M { data: &p[j0 * n + j0..], rows: j1 - j0, cols: n - j0, rs: 1, cs: n };
+                    gemm_bcast(j1 - j0, hd, n - j0, pt, &datt[j0 * qd + h * hd..], qd, &mut dv[j0 * hd..], hd, false, 1.0);
+                    let st = M { data: &dp[j0 * n + j0..], rows: j1 - j0, cols: n - j0, rs: 1, cs: n };
+                    gemm_bcast(j1 - j0, hd, n - j0, st, &t.q[j0 * qd + h * hd..], qd, &mut dk[j0 * hd..], hd, false, scale);
+                }
                 (dq, dk, dv)
             })
             .collect();
@@ -441,6 +460,28 @@ impl<'a> Net<'a> {
         rms_norm_back(&dxn1, &t.x_in, &lw.attn_norm, &t.rstd1, d, &mut dx_in);
         dx_in
     }
+}
+
+/// Query-row blocks of the causal attention products.
+fn row_blocks(n: usize) -> impl Iterator<Item = (usize, usize)> {
+    const RB: usize = 48;
+    (0..n).step_by(RB).map(move |i0| (i0, (i0 + RB).min(n)))
+}
+
+/// `[heads][head_dim, n]`: each head's `[n, head_dim]` columns of `x` (`[n, heads·head_dim]`)
+/// transposed.
+fn heads_transposed(x: &[f32], n: usize, heads: usize, hd: usize) -> Vec<f32> {
+    let w = heads * hd;
+    let mut out = vec![0f32; n * w];
+    for h in 0..heads {
+        let o = &mut out[h * hd * n..(h + 1) * hd * n];
+        for t in 0..n {
+            for c in 0..hd {
+                o[c * n + t] = x[t * w + h * hd + c];
+            }
+        }
+    }
+    out
 }
 
 #[inline]

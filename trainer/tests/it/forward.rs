@@ -27,7 +27,7 @@ fn training_forward_matches_the_decode_path() {
     let seed = fresh_seed();
     let (_d, engine) = tiny(GgmlDType::F32, seed);
     let vocab = engine.model_config().vocab_size;
-    let tokens = random_tokens(&engine, 24, seed);
+    let tokens = random_tokens(&engine, 60, seed);
     let adapter = tailor::testing::random_lora(&engine, 4, 0.2, seed + 1).unwrap();
     for with_lora in [false, true] {
         let mut s = engine.new_session();
