@@ -5,6 +5,10 @@
 use rayon::prelude::*;
 use tailor::model::qmatrix::QMatrix;
 
+use candle_core::quantized::GgmlDType;
+use half::f16;
+use tailor::kernels::{cast_blocks, BlockQ4_1, BlockQ8_0};
+
 use crate::kernels::gemm_bcast;
 
 /// A strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
@@ -89,9 +93,40 @@ fn tile_rows(cols: usize) -> usize {
     (65_536 / cols.max(1)).clamp(16, 512).next_multiple_of(16)
 }
 
-fn dequantize_tile(w: &QMatrix, r0: usize, r1: usize, buf: &mut Vec<f32>) {
+/// Rows `r0..r1` of `w` as dense f32 (`Q4_1` and `Q8_0`, the types of the shipped model, by
+/// a loop the compiler vectorizes; other types through `QMatrix::dequantize_row`). Same
+/// arithmetic as ggml's (`q·d + m`, `q·d`): bit-identical results.
+pub(crate) fn dequantize_tile(w: &QMatrix, r0: usize, r1: usize, buf: &mut Vec<f32>) {
     let cols = w.cols();
     buf.resize((r1 - r0) * cols, 0.0);
+    let bytes = &w.bytes()[r0 * w.row_bytes()..r1 * w.row_bytes()];
+    match w.dtype() {
+        GgmlDType::Q4_1 => {
+            if let Some(blocks) = cast_blocks::<BlockQ4_1>(bytes) {
+                for (b, out) in blocks.iter().zip(buf.chunks_exact_mut(32)) {
+                    let (d, m) = (f16::from_bits(b.d).to_f32(), f16::from_bits(b.m).to_f32());
+                    let (lo, hi) = out.split_at_mut(16);
+                    for j in 0..16 {
+                        lo[j] = (b.qs[j] & 0x0F) as f32 * d + m;
+                        hi[j] = (b.qs[j] >> 4) as f32 * d + m;
+                    }
+                }
+                return;
+            }
+        }
+        GgmlDType::Q8_0 => {
+            if let Some(blocks) = cast_blocks::<BlockQ8_0>(bytes) {
+                for (b, out) in blocks.iter().zip(buf.chunks_exact_mut(32)) {
+                    let d = f16::from_bits(b.d).to_f32();
+                    for (o, &q) in out.iter_mut().zip(&b.qs) {
+                        *o = q as f32 * d;
+                    }
+                }
+                return;
+            }
+        }
+        _ => {}
+    }
     for (i, r) in (r0..r1).enumerate() {
         w.dequantize_row(r, &mut buf[i * cols..(i + 1) * cols]);
     }
@@ -186,7 +221,6 @@ pub(crate) fn qlinear_bwd(w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::quantized::GgmlDType;
 
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         let mut c = vec![0f32; m * n];
@@ -218,6 +252,21 @@ mod tests {
         // accumulate with beta
         gemm(&mut c, M::new(&a, m, k), M::new(&b, k, n), true, -1.0);
         assert!(c.iter().all(|x| x.abs() < 1e-4));
+    }
+
+    #[test]
+    fn tile_dequantization_is_bit_identical_to_the_sdk() {
+        for dt in [GgmlDType::Q4_1, GgmlDType::Q8_0, GgmlDType::Q4_0, GgmlDType::F32] {
+            let (rows, cols) = (7, 96);
+            let w = QMatrix::quantize(dt, rows, cols, &vals(rows * cols, 9)).unwrap();
+            let mut buf = Vec::new();
+            dequantize_tile(&w, 2, 6, &mut buf);
+            let mut want = vec![0f32; 4 * cols];
+            for r in 2..6 {
+                w.dequantize_row(r, &mut want[(r - 2) * cols..(r - 1) * cols]);
+            }
+            assert_eq!(buf, want, "{dt:?}");
+        }
     }
 
     #[test]
