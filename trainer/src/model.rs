@@ -34,11 +34,11 @@ pub(crate) enum Keep {
     LayerInputs,
 }
 
-/// Activations of one layer.
+/// Activations of one layer (the normalized inputs and the MLP's hidden product are not kept:
+/// the backward pass recomputes them elementwise, bit-identically).
 struct LayerTape {
     x_in: Vec<f32>,
     rstd1: Vec<f32>,
-    xn1: Vec<f32>,
     /// After RoPE.
     q: Vec<f32>,
     /// After RoPE.
@@ -53,10 +53,8 @@ struct LayerTape {
     uo: Vec<f32>,
     x_mid: Vec<f32>,
     rstd2: Vec<f32>,
-    xn2: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
-    h: Vec<f32>,
     ug: Vec<f32>,
     uu: Vec<f32>,
     ud: Vec<f32>,
@@ -364,7 +362,7 @@ impl<'a> Net<'a> {
         let mut x_out = x_mid.clone();
         x_out.iter_mut().zip(&down).for_each(|(a, b)| *a += b);
         let tape = LayerTape {
-            x_in, rstd1, xn1, q, k, v, uq, uk, uv, probs, att, uo, x_mid, rstd2, xn2, gate, up, h, ug, uu, ud,
+            x_in, rstd1, q, k, v, uq, uk, uv, probs, att, uo, x_mid, rstd2, gate, up, ug, uu, ud,
         };
         (x_out, tape)
     }
@@ -379,7 +377,8 @@ impl<'a> Net<'a> {
         // MLP.
         let mut dx_mid = dx_out;
         let mut dh = vec![0f32; n * ff];
-        self.proj_back(&lw.w_down, &t.h, &t.ud, &dx_mid, n, lora, l, Target::Down, grads, &mut dh);
+        let h: Vec<f32> = t.gate.iter().zip(&t.up).map(|(&g, &u)| silu(g) * u).collect();
+        self.proj_back(&lw.w_down, &h, &t.ud, &dx_mid, n, lora, l, Target::Down, grads, &mut dh);
         let mut dgate = vec![0f32; n * ff];
         let mut dup = vec![0f32; n * ff];
         for i in 0..n * ff {
@@ -388,10 +387,12 @@ impl<'a> Net<'a> {
             dup[i] = dh[i] * g * sg;
             dgate[i] = dh[i] * t.up[i] * sg * (1.0 + g * (1.0 - sg));
         }
-        drop(dh);
+        drop((dh, h));
         let mut dxn2 = vec![0f32; n * d];
-        self.proj_back(&lw.w_gate, &t.xn2, &t.ug, &dgate, n, lora, l, Target::Gate, grads, &mut dxn2);
-        self.proj_back(&lw.w_up, &t.xn2, &t.uu, &dup, n, lora, l, Target::Up, grads, &mut dxn2);
+        let xn2 = rms_apply(&t.x_mid, &lw.ffn_norm, &t.rstd2, d);
+        self.proj_back(&lw.w_gate, &xn2, &t.ug, &dgate, n, lora, l, Target::Gate, grads, &mut dxn2);
+        self.proj_back(&lw.w_up, &xn2, &t.uu, &dup, n, lora, l, Target::Up, grads, &mut dxn2);
+        drop(xn2);
         rms_norm_back(&dxn2, &t.x_mid, &lw.ffn_norm, &t.rstd2, d, &mut dx_mid);
 
         // Attention.
@@ -453,9 +454,10 @@ impl<'a> Net<'a> {
         self.rope(&mut dq, n, nh, rope, true);
         self.rope(&mut dk, n, nkv, rope, true);
         let mut dxn1 = vec![0f32; n * d];
-        self.proj_back(&lw.wq, &t.xn1, &t.uq, &dq, n, lora, l, Target::Q, grads, &mut dxn1);
-        self.proj_back(&lw.wk, &t.xn1, &t.uk, &dk, n, lora, l, Target::K, grads, &mut dxn1);
-        self.proj_back(&lw.wv, &t.xn1, &t.uv, &dv, n, lora, l, Target::V, grads, &mut dxn1);
+        let xn1 = rms_apply(&t.x_in, &lw.attn_norm, &t.rstd1, d);
+        self.proj_back(&lw.wq, &xn1, &t.uq, &dq, n, lora, l, Target::Q, grads, &mut dxn1);
+        self.proj_back(&lw.wk, &xn1, &t.uk, &dk, n, lora, l, Target::K, grads, &mut dxn1);
+        self.proj_back(&lw.wv, &xn1, &t.uv, &dv, n, lora, l, Target::V, grads, &mut dxn1);
         let mut dx_in = dx_mid;
         rms_norm_back(&dxn1, &t.x_in, &lw.attn_norm, &t.rstd1, d, &mut dx_in);
         dx_in
@@ -502,6 +504,17 @@ fn rms_norm(x: &[f32], g: &[f32], eps: f32, d: usize) -> (Vec<f32>, Vec<f32>) {
         rstd.push(r);
     }
     (out, rstd)
+}
+
+/// `x · rstd · g` row by row, as [`rms_norm`] computes it (bit-identical).
+fn rms_apply(x: &[f32], g: &[f32], rstd: &[f32], d: usize) -> Vec<f32> {
+    let mut out = vec![0f32; x.len()];
+    for ((xr, or), &r) in x.chunks(d).zip(out.chunks_mut(d)).zip(rstd) {
+        for ((o, xi), gi) in or.iter_mut().zip(xr).zip(g) {
+            *o = xi * r * gi;
+        }
+    }
+    out
 }
 
 /// `dx += ∂(rms_norm)/∂x · dy`.
