@@ -3,6 +3,7 @@
 //! rows at a time (never the whole matrix) and split the tiles over the rayon pool.
 
 use rayon::prelude::*;
+use rayon::ThreadPool;
 use tailor::model::qmatrix::QMatrix;
 
 use candle_core::quantized::GgmlDType;
@@ -134,39 +135,41 @@ pub(crate) fn dequantize_tile(w: &QMatrix, r0: usize, r1: usize, buf: &mut Vec<f
 
 /// `yᵀ[out, n] = W[out, in] · xᵀ` for `x` `[n, in]`: the product transposed, so that each
 /// tile of weight rows writes a contiguous block.
-pub(crate) fn qlinear_fwd_t(w: &QMatrix, x: &[f32], n: usize, yt: &mut [f32]) {
+pub(crate) fn qlinear_fwd_t(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, yt: &mut [f32]) {
     let (out, cols) = (w.rows(), w.cols());
     assert_eq!(x.len(), n * cols, "qlinear: input size");
     assert_eq!(yt.len(), n * out, "qlinear: output size");
     let tr = tile_rows(cols);
     let mut xt = vec![0f32; n * cols];
-    transpose_into(x, n, cols, &mut xt);
+    transpose_into(pool, x, n, cols, &mut xt);
     let xt = &xt;
-    yt.par_chunks_mut(tr * n).enumerate().for_each_init(Vec::new, |buf, (ti, chunk)| {
-        let r0 = ti * tr;
-        let r1 = (r0 + tr).min(out);
-        dequantize_tile(w, r0, r1, buf);
-        gemm_bcast(r1 - r0, n, cols, M::new(buf, r1 - r0, cols), xt, n, chunk, n, false, 1.0);
+    pool.install(|| {
+        yt.par_chunks_mut(tr * n).enumerate().for_each_init(Vec::new, |buf, (ti, chunk)| {
+            let r0 = ti * tr;
+            let r1 = (r0 + tr).min(out);
+            dequantize_tile(w, r0, r1, buf);
+            gemm_bcast(r1 - r0, n, cols, M::new(buf, r1 - r0, cols), xt, n, chunk, n, false, 1.0);
+        })
     });
 }
 
 /// `y[n, out] = x[n, in] · Wᵀ`.
-pub(crate) fn qlinear_fwd(w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
+pub(crate) fn qlinear_fwd(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     let out = w.rows();
     let mut yt = vec![0f32; n * out];
-    qlinear_fwd_t(w, x, n, &mut yt);
-    transpose_into(&yt, out, n, y);
+    qlinear_fwd_t(pool, w, x, n, &mut yt);
+    transpose_into(pool, &yt, out, n, y);
 }
 
 /// `dst[c, r] = src[r, c]` for `src` `[rows, cols]`, blocks of `dst` rows in parallel.
-pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+pub(crate) fn transpose_into(pool: &ThreadPool, src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
     assert_eq!(src.len(), rows * cols);
     assert_eq!(dst.len(), rows * cols);
     if rows == 0 || cols == 0 {
         return;
     }
     const B: usize = 16;
-    dst.par_chunks_mut(B * rows).enumerate().for_each(|(bi, chunk)| {
+    let one = |(bi, chunk): (usize, &mut [f32])| {
         let c0 = bi * B;
         let nc = chunk.len() / rows;
         for r0 in (0..rows).step_by(B) {
@@ -177,7 +180,12 @@ pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f
                 }
             }
         }
-    });
+    };
+    if rows * cols < 1 << 16 {
+        dst.chunks_mut(B * rows).enumerate().for_each(one);
+    } else {
+        pool.install(|| dst.par_chunks_mut(B * rows).enumerate().for_each(one));
+    }
 }
 
 /// Fixed number of partial sums of the input gradient: the result does not depend on how
@@ -185,33 +193,33 @@ pub(crate) fn transpose_into(src: &[f32], rows: usize, cols: usize, dst: &mut [f
 const PARTS: usize = 4;
 
 /// `dx[n, in] += dy[n, out] · W[out, in]`.
-pub(crate) fn qlinear_bwd(w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
+pub(crate) fn qlinear_bwd(pool: &ThreadPool, w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
     let (out, cols) = (w.rows(), w.cols());
     assert_eq!(dy.len(), n * out, "qlinear backward: dy size");
     assert_eq!(dx.len(), n * cols, "qlinear backward: dx size");
     let tr = tile_rows(cols);
     let tiles = out.div_ceil(tr);
     let per_part = tiles.div_ceil(PARTS);
-    let partials: Vec<Vec<f32>> = (0..PARTS)
-        .into_par_iter()
-        .map(|p| {
-            let mut acc = Vec::new();
+    // Allocated here, not on the workers (glibc's per-thread arenas would keep it).
+    let mut partials = vec![0f32; PARTS * n * cols];
+    let used: Vec<bool> = pool.install(|| partials
+        .par_chunks_mut(n * cols)
+        .enumerate()
+        .map(|(p, acc)| {
             let mut buf = Vec::new();
+            let mut first = true;
             for ti in p * per_part..((p + 1) * per_part).min(tiles) {
                 let r0 = ti * tr;
                 let r1 = (r0 + tr).min(out);
                 dequantize_tile(w, r0, r1, &mut buf);
-                let first = acc.is_empty();
-                if first {
-                    acc.resize(n * cols, 0.0);
-                }
                 let dyv = M { data: dy, rows: n, cols: out, rs: out, cs: 1 }.cols(r0, r1 - r0);
-                gemm_bcast(n, cols, r1 - r0, dyv, &buf, cols, &mut acc, cols, !first, 1.0);
+                gemm_bcast(n, cols, r1 - r0, dyv, &buf, cols, acc, cols, !first, 1.0);
+                first = false;
             }
-            acc
+            !first
         })
-        .collect();
-    for p in partials.iter().filter(|p| !p.is_empty()) {
+        .collect());
+    for (p, _) in partials.chunks_exact(n * cols).zip(&used).filter(|(_, &u)| u) {
         for (d, s) in dx.iter_mut().zip(p) {
             *d += s;
         }
@@ -221,6 +229,10 @@ pub(crate) fn qlinear_bwd(w: &QMatrix, dy: &[f32], n: usize, dx: &mut [f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pool() -> ThreadPool {
+        rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap()
+    }
 
     fn naive(a: &[f32], b: &[f32], m: usize, k: usize, n: usize) -> Vec<f32> {
         let mut c = vec![0f32; m * n];
@@ -242,7 +254,7 @@ mod tests {
         let a = vals(m * k, 1);
         let bt = vals(n * k, 2); // stored [n, k], used transposed
         let mut b = vec![0f32; k * n];
-        transpose_into(&bt, n, k, &mut b);
+        transpose_into(&pool(), &bt, n, k, &mut b);
         let want = naive(&a, &b, m, k, n);
         let mut c = vec![1f32; m * n];
         gemm(&mut c, M::new(&a, m, k), M::new(&bt, n, k).t(), false, 1.0);
@@ -276,16 +288,16 @@ mod tests {
         let wd = w.dequantize();
         let x = vals(n * cols, 4);
         let mut y = vec![0f32; n * out];
-        qlinear_fwd(&w, &x, n, &mut y);
+        qlinear_fwd(&pool(), &w, &x, n, &mut y);
         let mut wt = vec![0f32; out * cols];
-        transpose_into(&wd, out, cols, &mut wt);
+        transpose_into(&pool(), &wd, out, cols, &mut wt);
         let want = naive(&x, &wt, n, cols, out);
         for (a, b) in y.iter().zip(&want) {
             assert!((a - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
         }
         let dy = vals(n * out, 5);
         let mut dx = vec![0.5f32; n * cols];
-        qlinear_bwd(&w, &dy, n, &mut dx);
+        qlinear_bwd(&pool(), &w, &dy, n, &mut dx);
         let want = naive(&dy, &wd, n, out, cols);
         for (a, b) in dx.iter().zip(&want) {
             assert!((a - 0.5 - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");

@@ -31,13 +31,13 @@ impl AnswerScore {
 /// are cut.
 pub fn score_answers(engine: &Engine, adapter: Option<&LoraAdapter>, examples: &[SftExample], threads: usize) -> Result<Vec<AnswerScore>> {
     let params = adapter.map(|a| LoraParams::from_adapter(a, engine.base_shapes(), engine.qk_layout())).transpose()?;
-    let net = Net::new(engine.model_config(), engine.weights());
     let threads = if threads == 0 { engine.threads().max(1) } else { threads };
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| crate::Error::invalid_config(format!("worker threads: {e}")))?;
-    pool.install(|| {
+    let net = Net::new(engine.model_config(), engine.weights(), &pool);
+    {
         examples
             .iter()
             .enumerate()
@@ -53,7 +53,7 @@ pub fn score_answers(engine: &Engine, adapter: Option<&LoraAdapter>, examples: &
                 Ok(AnswerScore { logprob: logp.iter().map(|&x| x as f64).sum(), tokens: logp.len() })
             })
             .collect()
-    })
+    }
 }
 
 /// Mean answer-token NLL over `examples` (token-weighted).

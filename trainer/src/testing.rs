@@ -17,7 +17,8 @@ pub fn loss_and_grads(
     targets: &[(usize, u32)],
     checkpointing: bool,
 ) -> Result<(f64, LoraAdapter)> {
-    let net = Net::new(engine.model_config(), engine.weights());
+    let pool = pool()?;
+    let net = Net::new(engine.model_config(), engine.weights(), &pool);
     let params = LoraParams::from_adapter(adapter, engine.base_shapes(), engine.qk_layout())?;
     let keep = if checkpointing { Keep::LayerInputs } else { Keep::All };
     let (logp, tape) = net.forward(tokens, targets, Some(&params), keep)?;
@@ -30,7 +31,8 @@ pub fn loss_and_grads(
 
 /// `Σ -log p(target)` under the base plus `adapter` (no gradient).
 pub fn loss(engine: &Engine, adapter: Option<&LoraAdapter>, tokens: &[u32], targets: &[(usize, u32)]) -> Result<f64> {
-    let net = Net::new(engine.model_config(), engine.weights());
+    let pool = pool()?;
+    let net = Net::new(engine.model_config(), engine.weights(), &pool);
     let params = adapter.map(|a| LoraParams::from_adapter(a, engine.base_shapes(), engine.qk_layout())).transpose()?;
     let (logp, _) = net.forward(tokens, targets, params.as_ref(), Keep::Nothing)?;
     Ok(-logp.iter().map(|&x| x as f64).sum::<f64>())
@@ -39,7 +41,12 @@ pub fn loss(engine: &Engine, adapter: Option<&LoraAdapter>, tokens: &[u32], targ
 /// Log-softmax of every position's logits (`[n, vocab]`) from the training forward, to check
 /// it against the decode path's `Session::logits_all`.
 pub fn log_softmax_all(engine: &Engine, adapter: Option<&LoraAdapter>, tokens: &[u32]) -> Result<Vec<f32>> {
-    let net = Net::new(engine.model_config(), engine.weights());
+    let pool = pool()?;
+    let net = Net::new(engine.model_config(), engine.weights(), &pool);
     let params = adapter.map(|a| LoraParams::from_adapter(a, engine.base_shapes(), engine.qk_layout())).transpose()?;
     net.log_softmax_all(tokens, params.as_ref())
+}
+
+fn pool() -> Result<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new().num_threads(2).build().map_err(|e| crate::Error::invalid_config(e.to_string()))
 }

@@ -295,7 +295,7 @@ impl Trainer {
     fn train_inner(&self, data: &TrainData, progress: &mut dyn FnMut(&Progress) -> Flow, pool: &rayon::ThreadPool) -> Result<TrainOutput> {
         let c = &self.config;
         let items = self.items(data)?;
-        let net = Net::new(self.engine.model_config(), self.engine.weights());
+        let net = Net::new(self.engine.model_config(), self.engine.weights(), pool);
         let per_step = c.batch_size * c.grad_accum_steps;
         let total_steps = c.max_steps.unwrap_or(c.epochs * items.len().div_ceil(per_step));
         let run_id = self.run_id(data);
@@ -383,23 +383,23 @@ impl Trainer {
                 match &items[i] {
                     Item::Sft(s) => {
                         let coef = 1.0 / sft_tokens as f32;
-                        let (logp, tape) = pool.install(|| net.forward(&s.tokens, &s.targets, Some(&params), keep))?;
+                        let (logp, tape) = net.forward(&s.tokens, &s.targets, Some(&params), keep)?;
                         loss -= logp.iter().map(|&x| x as f64).sum::<f64>() * coef as f64;
-                        pool.install(|| net.backward(tape.expect("kept"), coef, &params, &mut grads));
+                        net.backward(tape.expect("kept"), coef, &params, &mut grads);
                         step_tokens += s.tokens.len() as u64;
                     }
                     Item::Pref { chosen, rejected } => {
                         let (ref_c, ref_r) = match ref_cache[i] {
                             Some(v) => v,
                             None => {
-                                let rc: f32 = pool.install(|| net.forward(&chosen.tokens, &chosen.targets, None, Keep::Nothing))?.0.iter().sum();
-                                let rr: f32 = pool.install(|| net.forward(&rejected.tokens, &rejected.targets, None, Keep::Nothing))?.0.iter().sum();
+                                let rc: f32 = net.forward(&chosen.tokens, &chosen.targets, None, Keep::Nothing)?.0.iter().sum();
+                                let rr: f32 = net.forward(&rejected.tokens, &rejected.targets, None, Keep::Nothing)?.0.iter().sum();
                                 ref_cache[i] = Some((rc, rr));
                                 (rc, rr)
                             }
                         };
-                        let (lc, tc) = pool.install(|| net.forward(&chosen.tokens, &chosen.targets, Some(&params), keep))?;
-                        let (lr, tr) = pool.install(|| net.forward(&rejected.tokens, &rejected.targets, Some(&params), keep))?;
+                        let (lc, tc) = net.forward(&chosen.tokens, &chosen.targets, Some(&params), keep)?;
+                        let (lr, tr) = net.forward(&rejected.tokens, &rejected.targets, Some(&params), keep)?;
                         let (lc, lr): (f32, f32) = (lc.iter().sum(), lr.iter().sum());
                         let z = c.dpo_beta * ((lc - ref_c) - (lr - ref_r));
                         let w = c.dpo_weight / pairs as f32;
@@ -407,8 +407,8 @@ impl Trainer {
                         loss += (w * softplus(-z)) as f64;
                         let g = w * c.dpo_beta * sigmoid(-z);
                         // J = coef·(-log π): coef_c = g, coef_r = -g.
-                        pool.install(|| net.backward(tc.expect("kept"), g, &params, &mut grads));
-                        pool.install(|| net.backward(tr.expect("kept"), -g, &params, &mut grads));
+                        net.backward(tc.expect("kept"), g, &params, &mut grads);
+                        net.backward(tr.expect("kept"), -g, &params, &mut grads);
                         step_tokens += (chosen.tokens.len() + rejected.tokens.len()) as u64;
                     }
                 }
