@@ -52,6 +52,11 @@ fn main() -> Result<()> {
     c.lora_rank = 8;
     c.lora_alpha = 16.0;
     c.learning_rate = 1e-4;
+    // Constant learning rate, no weight decay, clipping at 1.0: what bench/peft_train.py does,
+    // so the two loss curves can be compared step by step.
+    c.warmup_steps = 0;
+    c.min_lr_ratio = 1.0;
+    c.weight_decay = 0.0;
     c.max_steps = Some(steps + 1);
     c.max_seq_len = seq;
     c.threads = threads;

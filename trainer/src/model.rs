@@ -263,6 +263,7 @@ impl<'a> Net<'a> {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn proj(&self, w: &QMatrix, bias: Option<&[f32]>, x: &[f32], n: usize, lora: Option<&LoraParams>, l: usize, t: Target) -> (Vec<f32>, Vec<f32>) {
         let mut y = vec![0f32; n * w.rows()];
         qlinear_fwd(self.pool, w, x, n, &mut y);

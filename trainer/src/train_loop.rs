@@ -185,7 +185,7 @@ impl Trainer {
         if c.max_steps == Some(0) || (c.max_steps.is_none() && c.epochs == 0) {
             return bad("the run has no steps (epochs or max_steps is 0)");
         }
-        if !(c.dpo_beta > 0.0) || !(0.0..=1.0).contains(&c.min_lr_ratio) || c.weight_decay < 0.0 {
+        if c.dpo_beta.is_nan() || c.dpo_beta <= 0.0 || !(0.0..=1.0).contains(&c.min_lr_ratio) || c.weight_decay < 0.0 {
             return bad("dpo_beta must be positive, min_lr_ratio in [0, 1], weight_decay >= 0");
         }
         Ok(Self { engine: engine.clone(), config, initial: None, cancel: CancelHandle::default() })

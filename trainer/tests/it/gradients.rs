@@ -68,7 +68,9 @@ fn dense(m: &QMatrix) -> Tensor {
 /// The same loss written with candle ops on the dequantized weights, differentiated by
 /// candle's autograd. Returns the loss and the gradients of every (layer, target)'s A and B
 /// (B's rows in PEFT order).
-fn candle_reference(engine: &Engine, adapter: &LoraAdapter, tokens: &[u32], targets: &[(usize, u32)]) -> (f64, BTreeMap<(usize, Target), (Vec<f32>, Vec<f32>)>) {
+type PairGrads = BTreeMap<(usize, Target), (Vec<f32>, Vec<f32>)>;
+
+fn candle_reference(engine: &Engine, adapter: &LoraAdapter, tokens: &[u32], targets: &[(usize, u32)]) -> (f64, PairGrads) {
     let dev = Device::Cpu;
     let cfg = engine.model_config();
     let w = engine.weights();
