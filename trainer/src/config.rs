@@ -56,6 +56,11 @@ pub struct TrainConfig {
     /// Keep only each layer's input and recompute its activations in the backward pass
     /// (about 1/10 of the activation memory for ~1/3 more compute).
     pub activation_checkpointing: bool,
+    /// Memory budget for one sequence's saved activations, in MiB (both sequences of a DPO
+    /// pair together). Sequences whose full activations would not fit are trained with
+    /// activation checkpointing; an example that does not fit even then is refused
+    /// (`InvalidExample`) before training starts. `None` = no limit.
+    pub max_activation_mib: Option<usize>,
     /// Worker threads (`0` = as many as the engine uses).
     pub threads: usize,
     /// Where checkpoints go (`None` = no checkpoints).
@@ -90,6 +95,7 @@ impl Default for TrainConfig {
             dpo_weight: 1.0,
             seed: 0,
             activation_checkpointing: false,
+            max_activation_mib: None,
             threads: 0,
             checkpoint_dir: None,
             checkpoint_every: 0,

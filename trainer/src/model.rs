@@ -223,6 +223,19 @@ impl<'a> Net<'a> {
         Ok((logp, tape))
     }
 
+    /// Estimated bytes a forward pass with `keep` holds for its backward pass (`n` tokens, `m`
+    /// scored positions), including the `[m, vocab]` softmax and its transient copy.
+    pub fn activation_bytes(&self, n: usize, m: usize, keep: Keep) -> usize {
+        let c = self.cfg;
+        let (qd, kvd) = (c.n_heads * c.head_dim, c.kv_dim());
+        let per_layer = match keep {
+            Keep::Nothing => 0,
+            Keep::LayerInputs => n * c.d_model,
+            Keep::All => n * (2 * c.d_model + 2 * qd + 2 * kvd + 2 * c.ffn_dim + c.n_heads * n),
+        };
+        4 * (c.n_layers * per_layer + 2 * m * c.vocab_size + 4 * n * c.d_model)
+    }
+
     /// Log-softmax of the logits of every position, `[n, vocab]`.
     pub fn log_softmax_all(&self, tokens: &[u32], lora: Option<&LoraParams>) -> Result<Vec<f32>> {
         let targets: Vec<(usize, u32)> = (0..tokens.len()).map(|p| (p, 0)).collect();

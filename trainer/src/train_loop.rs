@@ -120,8 +120,8 @@ pub(crate) fn sequence(prompt: &[u32], answer: &[u32], max_len: usize) -> Seq {
 }
 
 enum Item {
-    Sft(Seq),
-    Pref { chosen: Seq, rejected: Seq },
+    Sft(Seq, Keep),
+    Pref { chosen: Seq, rejected: Seq, keep: Keep },
 }
 
 /// Trains LoRA adapters on one engine's base.
@@ -237,7 +237,26 @@ impl Trainer {
         self.train_inner(data, progress, &pool)
     }
 
-    fn items(&self, data: &TrainData) -> Result<Vec<Item>> {
+    /// What to keep for the backward pass of sequences `seqs` (held at once) under the
+    /// configuration's memory budget.
+    fn keep_for(&self, net: &Net<'_>, seqs: &[&Seq], index: usize) -> Result<Keep> {
+        let need = |keep| seqs.iter().map(|s| net.activation_bytes(s.tokens.len(), s.targets.len(), keep)).sum::<usize>();
+        let preferred = if self.config.activation_checkpointing { Keep::LayerInputs } else { Keep::All };
+        let Some(mib) = self.config.max_activation_mib else { return Ok(preferred) };
+        let budget = mib.saturating_mul(1 << 20);
+        if need(preferred) <= budget {
+            Ok(preferred)
+        } else if need(Keep::LayerInputs) <= budget {
+            Ok(Keep::LayerInputs)
+        } else {
+            Err(Error::InvalidExample {
+                index,
+                reason: format!("needs {} MiB of activations, over max_activation_mib = {mib}", need(Keep::LayerInputs) >> 20),
+            })
+        }
+    }
+
+    fn items(&self, data: &TrainData, net: &Net<'_>) -> Result<Vec<Item>> {
         if data.is_empty() {
             return Err(Error::NoExamples);
         }
@@ -256,20 +275,23 @@ impl Trainer {
         for (i, e) in data.sft.iter().enumerate() {
             let s = sequence(&e.prompt_tokens, &e.answer_tokens, max);
             check(i, &s)?;
-            items.push(Item::Sft(s));
+            let keep = self.keep_for(net, &[&s], i)?;
+            items.push(Item::Sft(s, keep));
         }
         for (i, e) in data.preferences.iter().enumerate() {
             let chosen = sequence(&e.prompt_tokens, &e.chosen_tokens, max);
             let rejected = sequence(&e.prompt_tokens, &e.rejected_tokens, max);
             check(i, &chosen)?;
             check(i, &rejected)?;
-            items.push(Item::Pref { chosen, rejected });
+            let keep = self.keep_for(net, &[&chosen, &rejected], i)?;
+            items.push(Item::Pref { chosen, rejected, keep });
         }
         Ok(items)
     }
 
     /// Identifies what a checkpoint belongs to: base, data, initial adapter and every setting
-    /// that changes the arithmetic (not limits, threads, activation checkpointing or paths).
+    /// that changes the arithmetic (not limits, threads, activation checkpointing, memory budget
+    /// or paths).
     fn run_id(&self, data: &TrainData) -> String {
         let mut c = self.config.clone();
         c.max_seconds = None;
@@ -278,6 +300,7 @@ impl Trainer {
         c.checkpoint_every = 0;
         c.resume = false;
         c.activation_checkpointing = false;
+        c.max_activation_mib = None;
         let mut h = Sha256::new();
         h.update(self.engine.base_fingerprint().as_str().as_bytes());
         h.update(serde_json::to_vec(&c).unwrap_or_default());
@@ -294,8 +317,8 @@ impl Trainer {
 
     fn train_inner(&self, data: &TrainData, progress: &mut dyn FnMut(&Progress) -> Flow, pool: &rayon::ThreadPool) -> Result<TrainOutput> {
         let c = &self.config;
-        let items = self.items(data)?;
         let net = Net::new(self.engine.model_config(), self.engine.weights(), pool);
+        let items = self.items(data, &net)?;
         let per_step = c.batch_size * c.grad_accum_steps;
         let total_steps = c.max_steps.unwrap_or(c.epochs * items.len().div_ceil(per_step));
         let run_id = self.run_id(data);
@@ -351,7 +374,6 @@ impl Trainer {
         let start = Instant::now();
         let tokens_at_start = meta.trained_tokens;
         let mut grads = vec![0f32; params.len()];
-        let keep = if c.activation_checkpointing { Keep::LayerInputs } else { Keep::All };
         let mut ref_cache: Vec<Option<(f32, f32)>> = vec![None; items.len()];
         let mut stop = StopReason::Completed;
 
@@ -368,7 +390,7 @@ impl Trainer {
                 picked.push(order[cursor] as usize);
                 cursor += 1;
             }
-            let sft_tokens: usize = picked.iter().map(|&i| if let Item::Sft(s) = &items[i] { s.targets.len() } else { 0 }).sum();
+            let sft_tokens: usize = picked.iter().map(|&i| if let Item::Sft(s, _) = &items[i] { s.targets.len() } else { 0 }).sum();
             let pairs = picked.iter().filter(|&&i| matches!(items[i], Item::Pref { .. })).count();
 
             grads.fill(0.0);
@@ -381,14 +403,14 @@ impl Trainer {
                     break;
                 }
                 match &items[i] {
-                    Item::Sft(s) => {
+                    &Item::Sft(ref s, keep) => {
                         let coef = 1.0 / sft_tokens as f32;
                         let (logp, tape) = net.forward(&s.tokens, &s.targets, Some(&params), keep)?;
                         loss -= logp.iter().map(|&x| x as f64).sum::<f64>() * coef as f64;
                         net.backward(tape.expect("kept"), coef, &params, &mut grads);
                         step_tokens += s.tokens.len() as u64;
                     }
-                    Item::Pref { chosen, rejected } => {
+                    &Item::Pref { ref chosen, ref rejected, keep } => {
                         let (ref_c, ref_r) = match ref_cache[i] {
                             Some(v) => v,
                             None => {

@@ -179,6 +179,11 @@ fn bad_input_is_refused() {
     assert_eq!(run(empty_answer).unwrap_err().kind(), ErrorKind::InvalidInput);
     let bad_token = TrainData::sft(vec![SftExample { prompt_tokens: vec![1], answer_tokens: vec![1_000_000] }]);
     assert_eq!(run(bad_token).unwrap_err().kind(), ErrorKind::InvalidInput);
+    let mut tight = config(3, 1e-3, 0);
+    tight.max_activation_mib = Some(0);
+    let ok = TrainData::sft(vec![SftExample { prompt_tokens: vec![1, 2], answer_tokens: vec![3, 4] }]);
+    let err = Trainer::new(&engine, tight).unwrap().train(&ok, &mut |_| Flow::Continue).unwrap_err();
+    assert!(matches!(err, tailor_trainer::Error::InvalidExample { .. }), "{err}");
     let mut c = config(3, 1e-3, 0);
     c.lora_rank = 0;
     assert_eq!(Trainer::new(&engine, c).unwrap_err().kind(), ErrorKind::InvalidInput);
