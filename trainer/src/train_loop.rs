@@ -402,15 +402,15 @@ impl Trainer {
                     cancelled = true;
                     break;
                 }
-                match &items[i] {
-                    &Item::Sft(ref s, keep) => {
+                match items[i] {
+                    Item::Sft(ref s, keep) => {
                         let coef = 1.0 / sft_tokens as f32;
                         let (logp, tape) = net.forward(&s.tokens, &s.targets, Some(&params), keep)?;
                         loss -= logp.iter().map(|&x| x as f64).sum::<f64>() * coef as f64;
                         net.backward(tape.expect("kept"), coef, &params, &mut grads);
                         step_tokens += s.tokens.len() as u64;
                     }
-                    &Item::Pref { ref chosen, ref rejected, keep } => {
+                    Item::Pref { ref chosen, ref rejected, keep } => {
                         let (ref_c, ref_r) = match ref_cache[i] {
                             Some(v) => v,
                             None => {
