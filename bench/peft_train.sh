@@ -3,7 +3,9 @@
 # to back in one run (r = 8 on all seven projections, sequence 256, batch 1, f32 LoRA
 # parameters, AdamW, 2 threads). Not a test; prints both JSON lines and the ratios.
 #
-#   bench/peft_train.sh [--model M.gguf] [--threads 2] [--seq 256] [--steps 6]
+#   bench/peft_train.sh [--model M.gguf] [--threads 2] [--seq 256] [--steps 6] [--checkpointing]
+#
+# --checkpointing runs Tailor with activation checkpointing (PEFT stays without).
 #
 # Model: default $TAILOR_HOME/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf
 # (TAILOR_HOME defaults to ~/.cache/tailor). PEFT runs in the torch venv: $TORCH_VENV, else
@@ -13,14 +15,15 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 model="${TAILOR_HOME:-$HOME/.cache/tailor}/models/smollm2-135m-instruct/SmolLM2-135M-Instruct.Q4_1.gguf"
-threads=2 seq=256 steps=6
+threads=2 seq=256 steps=6 extra=()
 while [ "$#" -gt 0 ]; do
     case "$1" in
         --model) model="$2"; shift 2 ;;
         --threads) threads="$2"; shift 2 ;;
         --seq) seq="$2"; shift 2 ;;
         --steps) steps="$2"; shift 2 ;;
-        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        --checkpointing) extra+=(--checkpointing); shift ;;
+        -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
         *) echo "peft_train.sh: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -36,7 +39,7 @@ echo "peft_train.sh: building the Tailor bench ..." >&2
 (cd "$root" && cargo build -q --release -p tailor-trainer --bench train)
 bin="$(ls -t "$root"/target/release/deps/train-* | grep -v '\.d$' | head -1)"
 echo "peft_train.sh: Tailor ..." >&2
-"$bin" --model "$model" --threads "$threads" --seq "$seq" --steps "$steps" > "$out/tailor.json"
+"$bin" --model "$model" --threads "$threads" --seq "$seq" --steps "$steps" ${extra[@]+"${extra[@]}"} > "$out/tailor.json"
 echo "peft_train.sh: PEFT ..." >&2
 "$py" "$root/bench/peft_train.py" --model "$model" --threads "$threads" --seq "$seq" --steps "$steps" > "$out/peft.json"
 
