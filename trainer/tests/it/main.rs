@@ -3,4 +3,5 @@
 mod common;
 mod forward;
 mod gradients;
+mod real_model;
 mod training;
