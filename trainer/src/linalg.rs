@@ -197,9 +197,12 @@ pub(crate) fn qlinear_bwd(pool: &ThreadPool, w: &QMatrix, dy: &[f32], n: usize, 
     let (out, cols) = (w.rows(), w.cols());
     assert_eq!(dy.len(), n * out, "qlinear backward: dy size");
     assert_eq!(dx.len(), n * cols, "qlinear backward: dx size");
-    let tr = tile_rows(cols);
-    let tiles = out.div_ceil(tr);
-    let per_part = tiles.div_ceil(PARTS);
+    // Every part gets the same number of tiles of equal height (balanced work), each tile at
+    // most ~256k values (1 MB): tall tiles mean fewer passes over the partial sums.
+    let max_rows = (262_144 / cols.max(1)).max(4);
+    let per_part = out.div_ceil(PARTS).div_ceil(max_rows).max(1);
+    let tiles = PARTS * per_part;
+    let tr = out.div_ceil(tiles).max(1);
     // Allocated here, not on the workers (glibc's per-thread arenas would keep it).
     let mut partials = vec![0f32; PARTS * n * cols];
     let used: Vec<bool> = pool.install(|| partials
@@ -208,9 +211,12 @@ pub(crate) fn qlinear_bwd(pool: &ThreadPool, w: &QMatrix, dy: &[f32], n: usize, 
         .map(|(p, acc)| {
             let mut buf = Vec::new();
             let mut first = true;
-            for ti in p * per_part..((p + 1) * per_part).min(tiles) {
-                let r0 = ti * tr;
+            for ti in p * per_part..(p + 1) * per_part {
+                let r0 = (ti * tr).min(out);
                 let r1 = (r0 + tr).min(out);
+                if r0 == r1 {
+                    break;
+                }
                 dequantize_tile(w, r0, r1, &mut buf);
                 let dyv = M { data: dy, rows: n, cols: out, rs: out, cs: 1 }.cols(r0, r1 - r0);
                 gemm_bcast(n, cols, r1 - r0, dyv, &buf, cols, acc, cols, !first, 1.0);
