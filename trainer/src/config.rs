@@ -49,6 +49,8 @@ pub struct TrainConfig {
     pub max_seq_len: usize,
     /// DPO temperature `beta`.
     pub dpo_beta: f32,
+    /// What DPO's reference policy is.
+    pub dpo_reference: DpoReference,
     /// Weight of the DPO loss when a run has both kinds of examples.
     pub dpo_weight: f32,
     /// Seed of the LoRA initialisation and the data order.
@@ -92,6 +94,7 @@ impl Default for TrainConfig {
             max_seconds: None,
             max_seq_len: 512,
             dpo_beta: 0.1,
+            dpo_reference: DpoReference::Base,
             dpo_weight: 1.0,
             seed: 0,
             activation_checkpointing: false,
@@ -102,6 +105,19 @@ impl Default for TrainConfig {
             resume: true,
         }
     }
+}
+
+/// The reference policy of DPO: the same forward with the trained adapter switched off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum DpoReference {
+    /// The base model alone.
+    #[default]
+    Base,
+    /// The base plus the initial adapter (`Trainer::with_initial_adapter`, e.g. the version
+    /// being replaced), frozen; the base when there is none.
+    InitialAdapter,
 }
 
 mod target_names {

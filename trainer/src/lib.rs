@@ -10,7 +10,8 @@
 //! Objectives:
 //! - **SFT** ([`SftExample`]): cross-entropy on the answer tokens only;
 //! - **DPO** ([`PreferenceExample`]): `-log σ(β·((log π(c) − log π_ref(c)) − (log π(r) −
-//!   log π_ref(r))))`, the reference being the same forward with the adapter switched off.
+//!   log π_ref(r))))`, the reference being the same forward with the adapter switched off
+//!   (the base, or the base plus the initial adapter: [`DpoReference`]).
 //!
 //! The loop ([`Trainer`]): AdamW with decoupled weight decay, linear warm-up + cosine decay,
 //! global gradient-norm clipping, gradient accumulation, a seed (A Kaiming-uniform as PEFT
@@ -61,7 +62,7 @@ mod score;
 mod train_loop;
 
 pub use checkpoint::FILE_NAME as CHECKPOINT_FILE_NAME;
-pub use config::{PreferenceExample, SftExample, TrainConfig, TrainData};
+pub use config::{DpoReference, PreferenceExample, SftExample, TrainConfig, TrainData};
 pub use error::{Error, ErrorKind, Result};
 pub use score::{mean_nll, score_answers, AnswerScore};
 pub use tailor::Flow;

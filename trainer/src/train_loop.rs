@@ -10,7 +10,7 @@ use tailor::adapters::LoraAdapter;
 use tailor::{Engine, Flow};
 
 use crate::checkpoint::{self, Meta, State};
-use crate::config::{TrainConfig, TrainData};
+use crate::config::{DpoReference, TrainConfig, TrainData};
 use crate::model::{Keep, Net};
 use crate::optim::{clip_grad_norm, lr_at, AdamW};
 use crate::params::LoraParams;
@@ -330,6 +330,10 @@ impl Trainer {
             Some(a) => LoraParams::from_adapter(a, shapes, layout)?,
             None => LoraParams::init(shapes, layout, c.lora_rank, c.lora_alpha, &c.targets, &mut rng)?,
         };
+        let ref_params = match (c.dpo_reference, &self.initial) {
+            (DpoReference::InitialAdapter, Some(_)) => Some(params.clone()),
+            _ => None,
+        };
         let mut opt = AdamW::new(params.len(), c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay);
         let mut order: Vec<u32> = (0..items.len() as u32).collect();
         rng.shuffle(&mut order);
@@ -414,8 +418,8 @@ impl Trainer {
                         let (ref_c, ref_r) = match ref_cache[i] {
                             Some(v) => v,
                             None => {
-                                let rc: f32 = net.forward(&chosen.tokens, &chosen.targets, None, Keep::Nothing)?.0.iter().sum();
-                                let rr: f32 = net.forward(&rejected.tokens, &rejected.targets, None, Keep::Nothing)?.0.iter().sum();
+                                let rc: f32 = net.forward(&chosen.tokens, &chosen.targets, ref_params.as_ref(), Keep::Nothing)?.0.iter().sum();
+                                let rr: f32 = net.forward(&rejected.tokens, &rejected.targets, ref_params.as_ref(), Keep::Nothing)?.0.iter().sum();
                                 ref_cache[i] = Some((rc, rr));
                                 (rc, rr)
                             }

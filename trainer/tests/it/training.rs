@@ -90,6 +90,23 @@ fn dpo_raises_the_preference_margin() {
     assert!((l[0] - std::f32::consts::LN_2).abs() < 1e-3, "seed {seed}: first DPO loss {} (B = 0: ln 2)", l[0]);
     assert!(after > before + 2.0, "seed {seed}: margin {before} -> {after}; losses {l:?}");
     assert!(*l.last().unwrap() < 0.5 * l[0], "seed {seed}: losses {l:?}");
+
+    // Continuing from that adapter with it as the reference: the first loss is ln 2 again
+    // (policy = reference); against the base it is lower (the margin is already there).
+    let mut c = config(2, 1e-2, seed);
+    c.dpo_beta = 0.5;
+    c.batch_size = 3;
+    let data = TrainData::preferences(pairs.clone());
+    let first_loss = |reference| {
+        let mut c = c.clone();
+        c.dpo_reference = reference;
+        let t = Trainer::new(&engine, c).unwrap().with_initial_adapter(out.adapter.clone()).unwrap();
+        t.train(&data, &mut |_| Flow::Continue).unwrap().metrics.losses[0]
+    };
+    let vs_initial = first_loss(tailor_trainer::DpoReference::InitialAdapter);
+    let vs_base = first_loss(tailor_trainer::DpoReference::Base);
+    assert!((vs_initial - std::f32::consts::LN_2).abs() < 1e-3, "seed {seed}: {vs_initial}");
+    assert!(vs_base < 0.5 * vs_initial, "seed {seed}: {vs_base} vs {vs_initial}");
 }
 
 fn mixed(engine: &tailor::Engine, seed: u64) -> TrainData {
