@@ -51,6 +51,7 @@ def main():
     for step in range(a.steps + 1):
         if step == 1:
             t0 = time.perf_counter()
+            r0 = resource.getrusage(resource.RUSAGE_SELF)
         out = model(input_ids=x, labels=x)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -58,12 +59,15 @@ def main():
         opt.zero_grad(set_to_none=True)
         losses.append(out.loss.item())
     timed = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime) / a.steps
     print(json.dumps({
         "engine": "peft",
         "threads": a.threads,
         "seq": a.seq,
         "timed_steps": a.steps,
         "s_per_step": timed / a.steps,
+        "cpu_s_per_step": cpu,
         "tokens_per_s": a.steps * a.seq / timed,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "losses": losses,

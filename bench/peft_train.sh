@@ -46,12 +46,13 @@ echo "peft_train.sh: PEFT ..." >&2
 python3 - "$out/tailor.json" "$out/peft.json" <<'PY'
 import json, sys
 t, p = (json.loads(open(f).read().strip().splitlines()[-1]) for f in sys.argv[1:3])
-print(f"{'':10} {'s/step':>8} {'tokens/s':>9} {'peak RSS MB':>12}")
+print(f"{'':10} {'s/step':>8} {'tokens/s':>9} {'CPU s/step':>11} {'peak RSS MB':>12}")
 for r in (t, p):
-    print(f"{r['engine']:10} {r['s_per_step']:8.2f} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f}")
+    print(f"{r['engine']:10} {r['s_per_step']:8.2f} {r['tokens_per_s']:9.1f} {r['cpu_s_per_step']:11.2f} {r['peak_rss_mb']:12.0f}")
 dl = max(abs(a - b) for a, b in zip(t["losses"], p["losses"]))
 print(f"loss per step, tailor: {[round(x, 4) for x in t['losses']]}")
 print(f"loss per step, peft:   {[round(x, 4) for x in p['losses']]}   (max difference {dl:.4f})")
+print(f"ratio tailor/peft: CPU time per step {t['cpu_s_per_step'] / p['cpu_s_per_step']:.2f}x")
 print(f"ratio tailor/peft: tokens/s {t['tokens_per_s'] / p['tokens_per_s']:.2f}x (goal >= 1), "
       f"peak RSS {t['peak_rss_mb'] / p['peak_rss_mb']:.2f}x (goal <= 0.4)")
 PY

@@ -7,7 +7,8 @@
 //! One SFT example of `seq` tokens (one prompt token, `seq - 1` answer tokens: the loss covers
 //! the same `seq - 1` predictions as a causal-LM loss with `labels = input_ids`), rank 8 on all
 //! seven projections, f32 LoRA parameters, AdamW, batch 1. The first step is a warm-up and is
-//! not timed. Peak RSS is the process's `VmHWM` (Linux).
+//! not timed. Peak RSS is the process's `VmHWM` (Linux); `cpu_s_per_step` is user + system
+//! CPU time per timed step (less sensitive than wall time to other load on a shared machine).
 
 use std::time::Instant;
 
@@ -20,6 +21,15 @@ fn peak_rss_mb() -> Option<f64> {
     let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb / 1024.0)
+}
+
+/// User + system CPU seconds of this process so far (Linux `/proc/self/stat`, 100 ticks/s).
+fn cpu_seconds() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 fn main() -> Result<()> {
@@ -74,17 +84,20 @@ fn main() -> Result<()> {
     }
     let trainer = Trainer::new(&engine, c)?;
     let mut t0 = None;
+    let mut cpu0 = None;
     let mut losses = Vec::new();
     let start = Instant::now();
     let out = trainer.train(&data, &mut |p| {
         if p.step == 1 {
             t0 = Some(Instant::now());
+            cpu0 = cpu_seconds();
         }
         losses.push(p.loss);
         eprintln!("step {}/{} loss {:.4} {:.1} tok/s", p.step, p.total_steps, p.loss, p.tokens_per_s);
         Flow::Continue
     })?;
     let timed = t0.context("no step ran")?.elapsed().as_secs_f64();
+    let cpu = cpu_seconds().zip(cpu0).map(|(a, b)| (a - b) / steps as f64);
     let tps = (steps * seq) as f64 / timed;
     println!(
         "{}",
@@ -94,6 +107,7 @@ fn main() -> Result<()> {
             "seq": seq,
             "timed_steps": steps,
             "s_per_step": timed / steps as f64,
+            "cpu_s_per_step": cpu,
             "tokens_per_s": tps,
             "peak_rss_mb": peak_rss_mb(),
             "activation_checkpointing": ckpt,
