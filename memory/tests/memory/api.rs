@@ -228,7 +228,7 @@ fn a_new_embedding_model_reembeds_at_open() {
 fn forgetting_feedback_taints_the_versions_that_learned_from_it() {
     let dir = tmp_dir("api-forget-feedback");
     let path = dir.join("profile.db");
-    let (f1, f2, f3) = {
+    let (_f1, f2, f3) = {
         let mut s = hash_store(&dir, 16, MemoryConfig::default());
         let f1 = s.add_feedback(NewFeedback::new("my cat's name?", "Tom", FeedbackKind::Correction { corrected: "Zanzibar-the-cat".into() })).unwrap();
         let f2 = s.add_feedback(NewFeedback::new("p2", "a2", FeedbackKind::ThumbsUp)).unwrap();

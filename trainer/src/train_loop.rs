@@ -1,0 +1,549 @@
+//! The training loop: data order, SFT and DPO losses, gradient accumulation, clipping, AdamW,
+//! the schedule, progress, cancellation, limits and checkpoints.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use tailor::adapters::LoraAdapter;
+use tailor::{Engine, Flow};
+
+use crate::checkpoint::{self, Meta, State};
+use crate::config::{DpoReference, TrainConfig, TrainData};
+use crate::model::{Keep, Net};
+use crate::optim::{clip_grad_norm, lr_at, AdamW};
+use crate::params::LoraParams;
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// Stops a run from any thread (checked between sequences; the step in progress is dropped,
+/// the run ends at the last finished step). Cheap to clone, `Send + Sync`.
+#[derive(Debug, Clone, Default)]
+pub struct CancelHandle(Arc<AtomicBool>);
+
+impl CancelHandle {
+    /// Asks the run to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// Reported after every optimizer step.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Progress {
+    /// Optimizer steps done (1-based; counts the steps of a resumed run's earlier part).
+    pub step: usize,
+    /// Steps the run will do in all.
+    pub total_steps: usize,
+    /// Epoch the step's last example came from (0-based).
+    pub epoch: usize,
+    /// Loss of this step (SFT token mean + weighted DPO mean).
+    pub loss: f32,
+    /// Learning rate used for this step.
+    pub learning_rate: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+    /// Trained tokens (sequences run with a backward pass) per second in this process.
+    pub tokens_per_s: f64,
+    /// Time since this process started the run.
+    pub elapsed: Duration,
+    /// Estimated time to the last step, at the pace so far.
+    pub eta: Duration,
+}
+
+/// Why a run ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StopReason {
+    /// Every step was done.
+    Completed,
+    /// The progress callback returned [`Flow::Stop`].
+    Callback,
+    /// A [`CancelHandle`] was used.
+    Cancelled,
+    /// `max_seconds` passed.
+    TimeLimit,
+}
+
+/// Figures of a finished (or stopped) run.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TrainMetrics {
+    /// Optimizer steps done in all (including those before a resume).
+    pub steps: usize,
+    /// Steps the full run has.
+    pub total_steps: usize,
+    /// Step the run resumed from, if it did.
+    pub resumed_from: Option<usize>,
+    /// Loss of every step done, in order (including those before a resume).
+    pub losses: Vec<f32>,
+    /// Tokens of the sequences trained with a backward pass, in all.
+    pub trained_tokens: u64,
+    /// Trained tokens per second in this process.
+    pub tokens_per_s: f64,
+    /// Wall time of this process's part.
+    pub elapsed: Duration,
+    /// Why it ended.
+    pub stop: StopReason,
+}
+
+/// What a run produces.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TrainOutput {
+    /// The trained adapter, in PEFT's layout (save it with `tailor_adapters::peft::save`),
+    /// carrying the base's fingerprint.
+    pub adapter: LoraAdapter,
+    /// Figures of the run.
+    pub metrics: TrainMetrics,
+}
+
+/// One sequence to score: tokens and the `(position, token)` predictions that count.
+pub(crate) struct Seq {
+    pub tokens: Vec<u32>,
+    pub targets: Vec<(usize, u32)>,
+}
+
+/// `prompt ++ answer` cut to `max_len`, scored on the answer tokens only.
+pub(crate) fn sequence(prompt: &[u32], answer: &[u32], max_len: usize) -> Seq {
+    let mut tokens: Vec<u32> = prompt.iter().chain(answer).copied().collect();
+    tokens.truncate(max_len);
+    let first = prompt.len().max(1);
+    let targets = (first..tokens.len()).map(|i| (i - 1, tokens[i])).collect();
+    Seq { tokens, targets }
+}
+
+enum Item {
+    Sft(Seq, Keep),
+    Pref { chosen: Seq, rejected: Seq, keep: Keep },
+}
+
+/// Trains LoRA adapters on one engine's base.
+#[derive(Debug)]
+pub struct Trainer {
+    engine: Engine,
+    config: TrainConfig,
+    initial: Option<LoraAdapter>,
+    cancel: CancelHandle,
+}
+
+/// A run on a background thread.
+#[derive(Debug)]
+pub struct TrainJob {
+    handle: std::thread::JoinHandle<Result<TrainOutput>>,
+    cancel: CancelHandle,
+}
+
+impl TrainJob {
+    /// A handle that stops the run.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+    /// Whether the run has ended.
+    pub fn is_finished(&self) -> bool {
+        self.handle.is_finished()
+    }
+    /// Waits for the run's end.
+    pub fn join(self) -> Result<TrainOutput> {
+        match self.handle.join() {
+            Ok(r) => r,
+            Err(p) => {
+                let message = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                Err(Error::Panicked { message })
+            }
+        }
+    }
+}
+
+impl Trainer {
+    /// A trainer for `engine`'s base (the engine is shared, not copied); checks `config`.
+    pub fn new(engine: &Engine, config: TrainConfig) -> Result<Self> {
+        let c = &config;
+        let bad = |r: &str| Err(Error::invalid_config(r));
+        if c.lora_rank == 0 || c.targets.is_empty() {
+            return bad("lora_rank and targets must be non-zero");
+        }
+        if !(c.learning_rate.is_finite() && c.learning_rate > 0.0) {
+            return bad("learning_rate must be positive");
+        }
+        if !(0.0..1.0).contains(&c.adam_beta1) || !(0.0..1.0).contains(&c.adam_beta2) || c.adam_eps <= 0.0 {
+            return bad("adam betas must be in [0, 1) and eps positive");
+        }
+        if c.batch_size == 0 || c.grad_accum_steps == 0 || c.max_seq_len < 2 {
+            return bad("batch_size, grad_accum_steps must be >= 1 and max_seq_len >= 2");
+        }
+        if c.max_steps == Some(0) || (c.max_steps.is_none() && c.epochs == 0) {
+            return bad("the run has no steps (epochs or max_steps is 0)");
+        }
+        if c.dpo_beta.is_nan() || c.dpo_beta <= 0.0 || !(0.0..=1.0).contains(&c.min_lr_ratio) || c.weight_decay < 0.0 {
+            return bad("dpo_beta must be positive, min_lr_ratio in [0, 1], weight_decay >= 0");
+        }
+        Ok(Self { engine: engine.clone(), config, initial: None, cancel: CancelHandle::default() })
+    }
+
+    /// Starts from `adapter` (PEFT layout, e.g. the version being replaced) instead of a fresh
+    /// initialisation; its rank, alpha and targets replace the configuration's.
+    pub fn with_initial_adapter(mut self, adapter: LoraAdapter) -> Result<Self> {
+        LoraParams::from_adapter(&adapter, self.engine.base_shapes(), self.engine.qk_layout())?;
+        self.initial = Some(adapter);
+        Ok(self)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// A handle that stops this trainer's runs.
+    pub fn cancel_handle(&self) -> CancelHandle {
+        self.cancel.clone()
+    }
+
+    /// Runs on a background thread; `progress` is called there after every step.
+    pub fn spawn<F>(self, data: TrainData, mut progress: F) -> TrainJob
+    where
+        F: FnMut(&Progress) -> Flow + Send + 'static,
+    {
+        let cancel = self.cancel.clone();
+        let handle = std::thread::Builder::new()
+            .name("tailor-train".into())
+            .spawn(move || self.train(&data, &mut progress))
+            .expect("spawning the training thread");
+        TrainJob { handle, cancel }
+    }
+
+    fn threads(&self) -> usize {
+        if self.config.threads == 0 { self.engine.threads().max(1) } else { self.config.threads }
+    }
+
+    /// Trains on `data` on this thread (the heavy products on the configured number of
+    /// worker threads); `progress` is called after every optimizer step and can stop the run.
+    pub fn train(&self, data: &TrainData, progress: &mut dyn FnMut(&Progress) -> Flow) -> Result<TrainOutput> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(self.threads())
+            .thread_name(|i| format!("tailor-train-{i}"))
+            .build()
+            .map_err(|e| Error::invalid_config(format!("worker threads: {e}")))?;
+        self.train_inner(data, progress, &pool)
+    }
+
+    /// What to keep for the backward pass of sequences `seqs` (held at once) under the
+    /// configuration's memory budget.
+    fn keep_for(&self, net: &Net<'_>, seqs: &[&Seq], index: usize) -> Result<Keep> {
+        let need = |keep| seqs.iter().map(|s| net.activation_bytes(s.tokens.len(), s.targets.len(), keep)).sum::<usize>();
+        let preferred = if self.config.activation_checkpointing { Keep::LayerInputs } else { Keep::All };
+        let Some(mib) = self.config.max_activation_mib else { return Ok(preferred) };
+        let budget = mib.saturating_mul(1 << 20);
+        if need(preferred) <= budget {
+            Ok(preferred)
+        } else if need(Keep::LayerInputs) <= budget {
+            Ok(Keep::LayerInputs)
+        } else {
+            Err(Error::InvalidExample {
+                index,
+                reason: format!("needs {} MiB of activations, over max_activation_mib = {mib}", need(Keep::LayerInputs) >> 20),
+            })
+        }
+    }
+
+    fn items(&self, data: &TrainData, net: &Net<'_>) -> Result<Vec<Item>> {
+        if data.is_empty() {
+            return Err(Error::NoExamples);
+        }
+        let max = self.config.max_seq_len.min(self.engine.model_config().context_length.max(2));
+        let vocab = self.engine.model_config().vocab_size;
+        let check = |index: usize, s: &Seq| -> Result<()> {
+            if s.targets.is_empty() {
+                return Err(Error::InvalidExample { index, reason: "no answer token left to train on (empty answer or prompt too long)".into() });
+            }
+            if let Some(t) = s.tokens.iter().find(|&&t| t as usize >= vocab) {
+                return Err(Error::InvalidExample { index, reason: format!("token {t} outside the vocabulary of {vocab}") });
+            }
+            Ok(())
+        };
+        let mut items = Vec::with_capacity(data.len());
+        for (i, e) in data.sft.iter().enumerate() {
+            let s = sequence(&e.prompt_tokens, &e.answer_tokens, max);
+            check(i, &s)?;
+            let keep = self.keep_for(net, &[&s], i)?;
+            items.push(Item::Sft(s, keep));
+        }
+        for (i, e) in data.preferences.iter().enumerate() {
+            let chosen = sequence(&e.prompt_tokens, &e.chosen_tokens, max);
+            let rejected = sequence(&e.prompt_tokens, &e.rejected_tokens, max);
+            check(i, &chosen)?;
+            check(i, &rejected)?;
+            let keep = self.keep_for(net, &[&chosen, &rejected], i)?;
+            items.push(Item::Pref { chosen, rejected, keep });
+        }
+        Ok(items)
+    }
+
+    /// Identifies what a checkpoint belongs to: base, data, initial adapter and every setting
+    /// that changes the arithmetic (not limits, threads, activation checkpointing, memory budget
+    /// or paths).
+    fn run_id(&self, data: &TrainData) -> String {
+        let mut c = self.config.clone();
+        c.max_seconds = None;
+        c.threads = 0;
+        c.checkpoint_dir = None;
+        c.checkpoint_every = 0;
+        c.resume = false;
+        c.activation_checkpointing = false;
+        c.max_activation_mib = None;
+        let mut h = Sha256::new();
+        h.update(self.engine.base_fingerprint().as_str().as_bytes());
+        h.update(serde_json::to_vec(&c).unwrap_or_default());
+        h.update(serde_json::to_vec(data).unwrap_or_default());
+        if let Some(a) = &self.initial {
+            for ((l, t), w) in a.iter() {
+                h.update(format!("{l}{t:?}").as_bytes());
+                h.update(bytemuck::cast_slice::<f32, u8>(w.a()));
+                h.update(bytemuck::cast_slice::<f32, u8>(w.b()));
+            }
+        }
+        format!("{:x}", h.finalize())
+    }
+
+    fn train_inner(&self, data: &TrainData, progress: &mut dyn FnMut(&Progress) -> Flow, pool: &rayon::ThreadPool) -> Result<TrainOutput> {
+        let c = &self.config;
+        let net = Net::new(self.engine.model_config(), self.engine.weights(), pool);
+        let items = self.items(data, &net)?;
+        let per_step = c.batch_size * c.grad_accum_steps;
+        let total_steps = c.max_steps.unwrap_or(c.epochs * items.len().div_ceil(per_step));
+        let run_id = self.run_id(data);
+        let shapes = self.engine.base_shapes();
+        let layout = self.engine.qk_layout();
+
+        let mut rng = Rng::new(c.seed);
+        let mut params = match &self.initial {
+            Some(a) => LoraParams::from_adapter(a, shapes, layout)?,
+            None => LoraParams::init(shapes, layout, c.lora_rank, c.lora_alpha, &c.targets, &mut rng)?,
+        };
+        let ref_params = match (c.dpo_reference, &self.initial) {
+            (DpoReference::InitialAdapter, Some(_)) => Some(params.clone()),
+            _ => None,
+        };
+        let mut opt = AdamW::new(params.len(), c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay);
+        let mut order: Vec<u32> = (0..items.len() as u32).collect();
+        rng.shuffle(&mut order);
+        let mut meta = Meta {
+            run_id: run_id.clone(),
+            step: 0,
+            epoch: 0,
+            cursor: 0,
+            order,
+            rng: rng.0,
+            adam_t: 0,
+            len: params.len(),
+            losses: Vec::new(),
+            trained_tokens: 0,
+        };
+        let mut resumed_from = None;
+        if let (Some(dir), true) = (&c.checkpoint_dir, c.resume) {
+            if let Some(st) = checkpoint::load(dir)? {
+                let path = checkpoint::path_in(dir);
+                if st.meta.run_id != run_id || st.meta.len != params.len() {
+                    return Err(Error::checkpoint(path, "written by a run with other data, settings or base"));
+                }
+                params.data = st.params;
+                opt.m = st.m;
+                opt.v = st.v;
+                opt.t = st.meta.adam_t;
+                resumed_from = Some(st.meta.step);
+                meta = st.meta;
+            }
+        }
+
+        let save = |meta: &Meta, params: &LoraParams, opt: &AdamW| -> Result<()> {
+            match &c.checkpoint_dir {
+                Some(dir) => checkpoint::save(
+                    dir,
+                    &State { meta: Meta { adam_t: opt.t, ..meta.clone() }, params: params.data.clone(), m: opt.m.clone(), v: opt.v.clone() },
+                ),
+                None => Ok(()),
+            }
+        };
+
+        let start = Instant::now();
+        let tokens_at_start = meta.trained_tokens;
+        let mut grads = vec![0f32; params.len()];
+        let mut ref_cache: Vec<Option<(f32, f32)>> = vec![None; items.len()];
+        let mut stop = StopReason::Completed;
+
+        while meta.step < total_steps {
+            // The step's examples, without touching the run's position until the step is done.
+            let (mut epoch, mut cursor, mut order, mut rng) = (meta.epoch, meta.cursor, meta.order.clone(), Rng(meta.rng));
+            let mut picked = Vec::with_capacity(per_step);
+            while picked.len() < per_step {
+                if cursor == order.len() {
+                    epoch += 1;
+                    cursor = 0;
+                    rng.shuffle(&mut order);
+                }
+                picked.push(order[cursor] as usize);
+                cursor += 1;
+            }
+            let sft_tokens: usize = picked.iter().map(|&i| if let Item::Sft(s, _) = &items[i] { s.targets.len() } else { 0 }).sum();
+            let pairs = picked.iter().filter(|&&i| matches!(items[i], Item::Pref { .. })).count();
+
+            grads.fill(0.0);
+            let mut loss = 0f64;
+            let mut step_tokens = 0u64;
+            let mut cancelled = false;
+            for &i in &picked {
+                if self.cancel.is_cancelled() {
+                    cancelled = true;
+                    break;
+                }
+                match items[i] {
+                    Item::Sft(ref s, keep) => {
+                        let coef = 1.0 / sft_tokens as f32;
+                        let (logp, tape) = net.forward(&s.tokens, &s.targets, Some(&params), keep)?;
+                        loss -= logp.iter().map(|&x| x as f64).sum::<f64>() * coef as f64;
+                        net.backward(tape.expect("kept"), coef, &params, &mut grads);
+                        step_tokens += s.tokens.len() as u64;
+                    }
+                    Item::Pref { ref chosen, ref rejected, keep } => {
+                        let (ref_c, ref_r) = match ref_cache[i] {
+                            Some(v) => v,
+                            None => {
+                                let rc: f32 = net.forward(&chosen.tokens, &chosen.targets, ref_params.as_ref(), Keep::Nothing)?.0.iter().sum();
+                                let rr: f32 = net.forward(&rejected.tokens, &rejected.targets, ref_params.as_ref(), Keep::Nothing)?.0.iter().sum();
+                                ref_cache[i] = Some((rc, rr));
+                                (rc, rr)
+                            }
+                        };
+                        let (lc, tc) = net.forward(&chosen.tokens, &chosen.targets, Some(&params), keep)?;
+                        let (lr, tr) = net.forward(&rejected.tokens, &rejected.targets, Some(&params), keep)?;
+                        let (lc, lr): (f32, f32) = (lc.iter().sum(), lr.iter().sum());
+                        let z = c.dpo_beta * ((lc - ref_c) - (lr - ref_r));
+                        let w = c.dpo_weight / pairs as f32;
+                        // -log σ(z) = softplus(-z); d/dz = -σ(-z).
+                        loss += (w * softplus(-z)) as f64;
+                        let g = w * c.dpo_beta * sigmoid(-z);
+                        // J = coef·(-log π): coef_c = g, coef_r = -g.
+                        net.backward(tc.expect("kept"), g, &params, &mut grads);
+                        net.backward(tr.expect("kept"), -g, &params, &mut grads);
+                        step_tokens += (chosen.tokens.len() + rejected.tokens.len()) as u64;
+                    }
+                }
+            }
+            if cancelled {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            let loss = loss as f32;
+            if !loss.is_finite() {
+                return Err(Error::Diverged { step: meta.step + 1, what: "loss" });
+            }
+            let grad_norm = clip_grad_norm(&mut grads, c.max_grad_norm);
+            if !grad_norm.is_finite() {
+                return Err(Error::Diverged { step: meta.step + 1, what: "gradient" });
+            }
+            let lr = lr_at(meta.step, total_steps, c.warmup_steps, c.learning_rate, c.min_lr_ratio);
+            opt.step(&mut params.data, &grads, lr);
+
+            meta.step += 1;
+            meta.epoch = epoch;
+            meta.cursor = cursor;
+            meta.order = order;
+            meta.rng = rng.0;
+            meta.adam_t = opt.t;
+            meta.losses.push(loss);
+            meta.trained_tokens += step_tokens;
+
+            let elapsed = start.elapsed();
+            let done_here = meta.step - resumed_from.unwrap_or(0);
+            let eta = elapsed.mul_f64((total_steps - meta.step) as f64 / done_here.max(1) as f64);
+            let tps = (meta.trained_tokens - tokens_at_start) as f64 / elapsed.as_secs_f64().max(1e-9);
+            let p = Progress {
+                step: meta.step,
+                total_steps,
+                epoch,
+                loss,
+                learning_rate: lr,
+                grad_norm,
+                tokens_per_s: tps,
+                elapsed,
+                eta,
+            };
+            let flow = progress(&p);
+            if c.checkpoint_every > 0 && meta.step.is_multiple_of(c.checkpoint_every) {
+                save(&meta, &params, &opt)?;
+            }
+            if meta.step >= total_steps {
+                break;
+            }
+            if flow == Flow::Stop {
+                stop = StopReason::Callback;
+                break;
+            }
+            if self.cancel.is_cancelled() {
+                stop = StopReason::Cancelled;
+                break;
+            }
+            if c.max_seconds.is_some_and(|s| elapsed.as_secs_f64() >= s) {
+                stop = StopReason::TimeLimit;
+                break;
+            }
+        }
+        save(&meta, &params, &opt)?;
+        let elapsed = start.elapsed();
+        let trained_here = meta.trained_tokens - tokens_at_start;
+        Ok(TrainOutput {
+            adapter: params.to_adapter(Some(self.engine.base_fingerprint()))?,
+            metrics: TrainMetrics {
+                steps: meta.step,
+                total_steps,
+                resumed_from,
+                losses: meta.losses,
+                trained_tokens: meta.trained_tokens,
+                tokens_per_s: trained_here as f64 / elapsed.as_secs_f64().max(1e-9),
+                elapsed,
+                stop,
+            },
+        })
+    }
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+fn softplus(x: f32) -> f32 {
+    if x > 20.0 { x } else { x.exp().ln_1p() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sequence_scores_answer_tokens_only() {
+        let s = sequence(&[5, 6, 7], &[8, 9], 100);
+        assert_eq!(s.tokens, vec![5, 6, 7, 8, 9]);
+        assert_eq!(s.targets, vec![(2, 8), (3, 9)]);
+        let cut = sequence(&[5, 6, 7], &[8, 9], 4);
+        assert_eq!(cut.targets, vec![(2, 8)]);
+        // No prompt: the first answer token has no context to be predicted from.
+        assert_eq!(sequence(&[], &[1, 2, 3], 10).targets, vec![(0, 2), (1, 3)]);
+    }
+
+    #[test]
+    fn dpo_pieces() {
+        assert!((softplus(0.0) - std::f32::consts::LN_2).abs() < 1e-6);
+        assert_eq!(softplus(50.0), 50.0);
+        assert!((sigmoid(0.0) - 0.5).abs() < 1e-7);
+    }
+}

@@ -1,0 +1,7 @@
+//! Behaviour of the trainer on tiny models written on the fly.
+
+mod common;
+mod forward;
+mod gradients;
+mod real_model;
+mod training;
