@@ -57,6 +57,7 @@ mod linalg;
 mod model;
 mod optim;
 mod params;
+pub mod personal;
 mod rng;
 mod score;
 mod train_loop;

@@ -3,5 +3,6 @@
 mod common;
 mod forward;
 mod gradients;
+mod personal;
 mod real_model;
 mod training;

@@ -1,0 +1,157 @@
+//! Personalization from a profile: feedback → data, the gate, promotion, forgetting, rollback.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::GgmlDType;
+use tailor::profile::testing::HashEmbedder;
+use tailor::profile::{FeedbackKind, MemoryConfig, MemoryStore, NewFeedback};
+use tailor_trainer::personal::{
+    active_adapter, feedback_to_data, purge_tainted, rollback, train_profile, Decision, Outcome, PersonalOptions,
+};
+use tailor_trainer::Flow;
+
+use crate::common::{tiny, TempDir};
+
+fn store(dir: &TempDir) -> MemoryStore {
+    MemoryStore::open(dir.path("profile.db"), Arc::new(HashEmbedder::new(16, 0)), MemoryConfig::default()).unwrap()
+}
+
+fn options(steps: usize, lr: f32) -> PersonalOptions {
+    let mut o = PersonalOptions::default();
+    o.train.lora_rank = 4;
+    o.train.lora_alpha = 8.0;
+    o.train.learning_rate = lr;
+    o.train.max_steps = Some(steps);
+    o.train.seed = 7;
+    o.train.threads = 2;
+    o
+}
+
+fn add(s: &mut MemoryStore, prompt: &str, answer: &str, kind: FeedbackKind) -> i64 {
+    s.add_feedback(NewFeedback::new(prompt, answer, kind)).unwrap()
+}
+
+fn correction(c: &str) -> FeedbackKind {
+    FeedbackKind::Correction { corrected: c.into() }
+}
+
+fn train(engine: &tailor::Engine, s: &mut MemoryStore, dir: &Path, o: &PersonalOptions) -> Outcome {
+    let out = train_profile(engine, s, dir, o, &mut |_| Flow::Continue).unwrap();
+    eprintln!(
+        "{:?}: held-out {:.4} -> {:.4}, general {:.4} -> {:.4} ({:+.2}%)",
+        out.decision,
+        out.held_out_before,
+        out.held_out_after,
+        out.general_before,
+        out.general_after,
+        out.general_change() * 100.0
+    );
+    out
+}
+
+#[test]
+fn feedback_maps_to_sft_dpo_and_held_out() {
+    let (_m, engine) = tiny(GgmlDType::Q8_0, 1);
+    let dir = TempDir::new("map");
+    let mut s = store(&dir);
+    let up = add(&mut s, "favourite colour?", "Green.", FeedbackKind::ThumbsUp);
+    let down = add(&mut s, "my cat's name?", "Tom.", FeedbackKind::ThumbsDown);
+    let corr = add(&mut s, "my cat's name?", "Tom.", correction("Zanzibar."));
+    let _lone = add(&mut s, "weather?", "Sunny.", FeedbackKind::ThumbsDown);
+    let pref = add(&mut s, "greet me", "Hi.", FeedbackKind::Preference { chosen: "Hello, Ana!".into(), rejected: "Hi.".into() });
+    let fb = s.list_feedback(&Default::default()).unwrap();
+    let d = feedback_to_data(&engine, &fb, 5).unwrap();
+    assert_eq!(d.skipped, 1);
+    assert_eq!(d.feedback_ids, [up, down, corr, pref]);
+    // Two SFT examples: the last is held out.
+    assert_eq!(d.train.sft.len(), 1);
+    assert_eq!(d.held_out.len(), 1);
+    let p = |t: &str| engine.tokenize(&engine.render_chat(&[tailor::ChatMessage::user(t)]).unwrap()).unwrap();
+    let a = |t: &str| engine.tokenize(&format!("{t}<|im_end|>")).unwrap();
+    assert_eq!(d.train.sft[0].prompt_tokens, p("favourite colour?"));
+    assert_eq!(d.train.sft[0].answer_tokens, a("Green."));
+    assert_eq!(d.held_out[0].answer_tokens, a("Zanzibar."));
+    // Thumbs down next to a correction: chosen = the correction, rejected = the answer.
+    assert_eq!(d.train.preferences.len(), 2);
+    assert_eq!(d.train.preferences[0].chosen_tokens, a("Zanzibar."));
+    assert_eq!(d.train.preferences[0].rejected_tokens, a("Tom."));
+    assert_eq!(d.train.preferences[1].chosen_tokens, a("Hello, Ana!"));
+    assert_eq!(d.train.preferences[1].prompt_tokens, p("greet me"));
+    // Every 5th by id; none held out with a single example.
+    let many: Vec<_> = (0..10).map(|i| add(&mut s, &format!("q{i}"), "a", FeedbackKind::ThumbsUp)).collect();
+    let fb = s.list_feedback(&Default::default()).unwrap();
+    let d = feedback_to_data(&engine, &fb, 5).unwrap();
+    assert_eq!((d.train.sft.len(), d.held_out.len()), (10, 2));
+    assert!(many.len() == 10);
+    let one = feedback_to_data(&engine, &fb[..1], 5).unwrap();
+    assert_eq!((one.train.sft.len(), one.held_out.len()), (1, 0));
+}
+
+#[test]
+fn gate_refuses_an_adapter_that_degrades_general_text() {
+    let (_m, engine) = tiny(GgmlDType::Q8_0, 2);
+    let dir = TempDir::new("refuse");
+    let mut s = store(&dir);
+    for i in 0..6 {
+        add(&mut s, &format!("question {i}"), "x", correction(&"zq".repeat(40)));
+    }
+    let adapters = dir.path("adapters");
+    let out = train(&engine, &mut s, &adapters, &options(40, 3e-2));
+    assert!(matches!(out.decision, Decision::Refused { .. }), "{:?}", out.decision);
+    assert!(out.held_out_after < out.held_out_before);
+    assert!(out.general_change() > 0.05);
+    // Nothing changed.
+    assert!(s.list_adapters().unwrap().is_empty());
+    assert!(!adapters.exists() || std::fs::read_dir(&adapters).unwrap().next().is_none());
+    assert!(s.list_feedback(&Default::default()).unwrap().iter().all(|f| f.consumed_by.is_none()));
+}
+
+#[test]
+fn promotion_forgetting_and_rollback() {
+    let (_m, engine) = tiny(GgmlDType::Q8_0, 3);
+    let dir = TempDir::new("promote");
+    let mut s = store(&dir);
+    let adapters = dir.path("adapters");
+    let o = options(12, 3e-3);
+    let first: Vec<i64> = (0..6).map(|i| add(&mut s, &format!("what is my cat called? ({i})"), "Tom.", correction("Zorblax."))).collect();
+    let out1 = train(&engine, &mut s, &adapters, &o);
+    let Decision::Promoted { version: v1, path: p1 } = out1.decision.clone() else { panic!("{:?}", out1.decision) };
+    assert!(out1.held_out_after < out1.held_out_before && out1.general_change() < 0.05);
+    assert_eq!(std::fs::read_to_string(adapters.join("ACTIVE")).unwrap(), v1);
+    assert!(p1.join("adapter_config.json").exists());
+    assert_eq!(active_adapter(&s, &adapters).unwrap(), Some((v1.clone(), p1.clone())));
+    assert_eq!(s.adapter_feedback(&v1).unwrap(), first);
+    assert!(s.list_feedback(&Default::default()).unwrap().iter().all(|f| f.consumed_by.as_deref() == Some(v1.as_str())));
+
+    // A second version, child of the first, from all feedback.
+    let late = add(&mut s, "what is my dog called?", "Rex.", correction("Biscuit."));
+    let out2 = train(&engine, &mut s, &adapters, &o);
+    let Decision::Promoted { version: v2, path: p2 } = out2.decision.clone() else { panic!("{:?}", out2.decision) };
+    let recs = s.list_adapters().unwrap();
+    assert_eq!(recs[1].parent.as_deref(), Some(v1.as_str()));
+    assert!(s.adapter_feedback(&v2).unwrap().contains(&late));
+    assert_eq!(active_adapter(&s, &adapters).unwrap().unwrap().0, v2);
+
+    // Rollback to the parent, then to the base; versions stay on disk.
+    assert_eq!(rollback(&s, &adapters).unwrap().as_deref(), Some(v1.as_str()));
+    assert_eq!(active_adapter(&s, &adapters).unwrap().unwrap().0, v1);
+    assert!(p2.exists());
+    assert_eq!(rollback(&s, &adapters).unwrap(), None);
+    assert_eq!(active_adapter(&s, &adapters).unwrap(), None);
+    assert!(rollback(&s, &adapters).is_err());
+
+    // Forgetting the event only v2 learned from: v2 tainted, ACTIVE (v2) falls back to v1,
+    // and v2's directory is purged.
+    std::fs::write(adapters.join("ACTIVE"), &v2).unwrap();
+    let tainted = s.forget_feedback(&[late]).unwrap();
+    assert_eq!(tainted, [v2.clone()]);
+    assert_eq!(active_adapter(&s, &adapters).unwrap(), Some((v1.clone(), p1.clone())));
+    assert_eq!(purge_tainted(&s, &adapters).unwrap(), [v2.clone()]);
+    assert!(!p2.exists() && p1.exists());
+    // Forgetting everything: no clean version is left, the base runs.
+    s.forget_all_feedback().unwrap();
+    assert_eq!(purge_tainted(&s, &adapters).unwrap(), [v1.clone()]);
+    assert_eq!(active_adapter(&s, &adapters).unwrap(), None);
+    assert!(!p1.exists());
+}
