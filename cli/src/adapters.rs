@@ -12,6 +12,12 @@ use crate::{load_steering, model_cache, path_and_weight, GenArgs, ModelArgs};
 
 #[derive(Subcommand)]
 pub(crate) enum AdapterCommand {
+    /// Make the profile's previous adapter version active (or the base model when there is
+    /// none); versions stay on disk.
+    Rollback {
+        #[command(flatten)]
+        profile: crate::memory_cmd::ProfileArgs,
+    },
     /// List the adapters in a directory (default: $TAILOR_HOME/adapters): every subdirectory
     /// holding an adapter_config.json, with its rank, targets and size.
     List {
@@ -102,6 +108,7 @@ fn summary(a: &LoraAdapter) -> serde_json::Value {
 
 pub(crate) fn run(command: AdapterCommand) -> Result<()> {
     match command {
+        AdapterCommand::Rollback { profile } => crate::train_cmd::rollback(profile),
         AdapterCommand::List { dir, json } => {
             let dir = match dir {
                 Some(d) => d,

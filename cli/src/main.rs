@@ -1,6 +1,7 @@
 //! `tailor`: fetch the models, tokenize, generate, chat and benchmark from the command line.
 
 mod adapters;
+mod train_cmd;
 mod bench;
 mod fetch;
 mod memory_cmd;
@@ -50,6 +51,9 @@ enum Command {
         /// With --json: the top-K log-probabilities at each generated position.
         #[arg(long, value_name = "K")]
         logprobs: Option<usize>,
+        /// Run this profile's active adapter (see `tailor train`).
+        #[arg(long, value_name = "PATH")]
+        profile: Option<PathBuf>,
         #[command(flatten)]
         gen: GenArgs,
         #[command(flatten)]
@@ -69,6 +73,9 @@ enum Command {
         #[command(flatten)]
         model: ModelArgs,
     },
+    /// Train a new adapter version from the profile's feedback; promoted only if it passes the
+    /// gate (held-out loss improves, general-text loss rises < 5%).
+    Train(train_cmd::TrainArgs),
     /// Feedback on answers (what the trainer learns from): add, list, forget.
     Feedback {
         #[command(subcommand)]
@@ -283,6 +290,15 @@ impl ModelArgs {
         })
     }
 
+    /// Adds the profile's active adapter (if any) to the adapters to run.
+    fn add_profile_adapter(&mut self, profile: &std::path::Path, store: &tailor::profile::MemoryStore) -> Result<()> {
+        if let Some(dir) = train_cmd::active_adapter(profile, store)? {
+            eprintln!("[adapter {}]", dir.file_name().unwrap_or_default().to_string_lossy());
+            self.adapter.push(format!("{}:1", dir.display()));
+        }
+        Ok(())
+    }
+
     /// A session with the context window, adapters and steering asked for.
     fn session(&self, engine: &Engine) -> Result<tailor::Session> {
         let mut session = engine.session_with(SessionConfig::with_context(self.ctx));
@@ -340,9 +356,13 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&engine.tokenize(&text)?)?);
             Ok(())
         }
-        Command::Generate { prompt, raw, system, json, logprobs, gen, model } => {
+        Command::Generate { prompt, raw, system, json, logprobs, profile, gen, mut model } => {
             if logprobs.is_some() && !json {
                 bail!("--logprobs needs --json");
+            }
+            if let Some(p) = profile {
+                let store = memory_cmd::ProfileArgs { profile: Some(p.clone()) }.open()?;
+                model.add_profile_adapter(&p, &store)?;
             }
             let engine = model.load()?;
             let mut session = model.session(&engine)?;
@@ -388,6 +408,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Chat { system, profile, gen, model } => chat(system, profile, gen, model),
         Command::Memory { command } => memory_cmd::run(command),
+        Command::Train(args) => train_cmd::train(args),
         Command::Feedback { command } => memory_cmd::run_feedback(command),
         Command::Adapter { command } => adapters::run(command),
         Command::Steer { command: SteerCommand::Apply { vector, prompt, scales, gen, model } } => {
@@ -418,12 +439,19 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn chat(system: Option<String>, profile: Option<PathBuf>, gen: GenArgs, model: ModelArgs) -> Result<()> {
+fn chat(system: Option<String>, profile: Option<PathBuf>, gen: GenArgs, mut model: ModelArgs) -> Result<()> {
+    let store = match &profile {
+        Some(p) => {
+            let store = memory_cmd::ProfileArgs { profile: Some(p.clone()) }.open()?;
+            model.add_profile_adapter(p, &store)?;
+            Some(store)
+        }
+        None => None,
+    };
     let engine = model.load()?;
     let mut session = model.session(&engine)?;
-    let with_memory = profile.is_some();
-    if let Some(p) = profile {
-        let store = memory_cmd::ProfileArgs { profile: Some(p) }.open()?;
+    let with_memory = store.is_some();
+    if let Some(store) = store {
         session.set_memory(Some(std::sync::Arc::new(std::sync::Mutex::new(store))), tailor::MemoryPromptConfig::default());
     }
     let start: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();

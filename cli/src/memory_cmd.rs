@@ -252,6 +252,10 @@ pub(crate) fn run_feedback(command: FeedbackCommand) -> Result<()> {
             if !tainted.is_empty() {
                 eprintln!("adapter versions that learned from it, no longer used: {}", tainted.join(", "));
             }
+            let purged = crate::train_cmd::purge_tainted(&profile.path()?, &store)?;
+            if !purged.is_empty() {
+                eprintln!("deleted adapter versions: {}", purged.join(", "));
+            }
             eprintln!("forgotten");
         }
     }

@@ -233,3 +233,33 @@ fn memory_add_search_forget_export_import() {
     assert!(!out.status.success(), "a GGUF is not a profile");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `tailor train` on a tiny model: three feedback events, three steps, an outcome printed
+/// (promoted or refused); then `generate --profile`, `adapter rollback` and `feedback forget`.
+#[test]
+fn train_from_feedback_then_rollback() {
+    let (dir, model) = tiny();
+    let (m, p) = (model.to_str().unwrap(), dir.join("profile.db"));
+    let p = p.to_str().unwrap();
+    for args in [vec!["--thumbs", "up"], vec!["--correction", "Zanzibar"], vec!["--chosen", "Zanzibar", "--rejected", "Tom"]] {
+        let mut a = vec!["feedback", "add", "--prompt", "my cat's name?", "--answer", "Tom", "--profile", p];
+        a.extend(args);
+        let out = tailor(&a);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = tailor(&["train", "--max-steps", "3", "--profile", p, "--model", m, "--threads", "2"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("held-out NLL") && stdout.contains("general-text NLL"), "{stdout}");
+    assert!(stdout.contains("promoted") || stdout.contains("refused"), "{stdout}");
+    let out = tailor(&["generate", "hi", "--profile", p, "--model", m, "--max-tokens", "3"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    if stdout.contains("promoted") {
+        let out = tailor(&["adapter", "rollback", "--profile", p]);
+        assert!(String::from_utf8_lossy(&out.stdout).contains("base model"), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(tailor(&["feedback", "forget", "--all", "--profile", p]).status.success());
+        let left = std::fs::read_dir(dir.join("adapters")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+        assert_eq!(left, 0, "forgotten feedback leaves no adapter behind");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

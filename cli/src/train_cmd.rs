@@ -1,0 +1,103 @@
+//! `tailor train` and `tailor adapter rollback`: the profile's personal adapters (trained from
+//! its feedback, kept in `<profile's dir>/adapters/`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use tailor::profile::MemoryStore;
+use tailor_trainer::personal::{self, Decision, PersonalOptions};
+use tailor_trainer::Flow;
+
+use crate::memory_cmd::ProfileArgs;
+use crate::ModelArgs;
+
+/// `tailor train`.
+#[derive(Args)]
+pub(crate) struct TrainArgs {
+    /// Stop training after this many seconds (the adapter so far still goes through the gate).
+    #[arg(long)]
+    max_seconds: Option<f64>,
+    /// At most this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<usize>,
+    #[command(flatten)]
+    profile: ProfileArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Where a profile's adapter versions live: `adapters/` beside the profile file.
+pub(crate) fn adapters_dir(profile: &Path) -> PathBuf {
+    profile.parent().unwrap_or(Path::new(".")).join("adapters")
+}
+
+/// The profile's active adapter directory, if any (clean and on disk).
+pub(crate) fn active_adapter(profile: &Path, store: &MemoryStore) -> Result<Option<PathBuf>> {
+    Ok(personal::active_adapter(store, &adapters_dir(profile))?.map(|(_, p)| p))
+}
+
+pub(crate) fn train(args: TrainArgs) -> Result<()> {
+    let path = args.profile.path()?;
+    let mut store = args.profile.open()?;
+    let engine = args.model.load()?;
+    let mut options = PersonalOptions::default();
+    options.train.max_steps = args.max_steps;
+    options.train.max_seconds = args.max_seconds;
+    let bar = ProgressBar::new(0);
+    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").context("progress bar template")?);
+    let outcome = personal::train_profile(&engine, &mut store, &adapters_dir(&path), &options, &mut |p| {
+        bar.set_length(p.total_steps as u64);
+        bar.set_position(p.step as u64);
+        bar.set_message(format!("loss {:.4} · {:.0} tok/s · eta {}s", p.loss, p.tokens_per_s, p.eta.as_secs()));
+        Flow::Continue
+    });
+    bar.finish_and_clear();
+    let outcome = match outcome {
+        Err(personal::Error::NoFeedback) => {
+            println!("nothing to train on: add feedback first (tailor feedback add)");
+            return Ok(());
+        }
+        other => other?,
+    };
+    let m = &outcome.metrics;
+    println!(
+        "trained {} steps on {} examples ({} held out) · {:.0} tok/s · {:.1}s",
+        m.steps,
+        outcome.train_examples,
+        outcome.held_out_examples,
+        m.tokens_per_s,
+        m.elapsed.as_secs_f64()
+    );
+    let sample = if outcome.held_out_in_sample { " (no held-out example: scored on the training set)" } else { "" };
+    println!("held-out NLL: {:.4} → {:.4}{sample}", outcome.held_out_before, outcome.held_out_after);
+    println!(
+        "general-text NLL: {:.4} → {:.4} ({:+.2}%)",
+        outcome.general_before,
+        outcome.general_after,
+        outcome.general_change() * 100.0
+    );
+    match &outcome.decision {
+        Decision::Promoted { version, path } => println!("promoted {version} ({})", path.display()),
+        Decision::Refused { reason } => println!("refused: {reason}; the active adapter is unchanged"),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `tailor adapter rollback`.
+pub(crate) fn rollback(profile: ProfileArgs) -> Result<()> {
+    let path = profile.path()?;
+    let store = profile.open()?;
+    match personal::rollback(&store, &adapters_dir(&path))? {
+        Some(v) => println!("active adapter: {v}"),
+        None => println!("active adapter: none (the base model)"),
+    }
+    Ok(())
+}
+
+/// After forgetting feedback: deletes the adapter versions that learned from it.
+pub(crate) fn purge_tainted(profile: &Path, store: &MemoryStore) -> Result<Vec<String>> {
+    Ok(personal::purge_tainted(store, &adapters_dir(profile))?)
+}
