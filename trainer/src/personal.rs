@@ -190,10 +190,7 @@ pub struct PersonalOptions {
 
 impl Default for PersonalOptions {
     fn default() -> Self {
-        let mut train = TrainConfig::default();
-        train.learning_rate = 5e-4;
-        train.epochs = 3;
-        train.warmup_steps = 2;
+        let train = TrainConfig { learning_rate: 5e-4, epochs: 3, warmup_steps: 2, ..TrainConfig::default() };
         PersonalOptions { train, held_out_every: 5, max_general_increase: 0.05 }
     }
 }
@@ -310,12 +307,13 @@ pub fn train_profile(
         refuse(&mut outcome, "the run was stopped".into());
         return Ok(outcome);
     }
-    if !(held_out_after < held_out_before) {
+    // Written so that a NaN refuses.
+    if held_out_after.partial_cmp(&held_out_before) != Some(std::cmp::Ordering::Less) {
         refuse(&mut outcome, format!("held-out NLL did not improve ({held_out_before:.4} → {held_out_after:.4})"));
         return Ok(outcome);
     }
     let change = outcome.general_change();
-    if !(change < options.max_general_increase) {
+    if change.partial_cmp(&options.max_general_increase) != Some(std::cmp::Ordering::Less) {
         refuse(
             &mut outcome,
             format!(

@@ -145,13 +145,13 @@ fn promotion_forgetting_and_rollback() {
     // and v2's directory is purged.
     std::fs::write(adapters.join("ACTIVE"), &v2).unwrap();
     let tainted = s.forget_feedback(&[late]).unwrap();
-    assert_eq!(tainted, [v2.clone()]);
+    assert_eq!(tainted, [v2.as_str()]);
     assert_eq!(active_adapter(&s, &adapters).unwrap(), Some((v1.clone(), p1.clone())));
-    assert_eq!(purge_tainted(&s, &adapters).unwrap(), [v2.clone()]);
+    assert_eq!(purge_tainted(&s, &adapters).unwrap(), [v2.as_str()]);
     assert!(!p2.exists() && p1.exists());
     // Forgetting everything: no clean version is left, the base runs.
     s.forget_all_feedback().unwrap();
-    assert_eq!(purge_tainted(&s, &adapters).unwrap(), [v1.clone()]);
+    assert_eq!(purge_tainted(&s, &adapters).unwrap(), [v1.as_str()]);
     assert_eq!(active_adapter(&s, &adapters).unwrap(), None);
     assert!(!p1.exists());
 }
