@@ -1,13 +1,7 @@
 //! A minimal GGUF writer and a bounds-checked reader for the small F32-only files adapters
-//! exchange with llama.cpp (control vectors, LoRA adapters), and atomic file writes.
+//! exchange with llama.cpp (control vectors, LoRA adapters).
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-
-use crate::error::{Error, Result};
 
 /// The most elements one tensor may have (1 GiB of f32).
 const MAX_ELEMS: u64 = 1 << 28;
@@ -90,33 +84,6 @@ fn put_str(w: &mut Vec<u8>, s: &str) {
 
 pub(crate) fn f32s(b: &[u8]) -> Vec<f32> {
     b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
-}
-
-static TMP_COUNTER: AtomicU64 = AtomicU64::new(0);
-
-/// Writes `bytes` to `path` through a temporary file in the same directory, fsynced, renamed
-/// over `path`, then the directory fsynced (on Unix).
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let name = path.file_name().ok_or_else(|| Error::invalid(format!("{} has no file name", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp-{}-{}", name.to_string_lossy(), std::process::id(), TMP_COUNTER.fetch_add(1, Ordering::Relaxed)));
-    let res = (|| {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(f);
-        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        #[cfg(unix)]
-        File::open(&dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(&dir, e))?;
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    res
 }
 
 // -------------------------------------------------------------------- a minimal GGUF reader

@@ -15,7 +15,8 @@ use std::path::Path;
 
 use crate::config::LoraConfig;
 use crate::error::{Error, Result};
-use crate::gguf::{parse_gguf, write_atomic, GgufWriter, Val};
+use crate::fsio::write_atomic;
+use crate::gguf::{parse_gguf, GgufWriter, Val};
 use crate::layout::QkLayout;
 use crate::lora::{LoraAdapter, LoraWeights};
 use crate::target::Target;

@@ -48,6 +48,7 @@
 
 mod config;
 mod error;
+mod fsio;
 mod gguf;
 pub mod gguf_lora;
 pub mod layout;

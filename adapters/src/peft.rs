@@ -11,15 +11,15 @@
 //! behaviour and [`recover`] for the repair after one).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::fs::{self, File};
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::fs;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
 use crate::config::{BaseFingerprint, LoraConfig};
 use crate::error::{Error, Result};
+use crate::fsio::{split, sync_dir, write_synced};
 use crate::lora::{LoraAdapter, LoraWeights};
 use crate::target::Target;
 
@@ -425,39 +425,6 @@ pub fn recover(dir: &Path) -> Result<bool> {
         }
     }
     Ok(restored)
-}
-
-fn split(dir: &Path) -> Result<(PathBuf, String)> {
-    let name = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .ok_or_else(|| {
-            Error::invalid(format!("adapter path {} has no UTF-8 final name", dir.display()))
-        })?
-        .to_owned();
-    let parent = match dir.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    Ok((parent, name))
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
-}
-
-/// Makes a directory's entries durable (renames, new files). A no-op where directories
-/// cannot be opened (Windows).
-fn sync_dir(dir: &Path) -> Result<()> {
-    #[cfg(unix)]
-    {
-        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io(dir, e))?;
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -24,7 +24,8 @@ use std::path::{Path, PathBuf};
 
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 
-use crate::gguf::{f32s, parse_gguf, write_atomic, GgufWriter, ParsedGguf, Val};
+use crate::fsio::write_atomic;
+use crate::gguf::{f32s, parse_gguf, GgufWriter, ParsedGguf, Val};
 
 use crate::error::{Error, Result};
 
