@@ -98,15 +98,7 @@ struct Rope {
 
 impl<'a> Net<'a> {
     pub fn new(cfg: &'a ModelConfig, w: &'a ModelWeights, pool: &'a ThreadPool) -> Self {
-        // As the decode path (and ggml) compute it: theta_scale = base^(-2/n_dims), in f32.
-        let theta_scale = cfg.rope_base.powf(-2.0 / cfg.rope_dims as f32);
-        let mut inv_freq = Vec::with_capacity(cfg.rope_dims / 2);
-        let mut t = 1f32;
-        for i in 0..cfg.rope_dims / 2 {
-            let ff = w.rope_freqs.as_ref().map_or(1.0, |f| f[i]);
-            inv_freq.push(t / ff);
-            t *= theta_scale;
-        }
+        let inv_freq = cfg.rope_inv_freq(w.rope_freqs.as_deref());
         Self { pool, cfg, w, inv_freq }
     }
 

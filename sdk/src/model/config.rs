@@ -108,6 +108,21 @@ impl ModelConfig {
         })
     }
 
+    /// RoPE inverse frequencies `1 / base^(2i/rope_dims)` as ggml computes them
+    /// (`theta_scale = base^(-2/n_dims)` accumulated in f32), divided by the file's frequency
+    /// factors (`rope_freqs`, Llama 3) when it has them.
+    pub fn rope_inv_freq(&self, freq_factors: Option<&[f32]>) -> Vec<f32> {
+        let theta_scale = self.rope_base.powf(-2.0 / self.rope_dims as f32);
+        let mut t = 1f32;
+        (0..self.rope_dims / 2)
+            .map(|i| {
+                let v = t / freq_factors.map_or(1.0, |f| f[i]);
+                t *= theta_scale;
+                v
+            })
+            .collect()
+    }
+
     /// Width of the key (and value) projection output.
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim
