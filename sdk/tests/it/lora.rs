@@ -24,53 +24,50 @@ fn hf_row(row: usize, out: usize, heads: usize) -> usize {
     h * hd + (j % 2) * (hd / 2) + j / 2
 }
 
+/// Writes a copy of the GGUF at `src` (metadata as is) with every tensor passed through `f`
+/// (given the file's metadata, the tensor's name and the tensor).
+pub fn rewrite_gguf(src: &std::path::Path, dst: &std::path::Path, mut f: impl FnMut(&[(String, Value)], &str, QTensor) -> QTensor) {
+    let mut file = std::fs::File::open(src).unwrap();
+    let ct = gguf_file::Content::read(&mut file).unwrap();
+    let md: Vec<(String, Value)> = ct.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
+    let tensors: Vec<QTensor> = names.iter().map(|n| f(&md, n, ct.tensor(&mut file, n, &Device::Cpu).unwrap())).collect();
+    let mut out = std::fs::File::create(dst).unwrap();
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &QTensor)> = names.iter().map(String::as_str).zip(tensors.iter()).collect();
+    gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
+}
+
 /// Writes a copy of the f32 GGUF at `src` with every targeted weight replaced by
 /// `W + weight·scale·B·A` (the adapter's q/k rows in PEFT's order, mapped to the file's).
 pub fn merged_copy(src: &std::path::Path, dst: &std::path::Path, adapter: &LoraAdapter, weight: f32) {
-    let mut f = std::fs::File::open(src).unwrap();
-    let ct = gguf_file::Content::read(&mut f).unwrap();
-    let md: Vec<(String, Value)> = ct.metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
-    let heads = |key: &str| md.iter().find(|(k, _)| k == key).unwrap().1.to_u32().unwrap() as usize;
-    let (n_heads, n_kv_heads) = (heads("llama.attention.head_count"), heads("llama.attention.head_count_kv"));
     let s = adapter.scale() * weight;
-    let mut tensors = Vec::new();
-    for name in &names {
-        let q = ct.tensor(&mut f, name, &Device::Cpu).unwrap();
+    rewrite_gguf(src, dst, |md, name, q| {
+        let heads = |key: &str| md.iter().find(|(k, _)| k == key).unwrap().1.to_u32().unwrap() as usize;
         let hit = name.strip_prefix("blk.").and_then(|rest| {
             let (l, t) = rest.split_once('.')?;
             let t = Target::from_gguf_name(t.strip_suffix(".weight")?)?;
             Some((l.parse::<usize>().ok()?, t))
         });
-        let q = match hit.and_then(|(l, t)| adapter.get(l, t)) {
-            None => q,
-            Some(lw) => {
-                let w = q.dequantize(&Device::Cpu).unwrap();
-                let (rows, cols) = w.dims2().unwrap();
-                let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-                let (r, a, b) = (lw.r(), lw.a(), lw.b());
-                let (_, t) = hit.unwrap();
-                let src_row = |o: usize| match t {
-                    Target::Q => hf_row(o, rows, n_heads),
-                    Target::K => hf_row(o, rows, n_kv_heads),
-                    _ => o,
-                };
-                for o in 0..rows {
-                    let ob = src_row(o);
-                    for i in 0..cols {
-                        let d: f64 = (0..r).map(|k| b[ob * r + k] as f64 * a[k * cols + i] as f64).sum();
-                        v[o * cols + i] += (s as f64 * d) as f32;
-                    }
-                }
-                QTensor::quantize(&Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
-            }
+        let Some(((_, t), lw)) = hit.and_then(|(l, t)| Some(((l, t), adapter.get(l, t)?))) else { return q };
+        let w = q.dequantize(&Device::Cpu).unwrap();
+        let (rows, cols) = w.dims2().unwrap();
+        let mut v = w.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let (r, a, b) = (lw.r(), lw.a(), lw.b());
+        let src_row = |o: usize| match t {
+            Target::Q => hf_row(o, rows, heads("llama.attention.head_count")),
+            Target::K => hf_row(o, rows, heads("llama.attention.head_count_kv")),
+            _ => o,
         };
-        tensors.push(q);
-    }
-    let mut out = std::fs::File::create(dst).unwrap();
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = names.iter().map(String::as_str).zip(tensors.iter()).collect();
-    gguf_file::write(&mut out, &md_refs, &t_refs).unwrap();
+        for o in 0..rows {
+            let ob = src_row(o);
+            for i in 0..cols {
+                let d: f64 = (0..r).map(|k| b[ob * r + k] as f64 * a[k * cols + i] as f64).sum();
+                v[o * cols + i] += (s as f64 * d) as f32;
+            }
+        }
+        QTensor::quantize(&Tensor::from_vec(v, (rows, cols), &Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
+    });
 }
 
 /// Tolerance: the hook adds `s·B(A·x)` in f32 after the base product, the merged model sums

@@ -10,7 +10,7 @@ use tailor::adapters::peft::{self, LoadOptions};
 use tailor::adapters::{LoraAdapter, LoraSet, Target};
 use tailor::{Engine, EngineConfig, LoraHook};
 
-use crate::real_model::model_path;
+use crate::real_model::{engine, model_path};
 
 fn dir(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/peft").join(name)
@@ -20,12 +20,6 @@ fn load_engine(path: &std::path::Path) -> Engine {
     let mut c = EngineConfig::default();
     c.threads = 2;
     Engine::load(path, c).unwrap()
-}
-
-/// The real Q4_1 model.
-fn engine() -> &'static Engine {
-    static E: OnceLock<Engine> = OnceLock::new();
-    E.get_or_init(|| load_engine(&model_path()))
 }
 
 /// The same model with every tensor dequantized to f32 (what PEFT runs on): written to a
@@ -43,22 +37,8 @@ fn f32_engine() -> &'static Engine {
 
 /// Writes an all-f32 copy of the GGUF at `src` (every tensor dequantized).
 fn dequantized_copy(src: &std::path::Path, dst: &std::path::Path) {
-    use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-    use candle_core::Device;
-    let mut f = std::fs::File::open(src).unwrap();
-    let ct = gguf_file::Content::read(&mut f).unwrap();
-    let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
-    let tensors: Vec<QTensor> = names
-        .iter()
-        .map(|n| {
-            let q = ct.tensor(&mut f, n, &Device::Cpu).unwrap();
-            QTensor::quantize(&q.dequantize(&Device::Cpu).unwrap(), GgmlDType::F32).unwrap()
-        })
-        .collect();
-    let mut out = std::fs::File::create(dst).unwrap();
-    let md: Vec<(&str, &gguf_file::Value)> = ct.metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t: Vec<(&str, &QTensor)> = names.iter().map(String::as_str).zip(tensors.iter()).collect();
-    gguf_file::write(&mut out, &md, &t).unwrap();
+    use candle_core::quantized::{GgmlDType, QTensor};
+    crate::lora::rewrite_gguf(src, dst, |_, _, q| QTensor::quantize(&q.dequantize(&candle_core::Device::Cpu).unwrap(), GgmlDType::F32).unwrap());
 }
 
 

@@ -24,7 +24,7 @@ pub fn model_path() -> PathBuf {
     p
 }
 
-fn engine() -> &'static Engine {
+pub fn engine() -> &'static Engine {
     static E: OnceLock<Engine> = OnceLock::new();
     E.get_or_init(|| {
         let mut c = EngineConfig::default();
