@@ -2,7 +2,7 @@
 //! one. A [`TinyModel`] is a real GGUF file (weights random, tokenizer a real byte-level BPE)
 //! that every part of the SDK loads like any other model.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use candle_core::quantized::gguf_file::{self, Value};
 use candle_core::quantized::{GgmlDType, QTensor};
@@ -182,4 +182,32 @@ pub fn random_lora(engine: &crate::Engine, r: usize, scale: f32, seed: u64) -> R
         }
     }
     Ok(a)
+}
+
+/// A temporary directory (unique per process and call) removed with everything in it when
+/// dropped: for tests.
+#[derive(Debug)]
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// Creates `tailor-test-{tag}-{pid}-{random}` in the system's temporary directory.
+    ///
+    /// # Panics
+    /// If the directory cannot be created.
+    pub fn new(tag: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("tailor-test-{tag}-{}-{}", std::process::id(), rand::random::<u64>()));
+        std::fs::create_dir_all(&p).unwrap_or_else(|e| panic!("creating {}: {e}", p.display()));
+        Self(p)
+    }
+
+    /// `name` inside the directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }

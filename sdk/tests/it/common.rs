@@ -6,25 +6,7 @@ use candle_core::quantized::GgmlDType;
 use tailor::testing::TinyModel;
 use tailor::{Engine, EngineConfig};
 
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("tailor-test-{tag}-{}-{}", std::process::id(), rand::random::<u64>()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use tailor::testing::TempDir;
 
 /// Writes a tiny model and loads it.
 pub fn tiny(spec: TinyModel, threads: usize) -> (TempDir, PathBuf, Engine) {

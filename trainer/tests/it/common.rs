@@ -1,30 +1,10 @@
 //! Helpers shared by the test modules.
 
-use std::path::PathBuf;
-
 use candle_core::quantized::GgmlDType;
 use tailor::testing::TinyModel;
 use tailor::{Engine, EngineConfig};
 
-/// A temporary directory removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!("tailor-trainer-{tag}-{}-{}", std::process::id(), rand::random::<u64>()));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    pub fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use tailor::testing::TempDir;
 
 /// A tiny model of `dtype` (weights from `seed`), loaded with 2 threads.
 pub fn tiny(dtype: GgmlDType, seed: u64) -> (TempDir, Engine) {
