@@ -29,7 +29,8 @@ pub fn target_of(proj: Proj) -> Target {
 }
 
 fn slot(layer: usize, proj: Proj) -> usize {
-    layer * Proj::ALL.len() + Proj::ALL.iter().position(|p| *p == proj).unwrap_or(0)
+    // `Proj` is declared in `Proj::ALL`'s order, so its discriminant is its index there.
+    layer * Proj::ALL.len() + proj as usize
 }
 
 /// An adapter prepared to run on one engine's base: its shapes checked, `lora_B` of the query
