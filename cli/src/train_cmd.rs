@@ -1,5 +1,5 @@
 //! `tailor train` and `tailor adapter rollback`: the profile's personal adapters (trained from
-//! its feedback, kept in `<profile's dir>/adapters/`).
+//! its feedback, kept in `<profile file>.adapters/` beside it).
 
 use std::path::{Path, PathBuf};
 
@@ -28,10 +28,7 @@ pub(crate) struct TrainArgs {
     model: ModelArgs,
 }
 
-/// Where a profile's adapter versions live: `adapters/` beside the profile file.
-pub(crate) fn adapters_dir(profile: &Path) -> PathBuf {
-    profile.parent().unwrap_or(Path::new(".")).join("adapters")
-}
+use personal::adapters_dir;
 
 /// The profile's active adapter directory, if any (clean and on disk).
 pub(crate) fn active_adapter(profile: &Path, store: &MemoryStore) -> Result<Option<PathBuf>> {

@@ -258,7 +258,7 @@ fn train_from_feedback_then_rollback() {
         let out = tailor(&["adapter", "rollback", "--profile", p]);
         assert!(String::from_utf8_lossy(&out.stdout).contains("base model"), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(tailor(&["feedback", "forget", "--all", "--profile", p]).status.success());
-        let left = std::fs::read_dir(dir.join("adapters")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
+        let left = std::fs::read_dir(dir.join("profile.db.adapters")).unwrap().filter(|e| e.as_ref().unwrap().path().is_dir()).count();
         assert_eq!(left, 0, "forgotten feedback leaves no adapter behind");
     }
     let _ = std::fs::remove_dir_all(&dir);

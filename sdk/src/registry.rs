@@ -35,11 +35,15 @@ pub struct AdapterInfo {
     pub modules: usize,
     /// Trainable parameters.
     pub parameters: usize,
+    /// The directory it was loaded from ([`AdapterRegistry::load`]); `None` when inserted from
+    /// memory.
+    pub source: Option<std::path::PathBuf>,
 }
 
 #[derive(Default)]
 struct State {
     adapters: BTreeMap<String, Arc<PreparedLora>>,
+    sources: BTreeMap<String, std::path::PathBuf>,
     active: Vec<(String, f32)>,
     vectors: BTreeMap<String, Arc<SteeringVector>>,
     steering: Vec<(String, f32, RangeInclusive<usize>)>,
@@ -97,14 +101,22 @@ impl AdapterRegistry {
     pub fn load(&self, name: &str, dir: &Path) -> Result<()> {
         let opts = LoadOptions::new().with_shapes(self.engine.base_shapes()).with_fingerprint(self.engine.base_fingerprint());
         let adapter = peft::load(dir, &opts)?;
-        self.insert(name, adapter)
+        self.insert_from(name, adapter, Some(dir))
     }
 
     /// Adds an adapter built in memory (e.g. by the trainer) under `name`, after checking its
     /// shapes against the base and preparing it (the only copy of its weights a swap makes).
     pub fn insert(&self, name: &str, adapter: LoraAdapter) -> Result<()> {
+        self.insert_from(name, adapter, None)
+    }
+
+    fn insert_from(&self, name: &str, adapter: LoraAdapter, source: Option<&Path>) -> Result<()> {
         let prepared = Arc::new(PreparedLora::new(&self.engine, Arc::new(adapter))?);
         let mut st = self.write();
+        match source {
+            Some(dir) => st.sources.insert(name.to_string(), dir.to_path_buf()),
+            None => st.sources.remove(name),
+        };
         let active = st.active.iter().any(|(n, _)| n == name);
         st.adapters.insert(name.to_string(), prepared);
         if active {
@@ -135,6 +147,28 @@ impl AdapterRegistry {
         Ok(())
     }
 
+    /// Sets one adapter's weight in the active set (`None`: takes it out), keeping the other
+    /// members as they are, atomically. An unknown name or a non-finite weight is an error and
+    /// changes nothing.
+    pub fn set_weight(&self, name: &str, weight: Option<f32>) -> Result<()> {
+        let mut st = self.write();
+        if !st.adapters.contains_key(name) {
+            return Err(Error::invalid(format!("no adapter named `{name}`")));
+        }
+        let pos = st.active.iter().position(|(n, _)| n == name);
+        match (weight, pos) {
+            (Some(w), _) if !w.is_finite() => return Err(Error::invalid(format!("adapter `{name}`: weight {w} is not finite"))),
+            (Some(w), Some(i)) => st.active[i].1 = w,
+            (Some(w), None) => st.active.push((name.to_string(), w)),
+            (None, Some(i)) => {
+                st.active.remove(i);
+            }
+            (None, None) => return Ok(()),
+        }
+        st.publish();
+        Ok(())
+    }
+
     /// Removes an adapter (and from the active set if it was there). Generations that took a
     /// snapshot with it finish with it; its memory is freed after them.
     pub fn unload(&self, name: &str) -> Result<()> {
@@ -142,6 +176,7 @@ impl AdapterRegistry {
         if st.adapters.remove(name).is_none() {
             return Err(Error::invalid(format!("no adapter named `{name}`")));
         }
+        st.sources.remove(name);
         let before = st.active.len();
         st.active.retain(|(n, _)| n != name);
         if st.active.len() != before {
@@ -225,6 +260,7 @@ impl AdapterRegistry {
                 rank: a.config().r,
                 modules: a.len(),
                 parameters: a.num_parameters(),
+                source: st.sources.get(name).cloned(),
             })
             .collect()
     }

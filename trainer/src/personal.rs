@@ -2,7 +2,8 @@
 //! version is trained from scratch on all current feedback, an evaluation gate decides whether
 //! it is promoted, and forgetting reaches the adapters.
 //!
-//! Layout of an adapters directory (the CLI uses `<profile's dir>/adapters/`):
+//! Layout of an adapters directory (for a profile file `alice.db`, [`adapters_dir`] is
+//! `alice.db.adapters/` beside it):
 //! - `<version>/`: one promoted version in PEFT's layout (saved atomically);
 //! - `ACTIVE`: the name of the version to run (written to a temp file, fsynced, renamed);
 //!   empty means the base alone. A missing or tainted `ACTIVE` falls back to the newest clean
@@ -26,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tailor::profile::{Feedback, FeedbackKind, FeedbackQuery, MemoryStore};
-use tailor::{ChatMessage, Engine, Flow};
+use tailor::{AdapterRegistry, ChatMessage, Engine, Flow};
 
 use crate::{mean_nll, score_answers, PreferenceExample, Progress, SftExample, StopReason, TrainConfig, TrainData, TrainMetrics, Trainer};
 
@@ -361,6 +362,42 @@ pub fn train_profile(
     write_active(adapters_dir, Some(&version))?;
     outcome.decision = Decision::Promoted { version, path };
     Ok(outcome)
+}
+
+/// Where the adapter versions of the profile at `profile_path` live: `<file name>.adapters/`
+/// beside the profile file (so two profiles in one directory never share versions).
+pub fn adapters_dir(profile_path: &Path) -> PathBuf {
+    let mut name = profile_path.file_name().map(|n| n.to_os_string()).unwrap_or_else(|| "profile".into());
+    name.push(".adapters");
+    profile_path.parent().unwrap_or(Path::new(".")).join(name)
+}
+
+/// Makes a running engine's `registry` run the profile's active version ([`active_adapter`]):
+/// loaded under `name` (only when it is not already the version loaded there) and put in the
+/// active set with weight 1, the set's other members untouched; when the profile has no
+/// usable version (none promoted, rolled back to the base, or every version tainted by
+/// forgetting) the adapter `name` is unloaded. Sessions following the registry pick the
+/// change up at their next generation. Returns the version now running under `name`.
+///
+/// Call it after a promotion ([`train_profile`]), a [`rollback`] and after forgetting
+/// feedback ([`purge_tainted`]).
+pub fn sync_registry(registry: &AdapterRegistry, store: &MemoryStore, adapters_dir: &Path, name: &str) -> Result<Option<String>> {
+    let loaded = registry.list().into_iter().find(|a| a.name == name);
+    match active_adapter(store, adapters_dir)? {
+        Some((version, path)) => {
+            if loaded.as_ref().and_then(|a| a.source.as_ref()) != Some(&path) {
+                registry.load(name, &path)?;
+            }
+            registry.set_weight(name, Some(1.0))?;
+            Ok(Some(version))
+        }
+        None => {
+            if loaded.is_some() {
+                registry.unload(name)?;
+            }
+            Ok(None)
+        }
+    }
 }
 
 /// Points `adapters_dir/ACTIVE` at `version` (`None`: the base alone), atomically.

@@ -98,6 +98,20 @@ fn registry_errors_and_listing() {
     assert_eq!(l.len(), 1);
     assert_eq!(l[0].active_weight, Some(0.5));
     assert_eq!(l[0].rank, 4);
+    assert_eq!(l[0].source, None);
+    // One member's weight changes, the others stay.
+    reg.insert("b", random_adapter(&engine, 4, 2)).unwrap();
+    assert!(reg.set_weight("missing", Some(1.0)).is_err());
+    assert!(reg.set_weight("b", Some(f32::INFINITY)).is_err());
+    reg.set_weight("b", Some(2.0)).unwrap();
+    let weights = |reg: &AdapterRegistry| reg.list().iter().map(|a| a.active_weight).collect::<Vec<_>>();
+    assert_eq!(weights(&reg), [Some(0.5), Some(2.0)]);
+    reg.set_weight("a", None).unwrap();
+    assert_eq!(weights(&reg), [None, Some(2.0)]);
+    let g1 = reg.generation();
+    reg.set_weight("a", None).unwrap();
+    assert_eq!(reg.generation(), g1, "no change, no new snapshot");
+    reg.unload("b").unwrap();
     reg.unload("a").unwrap();
     assert!(reg.list().is_empty());
     assert!(reg.unload("a").is_err());

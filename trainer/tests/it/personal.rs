@@ -6,8 +6,12 @@ use std::sync::Arc;
 use candle_core::quantized::GgmlDType;
 use tailor::profile::testing::HashEmbedder;
 use tailor::profile::{FeedbackKind, MemoryConfig, MemoryStore, NewFeedback};
+use tailor::adapters::peft::{self, LoadOptions};
+use tailor::adapters::LoraSet;
+use tailor::{AdapterRegistry, Hooks, LoraHook, Session};
 use tailor_trainer::personal::{
-    active_adapter, feedback_to_data, purge_tainted, rollback, train_profile, Decision, Outcome, PersonalOptions,
+    active_adapter, adapters_dir, feedback_to_data, purge_tainted, rollback, sync_registry, train_profile, Decision, Outcome,
+    PersonalOptions,
 };
 use tailor_trainer::Flow;
 
@@ -48,6 +52,28 @@ fn train(engine: &tailor::Engine, s: &mut MemoryStore, dir: &Path, o: &PersonalO
         out.general_change() * 100.0
     );
     out
+}
+
+/// Syncs the registry to the profile, then checks that `running` (a session following the
+/// registry, mid-conversation) now runs exactly the version at `want`, or the base alone.
+fn synced(engine: &tailor::Engine, reg: &AdapterRegistry, s: &MemoryStore, adapters: &Path, running: &mut Session, want: Option<&Path>) {
+    let version = sync_registry(reg, s, adapters, "profile").unwrap();
+    assert_eq!(version.as_deref(), want.map(|p| p.file_name().unwrap().to_str().unwrap()));
+    let probe = engine.tokenize("my cat is called").unwrap();
+    let mut reference = engine.new_session();
+    if let Some(dir) = want {
+        let adapter = Arc::new(peft::load(dir, &LoadOptions::new()).unwrap());
+        let hook = LoraHook::from_set(engine, &LoraSet::new().with(adapter, 1.0)).unwrap();
+        reference.set_hooks(Hooks { linear: Some(Arc::new(hook)), residual: None });
+    }
+    assert_eq!(running.logits_all(&probe).unwrap(), reference.logits_all(&probe).unwrap());
+}
+
+#[test]
+fn adapters_live_beside_their_profile() {
+    assert_eq!(adapters_dir(Path::new("/p/alice.db")), Path::new("/p/alice.db.adapters"));
+    assert_ne!(adapters_dir(Path::new("/p/alice.db")), adapters_dir(Path::new("/p/bob.db")));
+    assert_eq!(adapters_dir(Path::new("me.db")), Path::new("me.db.adapters"));
 }
 
 #[test]
@@ -114,6 +140,11 @@ fn promotion_forgetting_and_rollback() {
     let mut s = store(&dir);
     let adapters = dir.path("adapters");
     let o = options(12, 3e-3);
+    // A running engine: a session following the registry (kept mid-conversation throughout).
+    let reg = AdapterRegistry::new(&engine);
+    let mut running = engine.new_session();
+    running.follow(reg.clone());
+    synced(&engine, &reg, &s, &adapters, &mut running, None);
     let first: Vec<i64> = (0..6).map(|i| add(&mut s, &format!("what is my cat called? ({i})"), "Tom.", correction("Zorblax."))).collect();
     let out1 = train(&engine, &mut s, &adapters, &o);
     let Decision::Promoted { version: v1, path: p1 } = out1.decision.clone() else { panic!("{:?}", out1.decision) };
@@ -122,6 +153,7 @@ fn promotion_forgetting_and_rollback() {
     assert!(p1.join("adapter_config.json").exists());
     assert_eq!(active_adapter(&s, &adapters).unwrap(), Some((v1.clone(), p1.clone())));
     assert_eq!(s.adapter_feedback(&v1).unwrap(), first);
+    synced(&engine, &reg, &s, &adapters, &mut running, Some(&p1));
     assert!(s.list_feedback(&Default::default()).unwrap().iter().all(|f| f.consumed_by.as_deref() == Some(v1.as_str())));
 
     // A second version, child of the first, from all feedback.
@@ -132,13 +164,20 @@ fn promotion_forgetting_and_rollback() {
     assert_eq!(recs[1].parent.as_deref(), Some(v1.as_str()));
     assert!(s.adapter_feedback(&v2).unwrap().contains(&late));
     assert_eq!(active_adapter(&s, &adapters).unwrap().unwrap().0, v2);
+    synced(&engine, &reg, &s, &adapters, &mut running, Some(&p2));
+    let g = reg.generation();
+    synced(&engine, &reg, &s, &adapters, &mut running, Some(&p2));
+    assert_eq!(reg.list()[0].source.as_deref(), Some(p2.as_path()));
+    assert!(reg.generation() - g <= 1, "an unchanged version is not reloaded");
 
     // Rollback to the parent, then to the base; versions stay on disk.
     assert_eq!(rollback(&s, &adapters).unwrap().as_deref(), Some(v1.as_str()));
     assert_eq!(active_adapter(&s, &adapters).unwrap().unwrap().0, v1);
+    synced(&engine, &reg, &s, &adapters, &mut running, Some(&p1));
     assert!(p2.exists());
     assert_eq!(rollback(&s, &adapters).unwrap(), None);
     assert_eq!(active_adapter(&s, &adapters).unwrap(), None);
+    synced(&engine, &reg, &s, &adapters, &mut running, None);
     assert!(rollback(&s, &adapters).is_err());
 
     // Forgetting the event only v2 learned from: v2 tainted, ACTIVE (v2) falls back to v1,
@@ -147,11 +186,14 @@ fn promotion_forgetting_and_rollback() {
     let tainted = s.forget_feedback(&[late]).unwrap();
     assert_eq!(tainted, [v2.as_str()]);
     assert_eq!(active_adapter(&s, &adapters).unwrap(), Some((v1.clone(), p1.clone())));
+    synced(&engine, &reg, &s, &adapters, &mut running, Some(&p1));
     assert_eq!(purge_tainted(&s, &adapters).unwrap(), [v2.as_str()]);
     assert!(!p2.exists() && p1.exists());
     // Forgetting everything: no clean version is left, the base runs.
     s.forget_all_feedback().unwrap();
     assert_eq!(purge_tainted(&s, &adapters).unwrap(), [v1.as_str()]);
     assert_eq!(active_adapter(&s, &adapters).unwrap(), None);
+    synced(&engine, &reg, &s, &adapters, &mut running, None);
+    assert!(reg.list().is_empty());
     assert!(!p1.exists());
 }
