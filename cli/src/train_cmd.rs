@@ -44,7 +44,11 @@ pub(crate) fn train(args: TrainArgs) -> Result<()> {
     options.train.max_seconds = args.max_seconds;
     let bar = ProgressBar::new(0);
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}").context("progress bar template")?);
+    let interrupted = interrupt::install();
     let outcome = personal::train_profile(&engine, &mut store, &adapters_dir(&path), &options, &mut |p| {
+        if interrupted.load(std::sync::atomic::Ordering::Relaxed) {
+            return Flow::Stop;
+        }
         bar.set_length(p.total_steps as u64);
         bar.set_position(p.step as u64);
         bar.set_message(format!("loss {:.4} · {:.0} tok/s · eta {}s", p.loss, p.tokens_per_s, p.eta.as_secs()));
@@ -59,6 +63,9 @@ pub(crate) fn train(args: TrainArgs) -> Result<()> {
         other => other?,
     };
     let m = &outcome.metrics;
+    if let Some(step) = m.resumed_from {
+        println!("resumed a stopped run at step {step}");
+    }
     println!(
         "trained {} steps on {} examples ({} held out) · {:.0} tok/s · {:.1}s",
         m.steps,
@@ -81,6 +88,31 @@ pub(crate) fn train(args: TrainArgs) -> Result<()> {
         _ => {}
     }
     Ok(())
+}
+
+/// Ctrl-C during `tailor train`: the run stops at the next step with a checkpoint (the next
+/// `tailor train` on the same feedback resumes it) instead of dying mid-step.
+mod interrupt {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+    extern "C" fn on_sigint(_: libc::c_int) {
+        // Async-signal-safe: one atomic store. A second Ctrl-C gets the default action.
+        INTERRUPTED.store(true, Ordering::Relaxed);
+        // SAFETY: restoring the default disposition is async-signal-safe.
+        unsafe { libc::signal(libc::SIGINT, libc::SIG_DFL) };
+    }
+
+    /// Installs the handler; the flag turns true on the first Ctrl-C.
+    pub(super) fn install() -> &'static AtomicBool {
+        #[cfg(unix)]
+        // SAFETY: the handler only stores to an atomic and resets the disposition.
+        unsafe {
+            libc::signal(libc::SIGINT, on_sigint as extern "C" fn(libc::c_int) as libc::sighandler_t);
+        }
+        &INTERRUPTED
+    }
 }
 
 /// `tailor adapter rollback`.

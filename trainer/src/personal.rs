@@ -5,6 +5,9 @@
 //! Layout of an adapters directory (for a profile file `alice.db`, [`adapters_dir`] is
 //! `alice.db.adapters/` beside it):
 //! - `<version>/`: one promoted version in PEFT's layout (saved atomically);
+//! - `.checkpoint/`: the checkpoint of a run that was stopped or killed before the gate, so
+//!   the next run on the same feedback resumes it; removed when a run reaches the gate and
+//!   whenever feedback is forgotten ([`purge_tainted`]);
 //! - `ACTIVE`: the name of the version to run (written to a temp file, fsynced, renamed);
 //!   empty means the base alone. A missing or tainted `ACTIVE` falls back to the newest clean
 //!   version whose directory exists ([`active_adapter`]).
@@ -33,6 +36,9 @@ use crate::{mean_nll, score_answers, PreferenceExample, Progress, SftExample, St
 
 /// The general-text set of the gate: ordinary English paragraphs written for Tailor.
 pub const GENERAL_TEXT: &str = include_str!("../data/general.txt");
+
+/// The folder in an adapters directory holding a stopped run's checkpoint.
+pub const CHECKPOINT_DIR: &str = ".checkpoint";
 
 /// The file in an adapters directory naming the version to run.
 pub const ACTIVE_FILE: &str = "ACTIVE";
@@ -187,12 +193,16 @@ pub struct PersonalOptions {
     pub held_out_every: usize,
     /// Largest relative rise of the general-text NLL over the base's that is accepted.
     pub max_general_increase: f64,
+    /// Checkpoint the run into `adapters_dir/.checkpoint/` every this many steps (`0`: no
+    /// checkpoints), so that a stopped or killed run resumes where it was when it is started
+    /// again on the same feedback.
+    pub checkpoint_every: usize,
 }
 
 impl Default for PersonalOptions {
     fn default() -> Self {
         let train = TrainConfig { learning_rate: 5e-4, epochs: 3, warmup_steps: 2, ..TrainConfig::default() };
-        PersonalOptions { train, held_out_every: 5, max_general_increase: 0.05 }
+        PersonalOptions { train, held_out_every: 5, max_general_increase: 0.05, checkpoint_every: 5 }
     }
 }
 
@@ -284,7 +294,19 @@ pub fn train_profile(
     };
     let general = general_examples(engine, options.train.max_seq_len)?;
 
-    let out = Trainer::new(engine, options.train.clone())?.train(&data.train, progress)?;
+    let mut config = options.train.clone();
+    let checkpoint = adapters_dir.join(CHECKPOINT_DIR);
+    if options.checkpoint_every > 0 {
+        config.checkpoint_dir = Some(checkpoint.clone());
+        config.checkpoint_every = options.checkpoint_every;
+        config.resume = true;
+    }
+    let out = Trainer::new(engine, config)?.train(&data.train, progress)?;
+    let stopped = matches!(out.metrics.stop, StopReason::Cancelled | StopReason::Callback);
+    if !stopped && checkpoint.exists() {
+        // The run reached the gate: nothing to resume, and no trained state left lying around.
+        std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
+    }
     let held_out_before = mean_nll(&score_answers(engine, None, &eval, threads)?);
     let held_out_after = mean_nll(&score_answers(engine, Some(&out.adapter), &eval, threads)?);
     let general_before = mean_nll(&score_answers(engine, None, &general, threads)?);
@@ -304,8 +326,8 @@ pub fn train_profile(
     let refuse = |outcome: &mut Outcome, reason: String| {
         outcome.decision = Decision::Refused { reason };
     };
-    if matches!(out.metrics.stop, StopReason::Cancelled | StopReason::Callback) {
-        refuse(&mut outcome, "the run was stopped".into());
+    if stopped {
+        refuse(&mut outcome, "the run was stopped (started again on the same feedback, it resumes)".into());
         return Ok(outcome);
     }
     // Written so that a NaN refuses.
@@ -471,9 +493,13 @@ pub fn rollback(store: &MemoryStore, adapters_dir: &Path) -> Result<Option<Strin
 }
 
 /// Deletes the directories of every tainted version (those that learned from forgotten
-/// feedback), so nothing the user asked to forget survives in an adapter. Returns the
-/// versions whose directories were removed.
+/// feedback) and any stopped run's checkpoint, so nothing the user asked to forget survives
+/// in an adapter. Returns the versions whose directories were removed.
 pub fn purge_tainted(store: &MemoryStore, adapters_dir: &Path) -> Result<Vec<String>> {
+    let checkpoint = adapters_dir.join(CHECKPOINT_DIR);
+    if checkpoint.exists() {
+        std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
+    }
     let mut removed = Vec::new();
     for a in store.list_adapters()? {
         let dir = adapters_dir.join(&a.version);

@@ -197,3 +197,43 @@ fn promotion_forgetting_and_rollback() {
     assert!(reg.list().is_empty());
     assert!(!p1.exists());
 }
+
+#[test]
+fn a_stopped_profile_run_resumes_and_forgetting_removes_its_checkpoint() {
+    let (_m, engine) = tiny(GgmlDType::Q8_0, 2);
+    let dir = TempDir::new("resume");
+    let mut s = store(&dir);
+    let adapters = dir.path("adapters");
+    let mut o = options(12, 3e-3);
+    o.checkpoint_every = 1;
+    let ids: Vec<i64> = (0..6).map(|i| add(&mut s, &format!("what is my cat called? ({i})"), "Tom.", correction("Zorblax."))).collect();
+    let checkpoint = adapters.join(tailor_trainer::personal::CHECKPOINT_DIR);
+
+    // Stopped at step 5 (as Ctrl-C in `tailor train` does): refused, a checkpoint is left.
+    let out = train_profile(&engine, &mut s, &adapters, &o, &mut |p| if p.step >= 5 { Flow::Stop } else { Flow::Continue }).unwrap();
+    assert!(matches!(out.decision, Decision::Refused { .. }), "{:?}", out.decision);
+    assert!(checkpoint.exists());
+    assert!(s.list_adapters().unwrap().is_empty());
+    // Started again: resumes, reaches the gate, and leaves no checkpoint.
+    let resumed = train(&engine, &mut s, &adapters, &o);
+    assert_eq!(resumed.metrics.resumed_from, Some(out.metrics.steps));
+    assert_eq!(resumed.metrics.steps, 12);
+    assert!(!checkpoint.exists());
+    // The same as a run never stopped.
+    let other = TempDir::new("resume-ref");
+    let mut s2 = store(&other);
+    for i in 0..6 {
+        add(&mut s2, &format!("what is my cat called? ({i})"), "Tom.", correction("Zorblax."));
+    }
+    let whole = train(&engine, &mut s2, &other.path("adapters"), &o);
+    assert_eq!(resumed.metrics.losses, whole.metrics.losses);
+    assert_eq!(resumed.held_out_after, whole.held_out_after);
+
+    // A stopped run's checkpoint is trained state: forgetting the feedback removes it.
+    add(&mut s, "what is my dog called?", "Rex.", correction("Biscuit."));
+    train_profile(&engine, &mut s, &adapters, &o, &mut |p| if p.step >= 3 { Flow::Stop } else { Flow::Continue }).unwrap();
+    assert!(checkpoint.exists());
+    s.forget_feedback(&ids[..1]).unwrap();
+    purge_tainted(&s, &adapters).unwrap();
+    assert!(!checkpoint.exists());
+}
