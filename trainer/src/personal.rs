@@ -37,6 +37,11 @@ use crate::{mean_nll, score_answers, PreferenceExample, Progress, SftExample, St
 /// The general-text set of the gate: ordinary English paragraphs written for Tailor.
 pub const GENERAL_TEXT: &str = include_str!("../data/general.txt");
 
+/// The replay set: other ordinary English paragraphs written for Tailor (none of them in
+/// [`GENERAL_TEXT`]), mixed into training so that learning the user's facts does not wear
+/// down the model's general text.
+pub const REPLAY_TEXT: &str = include_str!("../data/replay.txt");
+
 /// The folder in an adapters directory holding a stopped run's checkpoint.
 pub const CHECKPOINT_DIR: &str = ".checkpoint";
 
@@ -169,9 +174,31 @@ pub fn feedback_to_data(engine: &Engine, feedback: &[Feedback], held_out_every: 
 /// The general-text set as SFT-like examples: each paragraph is the answer to a minimal
 /// prompt, cut so that prompt + answer fit `max_len` tokens.
 pub fn general_examples(engine: &Engine, max_len: usize) -> Result<Vec<SftExample>> {
+    paragraph_examples(engine, GENERAL_TEXT, max_len)
+}
+
+/// The replay set ([`REPLAY_TEXT`]) as plain text to continue: each paragraph's first
+/// sentence is the prompt, the rest the answer, no chat template (so replay keeps the model's
+/// prose without teaching it the form the gate's [`general_examples`] are asked in). Cut to
+/// `max_len` tokens.
+pub fn replay_examples(engine: &Engine, max_len: usize) -> Result<Vec<SftExample>> {
+    let mut out = Vec::new();
+    for p in REPLAY_TEXT.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        let cut = p.find(". ").map(|i| i + 1).unwrap_or(p.len() / 2);
+        let prompt = engine.tokenize(&p[..cut])?;
+        let mut answer = engine.tokenize(&p[cut..])?;
+        answer.truncate(max_len.saturating_sub(prompt.len()).max(1));
+        if !prompt.is_empty() && !answer.is_empty() {
+            out.push(SftExample { prompt_tokens: prompt, answer_tokens: answer });
+        }
+    }
+    Ok(out)
+}
+
+fn paragraph_examples(engine: &Engine, text: &str, max_len: usize) -> Result<Vec<SftExample>> {
     let prompt = prompt_tokens(engine, "Write a short paragraph.")?;
     let room = max_len.saturating_sub(prompt.len()).max(1);
-    GENERAL_TEXT
+    text
         .split("\n\n")
         .map(str::trim)
         .filter(|p| !p.is_empty())
@@ -197,12 +224,15 @@ pub struct PersonalOptions {
     /// checkpoints), so that a stopped or killed run resumes where it was when it is started
     /// again on the same feedback.
     pub checkpoint_every: usize,
+    /// Replay paragraphs ([`REPLAY_TEXT`], cycled) mixed into training, as a fraction of the
+    /// feedback's SFT examples (`0`: none).
+    pub replay: f32,
 }
 
 impl Default for PersonalOptions {
     fn default() -> Self {
         let train = TrainConfig { learning_rate: 5e-4, epochs: 3, warmup_steps: 2, ..TrainConfig::default() };
-        PersonalOptions { train, held_out_every: 5, max_general_increase: 0.05, checkpoint_every: 5 }
+        PersonalOptions { train, held_out_every: 5, max_general_increase: 0.05, checkpoint_every: 5, replay: 1.0 }
     }
 }
 
@@ -240,10 +270,12 @@ pub struct Outcome {
     pub general_before: f64,
     /// General-text NLL with the new adapter.
     pub general_after: f64,
-    /// Training examples (SFT + pairs) and held-out examples.
+    /// Training examples from the feedback (SFT + pairs).
     pub train_examples: usize,
     /// Held-out examples.
     pub held_out_examples: usize,
+    /// Replay paragraphs mixed into training.
+    pub replay_examples: usize,
     /// Feedback events used.
     pub feedback_ids: Vec<i64>,
     /// The run's figures (steps, tokens/s, ...).
@@ -301,7 +333,11 @@ pub fn train_profile(
         config.checkpoint_every = options.checkpoint_every;
         config.resume = true;
     }
-    let out = Trainer::new(engine, config)?.train(&data.train, progress)?;
+    let mut train = data.train.clone();
+    let replay = replay_examples(engine, options.train.max_seq_len)?;
+    let n_replay = if replay.is_empty() { 0 } else { (train.sft.len() as f32 * options.replay.max(0.0)).ceil() as usize };
+    train.sft.extend(replay.iter().cycle().take(n_replay).cloned());
+    let out = Trainer::new(engine, config)?.train(&train, progress)?;
     let stopped = matches!(out.metrics.stop, StopReason::Cancelled | StopReason::Callback);
     if !stopped && checkpoint.exists() {
         // The run reached the gate: nothing to resume, and no trained state left lying around.
@@ -320,6 +356,7 @@ pub fn train_profile(
         general_after,
         train_examples: data.train.len(),
         held_out_examples: data.held_out.len(),
+        replay_examples: n_replay,
         feedback_ids: data.feedback_ids.clone(),
         metrics: out.metrics.clone(),
     };

@@ -123,7 +123,11 @@ fn gate_refuses_an_adapter_that_degrades_general_text() {
         add(&mut s, &format!("question {i}"), "x", correction(&"zq".repeat(40)));
     }
     let adapters = dir.path("adapters");
-    let out = train(&engine, &mut s, &adapters, &options(40, 3e-2));
+    // Without replay (which is there to prevent exactly this), a high learning rate on one
+    // repeated nonsense answer wears the general text down.
+    let mut o = options(40, 3e-2);
+    o.replay = 0.0;
+    let out = train(&engine, &mut s, &adapters, &o);
     assert!(matches!(out.decision, Decision::Refused { .. }), "{:?}", out.decision);
     assert!(out.held_out_after < out.held_out_before);
     assert!(out.general_change() > 0.05);

@@ -55,3 +55,81 @@ fn trained_adapter_states_the_fact_on_the_decode_path() {
     let g = s.generate(&Prompt::Chat(para), &params, &mut |_| tailor::Flow::Continue).unwrap();
     eprintln!("paraphrased question: {:?}", g.text);
 }
+
+/// The whole personal loop on the real model: six facts corrected in three phrasings each
+/// (18 feedback events), `train_profile` trains and promotes a version, `sync_registry` swaps
+/// it into a running engine's registry, and a session following the registry answers
+/// *paraphrased* questions (a fourth phrasing, in no feedback) with the corrected facts.
+#[test]
+fn corrected_facts_are_stated_for_paraphrased_questions() {
+    use tailor::profile::testing::HashEmbedder;
+    use tailor::profile::{FeedbackKind, MemoryConfig, MemoryStore, NewFeedback};
+    use tailor::AdapterRegistry;
+    use tailor_trainer::personal::{adapters_dir, sync_registry, train_profile, Decision, PersonalOptions};
+
+    #[derive(serde::Deserialize)]
+    struct Fact {
+        asked: Vec<String>,
+        paraphrase: String,
+        answer: String,
+        keyword: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Facts {
+        facts: Vec<Fact>,
+    }
+    let facts: Facts = serde_json::from_str(include_str!("../../data/facts.json")).unwrap();
+    let facts = &facts.facts[..6];
+
+    let mut ec = EngineConfig::default();
+    ec.threads = 2;
+    let engine = Engine::load(model_path(), ec).unwrap();
+    let dir = TempDir::new("real-personal");
+    let profile = dir.0.join("profile.db");
+    let mut store = MemoryStore::open(&profile, Arc::new(HashEmbedder::new(16, 0)), MemoryConfig::default()).unwrap();
+    for f in facts {
+        for q in &f.asked {
+            let kind = FeedbackKind::Correction { corrected: f.answer.clone() };
+            store.add_feedback(NewFeedback::new(q, "I'm sorry, I don't know that.", kind)).unwrap();
+        }
+    }
+    let registry = AdapterRegistry::new(&engine);
+    let mut session = engine.new_session();
+    session.follow(registry.clone());
+    let mut params = GenerateParams::default();
+    params.max_tokens = 16;
+    let mut ask = |s: &mut tailor::Session| -> Vec<String> {
+        facts
+            .iter()
+            .map(|f| s.generate(&Prompt::Chat(vec![ChatMessage::user(&f.paraphrase)]), &params, &mut |_| Flow::Continue).unwrap().text)
+            .collect()
+    };
+    let states = |answers: &[String]| answers.iter().zip(facts).filter(|(a, f)| a.contains(&f.keyword)).count();
+    let before = ask(&mut session);
+
+    let mut options = PersonalOptions::default();
+    options.train.threads = 2;
+    options.train.seed = 3;
+    let out = train_profile(&engine, &mut store, &adapters_dir(&profile), &options, &mut |_| Flow::Continue).unwrap();
+    eprintln!(
+        "{:?}: {} steps, held-out NLL {:.3} -> {:.3}, general {:+.2}%",
+        out.decision,
+        out.metrics.steps,
+        out.held_out_before,
+        out.held_out_after,
+        out.general_change() * 100.0
+    );
+    assert!(matches!(out.decision, Decision::Promoted { .. }), "{:?}", out.decision);
+    assert!(out.held_out_after < 0.5 * out.held_out_before);
+    assert!(out.general_change() < 0.05);
+    assert!(sync_registry(&registry, &store, &adapters_dir(&profile), "profile").unwrap().is_some());
+    let after = ask(&mut session);
+    for ((f, b), a) in facts.iter().zip(&before).zip(&after) {
+        eprintln!("{}\n  before: {b:?}\n  after:  {a:?}", f.paraphrase);
+    }
+    // Measured here: 0 of 6 before, 4 of 6 after (the misses answer "how do I earn my money?"
+    // with "You grow your own food." and the favourite-colour paraphrase with another colour:
+    // the 135M model does not carry every fact over to a distant phrasing after 90 steps).
+    assert_eq!(states(&before), 0, "{before:?}");
+    assert!(states(&after) >= 4, "{after:?}");
+}
