@@ -27,6 +27,7 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use tailor::profile::{Feedback, FeedbackKind, FeedbackQuery, MemoryStore};
@@ -37,8 +38,8 @@ use crate::{mean_nll, score_answers, PreferenceExample, Progress, SftExample, St
 /// The general-text set of the gate: ordinary English paragraphs written for Tailor.
 pub const GENERAL_TEXT: &str = include_str!("../data/general.txt");
 
-/// The replay set: other ordinary English paragraphs written for Tailor (none of them in
-/// [`GENERAL_TEXT`]), mixed into training so that learning the user's facts does not wear
+/// The replay set: questions answered by ordinary English paragraphs written for Tailor (none
+/// of them in [`GENERAL_TEXT`]), mixed into training so that learning the user's facts does not wear
 /// down the model's general text.
 pub const REPLAY_TEXT: &str = include_str!("../data/replay.txt");
 
@@ -79,6 +80,29 @@ pub enum Error {
     /// There is no earlier version to roll back to.
     #[error("no adapter is active: nothing to roll back")]
     NothingToRollBack,
+    /// A training run of this profile is already going on.
+    #[error("a training run of this profile is already going on")]
+    Busy,
+    /// A background run panicked (a bug).
+    #[error("the training thread panicked (a bug)")]
+    Panicked,
+}
+
+impl Error {
+    /// The variant's name (`"NoFeedback"`, `"Train"`, ...), for bindings and JSON.
+    pub fn variant_name(&self) -> &'static str {
+        match self {
+            Error::Train(_) => "Train",
+            Error::Profile(_) => "Profile",
+            Error::Engine(_) => "Engine",
+            Error::Adapter(_) => "Adapter",
+            Error::Io { .. } => "Io",
+            Error::NoFeedback => "NoFeedback",
+            Error::NothingToRollBack => "NothingToRollBack",
+            Error::Busy => "Busy",
+            Error::Panicked => "Panicked",
+        }
+    }
 }
 
 /// Result of this module.
@@ -177,20 +201,18 @@ pub fn general_examples(engine: &Engine, max_len: usize) -> Result<Vec<SftExampl
     paragraph_examples(engine, GENERAL_TEXT, max_len)
 }
 
-/// The replay set ([`REPLAY_TEXT`]) as plain text to continue: each paragraph's first
-/// sentence is the prompt, the rest the answer, no chat template (so replay keeps the model's
-/// prose without teaching it the form the gate's [`general_examples`] are asked in). Cut to
-/// `max_len` tokens.
+/// The replay set ([`REPLAY_TEXT`]: blocks of a question line and a paragraph answering it)
+/// as chat examples, cut to `max_len` tokens. Its questions differ from the one the gate's
+/// [`general_examples`] are asked with, so replay keeps the model's general answers without
+/// teaching it the gate's form.
 pub fn replay_examples(engine: &Engine, max_len: usize) -> Result<Vec<SftExample>> {
     let mut out = Vec::new();
-    for p in REPLAY_TEXT.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
-        let cut = p.find(". ").map(|i| i + 1).unwrap_or(p.len() / 2);
-        let prompt = engine.tokenize(&p[..cut])?;
-        let mut answer = engine.tokenize(&p[cut..])?;
+    for block in REPLAY_TEXT.split("\n\n").map(str::trim).filter(|b| !b.is_empty()) {
+        let Some((question, paragraph)) = block.split_once('\n') else { continue };
+        let prompt = prompt_tokens(engine, question.trim())?;
+        let mut answer = answer_tokens(engine, paragraph.trim())?;
         answer.truncate(max_len.saturating_sub(prompt.len()).max(1));
-        if !prompt.is_empty() && !answer.is_empty() {
-            out.push(SftExample { prompt_tokens: prompt, answer_tokens: answer });
-        }
+        out.push(SftExample { prompt_tokens: prompt, answer_tokens: answer });
     }
     Ok(out)
 }
@@ -231,7 +253,7 @@ pub struct PersonalOptions {
 
 impl Default for PersonalOptions {
     fn default() -> Self {
-        let train = TrainConfig { learning_rate: 5e-4, epochs: 3, warmup_steps: 2, ..TrainConfig::default() };
+        let train = TrainConfig { learning_rate: 5e-4, epochs: 2, warmup_steps: 2, ..TrainConfig::default() };
         PersonalOptions { train, held_out_every: 5, max_general_increase: 0.05, checkpoint_every: 5, replay: 1.0 }
     }
 }
@@ -306,9 +328,45 @@ pub fn train_profile(
     options: &PersonalOptions,
     progress: &mut dyn FnMut(&Progress) -> Flow,
 ) -> Result<Outcome> {
+    train_with(engine, &mut |f| f(store), adapters_dir, options, progress)
+}
+
+/// [`train_profile`] on a store shared with running sessions: the lock is held only to read
+/// the feedback and to record a promotion, never while training or scoring. Feedback
+/// forgotten while the run trained makes the gate refuse (the new version learned from it).
+pub fn train_shared(
+    engine: &Engine,
+    store: &Mutex<MemoryStore>,
+    adapters_dir: &Path,
+    options: &PersonalOptions,
+    progress: &mut dyn FnMut(&Progress) -> Flow,
+) -> Result<Outcome> {
+    train_with(engine, &mut |f| f(&mut lock_store(store)), adapters_dir, options, progress)
+}
+
+/// Locks a shared store, taking it over from a thread that panicked while holding it (the
+/// store itself is transactional, so a poisoned lock leaves it consistent).
+pub(crate) fn lock_store(store: &Mutex<MemoryStore>) -> MutexGuard<'_, MemoryStore> {
+    store.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Runs `f` with the store locked (or borrowed) for as long as `f` runs.
+type WithStore<'a> = dyn FnMut(&mut dyn FnMut(&mut MemoryStore) -> Result<()>) -> Result<()> + 'a;
+
+fn train_with(
+    engine: &Engine,
+    with_store: &mut WithStore<'_>,
+    adapters_dir: &Path,
+    options: &PersonalOptions,
+    progress: &mut dyn FnMut(&Progress) -> Flow,
+) -> Result<Outcome> {
     let mut query = FeedbackQuery::default();
     query.limit = 1_000_000;
-    let feedback = store.list_feedback(&query)?;
+    let mut feedback = Vec::new();
+    with_store(&mut |s| {
+        feedback = s.list_feedback(&query)?;
+        Ok(())
+    })?;
     let data = feedback_to_data(engine, &feedback, options.held_out_every)?;
     if data.train.is_empty() {
         return Err(Error::NoFeedback);
@@ -337,7 +395,15 @@ pub fn train_profile(
     let replay = replay_examples(engine, options.train.max_seq_len)?;
     let n_replay = if replay.is_empty() { 0 } else { (train.sft.len() as f32 * options.replay.max(0.0)).ceil() as usize };
     train.sft.extend(replay.iter().cycle().take(n_replay).cloned());
-    let out = Trainer::new(engine, config)?.train(&train, progress)?;
+    let out = match Trainer::new(engine, config.clone())?.train(&train, progress) {
+        // A checkpoint left by a run on other feedback or settings (or a damaged one) cannot
+        // be resumed: it is discarded and the run starts from scratch.
+        Err(e) if e.kind() == crate::ErrorKind::Checkpoint && checkpoint.exists() => {
+            std::fs::remove_dir_all(&checkpoint).map_err(io(&checkpoint))?;
+            Trainer::new(engine, config)?.train(&train, progress)?
+        }
+        r => r?,
+    };
     let stopped = matches!(out.metrics.stop, StopReason::Cancelled | StopReason::Callback);
     if !stopped && checkpoint.exists() {
         // The run reached the gate: nothing to resume, and no trained state left lying around.
@@ -385,7 +451,30 @@ pub fn train_profile(
         return Ok(outcome);
     }
 
-    // Promotion.
+    // Promotion, with the store held from the check that the feedback is all still there to
+    // the record of the new version, so a concurrent forget is either seen here or comes after
+    // (and then taints the new version like any other).
+    let mut decision = None;
+    with_store(&mut |store| {
+        let mut q = FeedbackQuery::default();
+        q.limit = 1_000_000;
+        let present: std::collections::HashSet<i64> = store.list_feedback(&q)?.iter().map(|f| f.id).collect();
+        if let Some(gone) = data.feedback_ids.iter().find(|id| !present.contains(id)) {
+            decision = Some(Decision::Refused {
+                reason: format!("feedback {gone} was forgotten while the run trained; train again"),
+            });
+            return Ok(());
+        }
+        decision = Some(promote(store, adapters_dir, &out, &data.feedback_ids, &outcome)?);
+        Ok(())
+    })?;
+    outcome.decision = decision.expect("set by the closure");
+    Ok(outcome)
+}
+
+/// Saves the trained adapter as a new version, records it with its lineage and the feedback it
+/// consumed, and makes it active.
+fn promote(store: &mut MemoryStore, adapters_dir: &Path, out: &crate::TrainOutput, feedback_ids: &[i64], outcome: &Outcome) -> Result<Decision> {
     let parent = active_adapter(store, adapters_dir)?.map(|(v, _)| v);
     let known: Vec<String> = store.list_adapters()?.into_iter().map(|a| a.version).collect();
     let stamp = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
@@ -399,6 +488,8 @@ pub fn train_profile(
     };
     let path = adapters_dir.join(&version);
     tailor::adapters::peft::save(&out.adapter, &path)?;
+    let (held_out_before, held_out_after, in_sample) = (outcome.held_out_before, outcome.held_out_after, outcome.held_out_in_sample);
+    let (general_before, general_after) = (outcome.general_before, outcome.general_after);
     let metrics = serde_json::json!({
         "held_out_nll_before": held_out_before,
         "held_out_nll_after": held_out_after,
@@ -413,14 +504,13 @@ pub fn train_profile(
     });
     let recorded = store
         .record_adapter(&version, parent.as_deref(), metrics)
-        .and_then(|_| store.mark_feedback_consumed(&data.feedback_ids, &version));
+        .and_then(|_| store.mark_feedback_consumed(feedback_ids, &version));
     if let Err(e) = recorded {
         let _ = std::fs::remove_dir_all(&path);
         return Err(e.into());
     }
     write_active(adapters_dir, Some(&version))?;
-    outcome.decision = Decision::Promoted { version, path };
-    Ok(outcome)
+    Ok(Decision::Promoted { version, path })
 }
 
 /// Where the adapter versions of the profile at `profile_path` live: `<file name>.adapters/`

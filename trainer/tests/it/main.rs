@@ -4,5 +4,6 @@ mod common;
 mod forward;
 mod gradients;
 mod personal;
+mod personal_model;
 mod real_model;
 mod training;

@@ -98,7 +98,7 @@ fn corrected_facts_are_stated_for_paraphrased_questions() {
     session.follow(registry.clone());
     let mut params = GenerateParams::default();
     params.max_tokens = 16;
-    let mut ask = |s: &mut tailor::Session| -> Vec<String> {
+    let ask = |s: &mut tailor::Session| -> Vec<String> {
         facts
             .iter()
             .map(|f| s.generate(&Prompt::Chat(vec![ChatMessage::user(&f.paraphrase)]), &params, &mut |_| Flow::Continue).unwrap().text)
@@ -110,6 +110,7 @@ fn corrected_facts_are_stated_for_paraphrased_questions() {
     let mut options = PersonalOptions::default();
     options.train.threads = 2;
     options.train.seed = 3;
+    options.train.epochs = 4;
     let out = train_profile(&engine, &mut store, &adapters_dir(&profile), &options, &mut |_| Flow::Continue).unwrap();
     eprintln!(
         "{:?}: {} steps, held-out NLL {:.3} -> {:.3}, general {:+.2}%",
