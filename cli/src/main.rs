@@ -4,6 +4,7 @@ mod adapters;
 mod train_cmd;
 mod bench;
 mod fetch;
+mod mcp;
 mod memory_cmd;
 
 use std::io::{BufRead, Write};
@@ -99,6 +100,9 @@ enum Command {
     },
     /// Measure load time, prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Serve the profile's memory and personal model to an assistant over MCP (stdio): tools
+    /// remember, recall, forget, give_feedback, ask_personal_model; memories as resources.
+    Mcp(mcp::McpArgs),
     #[command(hide = true)]
     BenchOnce(bench::BenchArgs),
 }
@@ -435,6 +439,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::bench(args),
+        Command::Mcp(args) => mcp::run(args),
         Command::BenchOnce(args) => bench::bench_once(args),
     }
 }

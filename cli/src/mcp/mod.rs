@@ -1,0 +1,242 @@
+//! `tailor mcp`: the user's local memory and personal model as an MCP server over stdio (the
+//! official Rust SDK, `rmcp`), for desktop assistants such as Claude Desktop.
+//!
+//! Tools: `remember`, `recall`, `forget`, `give_feedback`, `ask_personal_model`. Resources:
+//! each memory as `memory://<id>` (its text) and `memory://all` (every memory, JSON).
+//! The model and the profile are loaded once, at start. Standard output carries nothing but
+//! JSON-RPC; messages go to standard error. A tool that fails answers with an MCP tool error
+//! (`isError: true`) saying why; nothing a client sends ends the server.
+
+mod tools;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::{Json, Parameters};
+use rmcp::model::{
+    Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams,
+    ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
+    ServerConfig,
+};
+use rmcp::service::RequestContext;
+use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler, ServiceExt};
+use tailor_trainer::PersonalModel;
+
+use crate::memory_cmd::ProfileArgs;
+use crate::ModelArgs;
+use tools::{
+    AskArgs, Answer, FeedbackArgs, FeedbackRecorded, ForgetArgs, Forgotten, RecallArgs, Recalled, RememberArgs, Remembered,
+    ToolResult, Tools,
+};
+
+/// `tailor mcp`.
+#[derive(Args)]
+pub(crate) struct McpArgs {
+    #[command(flatten)]
+    profile: ProfileArgs,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Memories per `resources/list` page.
+const RESOURCE_PAGE: usize = 200;
+
+/// Loads the model and the profile, then serves MCP on stdin/stdout until the client closes
+/// stdin.
+pub(crate) fn run(args: McpArgs) -> Result<()> {
+    if !args.model.adapter.is_empty() || args.model.steer.is_some() {
+        bail!("tailor mcp runs the profile's own adapter: --adapter and --steer are not taken here");
+    }
+    let path: PathBuf = args.profile.path()?;
+    let store = args.profile.open()?;
+    let engine = args.model.load()?;
+    let pm = PersonalModel::open(&engine, store, &path).with_context(|| format!("opening the profile {}", path.display()))?;
+    let version = pm.active_version()?;
+    eprintln!(
+        "tailor mcp: profile {} · model {} · adapter {} · serving MCP on stdio",
+        path.display(),
+        engine.model_config().name.as_deref().unwrap_or("?"),
+        version.as_deref().unwrap_or("none (the base model)")
+    );
+    let server = TailorMcp::new(Arc::new(Tools::new(pm, args.model.ctx)));
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
+    rt.block_on(async move {
+        let running = server.serve(rmcp::transport::io::stdio_pipes()).await.context("the MCP handshake")?;
+        running.waiting().await.context("serving MCP")?;
+        anyhow::Ok(())
+    })?;
+    eprintln!("tailor mcp: the client closed the connection");
+    Ok(())
+}
+
+/// The MCP server: the tools and resources over one open profile.
+#[derive(Clone)]
+pub(crate) struct TailorMcp {
+    tools: Arc<Tools>,
+    tool_router: ToolRouter<Self>,
+}
+
+/// Runs `f` on the blocking pool (store and model calls block) and shapes its result for MCP:
+/// structured content on success, a tool error with the message otherwise.
+async fn blocking<T: Send + 'static>(tools: &Arc<Tools>, f: impl FnOnce(&Tools) -> ToolResult<T> + Send + 'static) -> Result<Json<T>, String> {
+    let t = tools.clone();
+    match tokio::task::spawn_blocking(move || f(&t)).await {
+        Ok(Ok(v)) => Ok(Json(v)),
+        Ok(Err(e)) => Err(e.0),
+        Err(e) => Err(format!("internal error (a bug in tailor): {e}")),
+    }
+}
+
+#[tool_router]
+impl TailorMcp {
+    fn new(tools: Arc<Tools>) -> Self {
+        TailorMcp { tools, tool_router: Self::tool_router() }
+    }
+
+    #[tool(
+        description = "Store a fact about the user in their private on-device memory (one fact per call, e.g. \"My dog is called Biscuit.\"). A near-duplicate of a stored memory updates it instead. Returns the memory id.",
+        annotations(title = "Remember", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
+    )]
+    async fn remember(&self, Parameters(args): Parameters<RememberArgs>) -> Result<Json<Remembered>, String> {
+        blocking(&self.tools, move |t| t.remember(args)).await
+    }
+
+    #[tool(
+        description = "Search the user's memory for facts relevant to a query (hybrid vector + full-text search). Returns memories with ids and scores, best first.",
+        annotations(title = "Recall", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn recall(&self, Parameters(args): Parameters<RecallArgs>) -> Result<Json<Recalled>, String> {
+        blocking(&self.tools, move |t| t.recall(args)).await
+    }
+
+    #[tool(
+        description = "Forget a memory by id for good (text, history, embedding and index entry), or every memory with all: true and confirm: true.",
+        annotations(title = "Forget", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn forget(&self, Parameters(args): Parameters<ForgetArgs>) -> Result<Json<Forgotten>, String> {
+        blocking(&self.tools, move |t| t.forget(args)).await
+    }
+
+    #[tool(
+        description = "Record the user's feedback on an answer, which the personal model later trains on: thumbs (up|down), a correction (the answer as it should have been), or chosen with rejected (a preference). Returns the feedback id.",
+        annotations(title = "Give feedback", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
+    )]
+    async fn give_feedback(&self, Parameters(args): Parameters<FeedbackArgs>) -> Result<Json<FeedbackRecorded>, String> {
+        blocking(&self.tools, move |t| t.give_feedback(args)).await
+    }
+
+    #[tool(
+        description = "Ask the user's personal on-device model (a small local model with the adapter trained on their feedback, given the memories relevant to the question). Returns its answer and the ids of the memories it was given.",
+        annotations(title = "Ask the personal model", read_only_hint = true, open_world_hint = false)
+    )]
+    async fn ask_personal_model(&self, Parameters(args): Parameters<AskArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<Answer>, String> {
+        let ct = ctx.ct.clone();
+        blocking(&self.tools, move |t| t.ask(args, &|| ct.is_cancelled())).await
+    }
+}
+
+fn resource_error(e: tools::ToolError) -> ErrorData {
+    ErrorData::resource_not_found(e.0, None)
+}
+
+#[tool_handler(router = self.tool_router)]
+impl ServerHandler for TailorMcp {
+    fn get_info(&self) -> ServerConfig {
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build()).with_instructions(
+            "The user's private, on-device memory and personal model. Use `remember` for facts the user tells you about themselves, \
+             `recall` before answering personal questions, `forget` when they ask you to, `give_feedback` when they judge an answer, \
+             and `ask_personal_model` to ask their own local model.",
+        );
+        info.server_info = Implementation::new("tailor", env!("CARGO_PKG_VERSION"));
+        info
+    }
+
+    async fn list_resources(&self, request: Option<PaginatedRequestParams>, _: RequestContext<RoleServer>) -> Result<ListResourcesResult, ErrorData> {
+        let after = match request.and_then(|r| r.cursor) {
+            None => None,
+            Some(c) => Some(c.parse::<i64>().map_err(|_| ErrorData::invalid_params(format!("bad cursor {c:?}"), None))?),
+        };
+        let t = self.tools.clone();
+        let (memories, next) = tokio::task::spawn_blocking(move || t.list_memories(after, RESOURCE_PAGE))
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+            .map_err(|e| ErrorData::internal_error(e.0, None))?;
+        let mut resources = Vec::with_capacity(memories.len() + 1);
+        if after.is_none() {
+            resources.push(
+                Resource::new(tools::MEMORY_LIST_URI, "all memories")
+                    .with_description("Every memory in the profile: a JSON array of {id, uri, text, created_at, updated_at}")
+                    .with_mime_type("application/json"),
+            );
+        }
+        for m in memories {
+            let name = format!("memory {}", m.id);
+            resources.push(
+                Resource::new(tools::memory_uri(m.id), name)
+                    .with_description(preview(&m.text))
+                    .with_mime_type("text/plain")
+                    .with_size(m.text.len() as u64),
+            );
+        }
+        let mut out = ListResourcesResult::with_all_items(resources);
+        out.next_cursor = next.map(|n| n.to_string());
+        Ok(out)
+    }
+
+    async fn list_resource_templates(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(ListResourceTemplatesResult::with_all_items(vec![ResourceTemplate::new("memory://{id}", "memory")
+            .with_description("One memory's text, by id")
+            .with_mime_type("text/plain")]))
+    }
+
+    async fn read_resource(&self, request: ReadResourceRequestParams, _: RequestContext<RoleServer>) -> Result<ReadResourceResponse, ErrorData> {
+        let uri = request.uri;
+        let t = self.tools.clone();
+        let contents = if uri == tools::MEMORY_LIST_URI {
+            let json = tokio::task::spawn_blocking(move || -> ToolResult<String> {
+                let mut all = Vec::new();
+                let mut after = None;
+                loop {
+                    let (page, next) = t.list_memories(after, RESOURCE_PAGE)?;
+                    all.extend(page.into_iter().map(|m| {
+                        serde_json::json!({ "id": m.id, "uri": tools::memory_uri(m.id), "text": m.text, "created_at": m.created_at, "updated_at": m.updated_at })
+                    }));
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                Ok(serde_json::Value::Array(all).to_string())
+            })
+            .await
+            .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+            .map_err(|e| ErrorData::internal_error(e.0, None))?;
+            ResourceContents::text(json, uri).with_mime_type("application/json")
+        } else {
+            let id = tools::parse_memory_uri(&uri).map_err(resource_error)?;
+            let m = tokio::task::spawn_blocking(move || t.memory(id))
+                .await
+                .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
+                .map_err(resource_error)?;
+            ResourceContents::text(m.text, uri)
+        };
+        Ok(ReadResourceResult::new(vec![contents]).into())
+    }
+}
+
+/// The first line of a memory, cut at 80 characters.
+fn preview(text: &str) -> String {
+    let line = text.lines().next().unwrap_or("");
+    let mut out: String = line.chars().take(80).collect();
+    if out.len() < text.len() {
+        out.push('…');
+    }
+    out
+}

@@ -1,0 +1,425 @@
+//! What each MCP tool and resource does, as plain blocking functions over one open profile
+//! ([`PersonalModel`]): argument checks, the store calls, the personal model's answer. The
+//! protocol side (`super`) only moves JSON in and out and runs these off the async threads.
+//!
+//! Every failure is a [`ToolError`] whose message is meant for the assistant that called the
+//! tool (it comes back as an MCP tool result with `isError: true`).
+
+use std::sync::{Arc, Mutex};
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use tailor::profile::{AddAction, FeedbackKind, Memory, NewFeedback, NewMemory, SearchQuery};
+use tailor::{ChatMessage, Flow, GenerateParams, Prompt, Session, SessionConfig};
+use tailor_trainer::{personal, PersonalModel};
+
+/// A tool failure, worded for the caller.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ToolError(pub(crate) String);
+
+impl std::fmt::Display for ToolError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<tailor::profile::Error> for ToolError {
+    fn from(e: tailor::profile::Error) -> Self {
+        ToolError(e.to_string())
+    }
+}
+
+impl From<tailor::Error> for ToolError {
+    fn from(e: tailor::Error) -> Self {
+        ToolError(e.to_string())
+    }
+}
+
+impl From<personal::Error> for ToolError {
+    fn from(e: personal::Error) -> Self {
+        ToolError(e.to_string())
+    }
+}
+
+fn invalid(msg: impl Into<String>) -> ToolError {
+    ToolError(msg.into())
+}
+
+/// Result of a tool.
+pub(crate) type ToolResult<T> = Result<T, ToolError>;
+
+/// The most results `recall` returns.
+pub(crate) const MAX_RECALL: usize = 50;
+/// The most new tokens `ask_personal_model` generates.
+pub(crate) const MAX_ANSWER_TOKENS: usize = 1024;
+/// New tokens `ask_personal_model` generates when the caller does not say.
+pub(crate) const DEFAULT_ANSWER_TOKENS: usize = 256;
+/// The URI scheme of the memory resources: `memory://<id>` each, and [`MEMORY_LIST_URI`].
+pub(crate) const MEMORY_SCHEME: &str = "memory://";
+/// The resource listing every memory (JSON).
+pub(crate) const MEMORY_LIST_URI: &str = "memory://all";
+
+// ---------------------------------------------------------------------------------------------
+// Arguments and results (their JSON schemas are what `tools/list` shows).
+
+/// `remember`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RememberArgs {
+    /// What to remember about the user, one fact per call, in the user's words (e.g. "My dog
+    /// is called Biscuit."). A near-duplicate of a stored memory updates it instead.
+    pub(crate) text: String,
+    /// How much the fact matters, 0 to 1 (default 0.5); weighs in recall.
+    #[serde(default)]
+    pub(crate) importance: Option<f32>,
+    /// Free-form JSON object stored with it (source, tags, ...).
+    #[serde(default)]
+    pub(crate) metadata: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// What `remember` did.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Remembered {
+    /// The memory now holding the text.
+    pub(crate) id: i64,
+    /// `inserted` (new memory), `updated` (a near-duplicate was updated, its old text kept in
+    /// history) or `unchanged` (the very same text was there).
+    pub(crate) action: String,
+    /// Cosine similarity to the near-duplicate, when one was updated.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) similarity: Option<f32>,
+}
+
+/// `recall`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RecallArgs {
+    /// What to look for (a question or keywords).
+    pub(crate) query: String,
+    /// At most this many memories (default 5, at most 50).
+    #[serde(default)]
+    pub(crate) limit: Option<u32>,
+}
+
+impl RecallArgs {
+    /// The checked limit.
+    pub(crate) fn limit(&self) -> ToolResult<usize> {
+        match self.limit {
+            None => Ok(5),
+            Some(0) => Err(invalid("limit must be at least 1")),
+            Some(n) if n as usize > MAX_RECALL => Err(invalid(format!("limit must be at most {MAX_RECALL}"))),
+            Some(n) => Ok(n as usize),
+        }
+    }
+}
+
+/// One recalled memory.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct RecalledMemory {
+    /// Its id (for `forget`, and the resource `memory://<id>`).
+    pub(crate) id: i64,
+    /// Its text.
+    pub(crate) text: String,
+    /// Ranking score (higher is better; fused vector + full-text rank).
+    pub(crate) score: f32,
+    /// Cosine similarity between the query and the memory, -1 to 1.
+    pub(crate) similarity: f32,
+}
+
+/// What `recall` found, best first.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Recalled {
+    /// The memories, best first.
+    pub(crate) memories: Vec<RecalledMemory>,
+}
+
+/// `forget`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ForgetArgs {
+    /// The memory to forget (from `remember` or `recall`).
+    #[serde(default)]
+    pub(crate) id: Option<i64>,
+    /// Forget every memory instead; needs `confirm: true`.
+    #[serde(default)]
+    pub(crate) all: Option<bool>,
+    /// Must be true with `all` (the user asked to forget everything).
+    #[serde(default)]
+    pub(crate) confirm: Option<bool>,
+}
+
+/// What `forget` is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ForgetTarget {
+    /// One memory.
+    One(i64),
+    /// Every memory.
+    All,
+}
+
+impl ForgetArgs {
+    /// The checked request: an id, or `all` with `confirm`.
+    pub(crate) fn target(&self) -> ToolResult<ForgetTarget> {
+        match (self.id, self.all.unwrap_or(false), self.confirm.unwrap_or(false)) {
+            (Some(_), true, _) => Err(invalid("give either id or all, not both")),
+            (Some(id), false, _) => Ok(ForgetTarget::One(id)),
+            (None, true, true) => Ok(ForgetTarget::All),
+            (None, true, false) => Err(invalid("forgetting every memory needs confirm: true (ask the user first)")),
+            (None, false, _) => Err(invalid("give the id of the memory to forget, or all: true with confirm: true")),
+        }
+    }
+}
+
+/// What `forget` did.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Forgotten {
+    /// How many memories were forgotten (text, history, embedding and index entry).
+    pub(crate) forgotten: usize,
+}
+
+/// `give_feedback`: exactly one of `thumbs`, `correction`, or `chosen` with `rejected`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FeedbackArgs {
+    /// The user's prompt.
+    pub(crate) prompt: String,
+    /// The answer the feedback is about.
+    pub(crate) answer: String,
+    /// `up` (a good answer) or `down` (a bad one).
+    #[serde(default)]
+    pub(crate) thumbs: Option<Thumbs>,
+    /// The answer as it should have been.
+    #[serde(default)]
+    pub(crate) correction: Option<String>,
+    /// The preferred answer (with `rejected`).
+    #[serde(default)]
+    pub(crate) chosen: Option<String>,
+    /// The dispreferred answer (with `chosen`).
+    #[serde(default)]
+    pub(crate) rejected: Option<String>,
+}
+
+/// Thumbs up or down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Thumbs {
+    /// A good answer.
+    Up,
+    /// A bad answer.
+    Down,
+}
+
+impl FeedbackArgs {
+    /// The checked feedback kind.
+    pub(crate) fn kind(&self) -> ToolResult<FeedbackKind> {
+        let nonempty = |name: &str, s: &Option<String>| -> ToolResult<()> {
+            match s {
+                Some(t) if t.trim().is_empty() => Err(invalid(format!("{name} is empty"))),
+                _ => Ok(()),
+            }
+        };
+        nonempty("correction", &self.correction)?;
+        nonempty("chosen", &self.chosen)?;
+        nonempty("rejected", &self.rejected)?;
+        match (self.thumbs, &self.correction, &self.chosen, &self.rejected) {
+            (Some(Thumbs::Up), None, None, None) => Ok(FeedbackKind::ThumbsUp),
+            (Some(Thumbs::Down), None, None, None) => Ok(FeedbackKind::ThumbsDown),
+            (None, Some(c), None, None) => Ok(FeedbackKind::Correction { corrected: c.clone() }),
+            (None, None, Some(c), Some(r)) => Ok(FeedbackKind::Preference { chosen: c.clone(), rejected: r.clone() }),
+            (None, None, Some(_), None) | (None, None, None, Some(_)) => Err(invalid("chosen and rejected go together")),
+            _ => Err(invalid("give exactly one of thumbs (up|down), correction, or chosen with rejected")),
+        }
+    }
+}
+
+/// What `give_feedback` stored.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct FeedbackRecorded {
+    /// The feedback event's id.
+    pub(crate) id: i64,
+}
+
+/// `ask_personal_model`.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AskArgs {
+    /// The question or instruction for the user's personal model.
+    pub(crate) question: String,
+    /// At most this many new tokens (default 256, at most 1024).
+    #[serde(default)]
+    pub(crate) max_tokens: Option<u32>,
+}
+
+impl AskArgs {
+    /// The checked token limit.
+    pub(crate) fn max_tokens(&self) -> ToolResult<usize> {
+        match self.max_tokens {
+            None => Ok(DEFAULT_ANSWER_TOKENS),
+            Some(0) => Err(invalid("max_tokens must be at least 1")),
+            Some(n) if n as usize > MAX_ANSWER_TOKENS => Err(invalid(format!("max_tokens must be at most {MAX_ANSWER_TOKENS}"))),
+            Some(n) => Ok(n as usize),
+        }
+    }
+}
+
+/// A memory the personal model was given.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct UsedMemory {
+    /// Its id.
+    pub(crate) id: i64,
+    /// Its text.
+    pub(crate) text: String,
+    /// Its retrieval score.
+    pub(crate) score: f32,
+}
+
+/// The personal model's answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct Answer {
+    /// The answer.
+    pub(crate) answer: String,
+    /// The memories that were put in the prompt, best first.
+    pub(crate) memories_used: Vec<UsedMemory>,
+    /// The profile's adapter version that answered (`null`: the base model alone).
+    pub(crate) adapter_version: Option<String>,
+    /// Why it stopped: `stop`, `length`, `context_full` or `cancelled`.
+    pub(crate) finish_reason: String,
+    /// New tokens generated.
+    pub(crate) tokens: usize,
+}
+
+fn nonempty_text<'a>(name: &str, s: &'a str) -> ToolResult<&'a str> {
+    if s.trim().is_empty() {
+        Err(invalid(format!("{name} is empty")))
+    } else {
+        Ok(s)
+    }
+}
+
+/// The memory id a `memory://<id>` URI names.
+pub(crate) fn parse_memory_uri(uri: &str) -> ToolResult<i64> {
+    let rest = uri.strip_prefix(MEMORY_SCHEME).ok_or_else(|| invalid(format!("unknown resource {uri}: memories are memory://<id>")))?;
+    rest.parse::<i64>().ok().filter(|&id| id > 0).ok_or_else(|| invalid(format!("unknown resource {uri}: memories are memory://<id>")))
+}
+
+/// The URI of memory `id`.
+pub(crate) fn memory_uri(id: i64) -> String {
+    format!("{MEMORY_SCHEME}{id}")
+}
+
+// ---------------------------------------------------------------------------------------------
+
+/// One open profile and the session that answers `ask_personal_model`. `Send + Sync`.
+pub(crate) struct Tools {
+    pm: Arc<PersonalModel>,
+    /// Reused between questions (the shared prompt prefix stays in its KV cache).
+    session: Mutex<Session>,
+}
+
+impl Tools {
+    /// Tools over `pm`; answers get a context window of `ctx` tokens.
+    pub(crate) fn new(pm: Arc<PersonalModel>, ctx: usize) -> Self {
+        let session = Mutex::new(pm.session_with(SessionConfig::with_context(ctx)));
+        Tools { pm, session }
+    }
+
+    fn with_store<T>(&self, f: impl FnOnce(&mut tailor::profile::MemoryStore) -> ToolResult<T>) -> ToolResult<T> {
+        let mut store = self.pm.store().lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut store)
+    }
+
+    /// `remember`.
+    pub(crate) fn remember(&self, args: RememberArgs) -> ToolResult<Remembered> {
+        let text = nonempty_text("text", &args.text)?;
+        let mut m = NewMemory::new(text);
+        if let Some(i) = args.importance {
+            if !(0.0..=1.0).contains(&i) {
+                return Err(invalid("importance must be between 0 and 1"));
+            }
+            m = m.importance(i);
+        }
+        if let Some(md) = args.metadata {
+            m = m.metadata_json(&serde_json::Value::Object(md).to_string())?;
+        }
+        let out = self.with_store(|s| Ok(s.add(m)?))?;
+        let action = match out.action {
+            AddAction::Inserted => "inserted",
+            AddAction::Updated => "updated",
+            AddAction::Unchanged => "unchanged",
+        };
+        Ok(Remembered { id: out.id, action: action.into(), similarity: out.similarity })
+    }
+
+    /// `recall`.
+    pub(crate) fn recall(&self, args: RecallArgs) -> ToolResult<Recalled> {
+        let limit = args.limit()?;
+        let query = nonempty_text("query", &args.query)?;
+        let hits = self.with_store(|s| Ok(s.search(&SearchQuery::new(query, limit))?))?;
+        let memories = hits.into_iter().map(|h| RecalledMemory { id: h.memory.id, text: h.memory.text, score: h.score, similarity: h.similarity }).collect();
+        Ok(Recalled { memories })
+    }
+
+    /// `forget`.
+    pub(crate) fn forget(&self, args: ForgetArgs) -> ToolResult<Forgotten> {
+        let target = args.target()?;
+        self.with_store(|s| match target {
+            ForgetTarget::One(id) => {
+                s.forget(id)?;
+                Ok(Forgotten { forgotten: 1 })
+            }
+            ForgetTarget::All => Ok(Forgotten { forgotten: s.forget_all()? }),
+        })
+    }
+
+    /// `give_feedback`.
+    pub(crate) fn give_feedback(&self, args: FeedbackArgs) -> ToolResult<FeedbackRecorded> {
+        let kind = args.kind()?;
+        let prompt = nonempty_text("prompt", &args.prompt)?;
+        let answer = nonempty_text("answer", &args.answer)?;
+        let id = self.with_store(|s| Ok(s.add_feedback(NewFeedback::new(prompt, answer, kind))?))?;
+        Ok(FeedbackRecorded { id })
+    }
+
+    /// `ask_personal_model`: the profile's active adapter answers, with the memories relevant
+    /// to the question in its system prompt. `cancelled` is polled between tokens.
+    pub(crate) fn ask(&self, args: AskArgs, cancelled: &dyn Fn() -> bool) -> ToolResult<Answer> {
+        let max_tokens = args.max_tokens()?;
+        let question = nonempty_text("question", &args.question)?;
+        // A version promoted or rolled back by another process (`tailor train`) since the
+        // last question is picked up here.
+        let version = {
+            let store = self.pm.store().lock().unwrap_or_else(|e| e.into_inner());
+            personal::sync_registry(self.pm.registry(), &store, self.pm.adapters_dir(), PersonalModel::ADAPTER_NAME)?
+        };
+        let mut params = GenerateParams::default();
+        params.max_tokens = max_tokens;
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let g = session.generate(&Prompt::Chat(vec![ChatMessage::user(question)]), &params, &mut |_| {
+            if cancelled() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })?;
+        let finish_reason = if cancelled() { "cancelled".to_string() } else { serde_json::to_value(g.finish_reason).ok().and_then(|v| v.as_str().map(String::from)).unwrap_or_default() };
+        Ok(Answer {
+            answer: g.text.trim().to_string(),
+            memories_used: g.memories.into_iter().map(|m| UsedMemory { id: m.id, text: m.text, score: m.score }).collect(),
+            adapter_version: version,
+            finish_reason,
+            tokens: g.token_ids.len(),
+        })
+    }
+
+    /// A page of memories in id order after `after` (for `resources/list`), and the id to
+    /// continue after.
+    pub(crate) fn list_memories(&self, after: Option<i64>, limit: usize) -> ToolResult<(Vec<Memory>, Option<i64>)> {
+        let page = self.with_store(|s| Ok(s.list(after, limit)?))?;
+        Ok((page.memories, page.next_after))
+    }
+
+    /// One memory (for `resources/read`).
+    pub(crate) fn memory(&self, id: i64) -> ToolResult<Memory> {
+        self.with_store(|s| Ok(s.get(id)?))
+    }
+}
