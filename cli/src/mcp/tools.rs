@@ -423,3 +423,127 @@ impl Tools {
         self.with_store(|s| Ok(s.get(id)?))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tailor::profile::testing::HashEmbedder;
+    use tailor::profile::{MemoryConfig, MemoryStore};
+    use tailor::testing::{TempDir, TinyModel};
+
+    fn args<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn forget_needs_an_id_or_a_confirmed_all() {
+        let t = |v| args::<ForgetArgs>(v).target();
+        assert_eq!(t(serde_json::json!({"id": 3})), Ok(ForgetTarget::One(3)));
+        assert_eq!(t(serde_json::json!({"all": true, "confirm": true})), Ok(ForgetTarget::All));
+        assert!(t(serde_json::json!({"all": true})).unwrap_err().0.contains("confirm"));
+        assert!(t(serde_json::json!({"all": true, "confirm": false})).unwrap_err().0.contains("confirm"));
+        assert!(t(serde_json::json!({"id": 3, "all": true, "confirm": true})).unwrap_err().0.contains("not both"));
+        assert!(t(serde_json::json!({})).is_err());
+        assert!(t(serde_json::json!({"confirm": true})).is_err());
+        assert!(serde_json::from_value::<ForgetArgs>(serde_json::json!({"ids": [1]})).is_err(), "unknown fields are refused");
+    }
+
+    #[test]
+    fn feedback_takes_exactly_one_kind() {
+        let k = |v| args::<FeedbackArgs>(v).kind();
+        let base = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({"prompt": "p", "answer": "a"});
+            v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+            v
+        };
+        assert_eq!(k(base(serde_json::json!({"thumbs": "up"}))), Ok(FeedbackKind::ThumbsUp));
+        assert_eq!(k(base(serde_json::json!({"thumbs": "down"}))), Ok(FeedbackKind::ThumbsDown));
+        assert_eq!(k(base(serde_json::json!({"correction": "c"}))), Ok(FeedbackKind::Correction { corrected: "c".into() }));
+        assert_eq!(
+            k(base(serde_json::json!({"chosen": "x", "rejected": "y"}))),
+            Ok(FeedbackKind::Preference { chosen: "x".into(), rejected: "y".into() })
+        );
+        assert!(k(base(serde_json::json!({}))).unwrap_err().0.contains("exactly one"));
+        assert!(k(base(serde_json::json!({"thumbs": "up", "correction": "c"}))).unwrap_err().0.contains("exactly one"));
+        assert!(k(base(serde_json::json!({"chosen": "x"}))).unwrap_err().0.contains("together"));
+        assert!(k(base(serde_json::json!({"rejected": "y"}))).unwrap_err().0.contains("together"));
+        assert!(k(base(serde_json::json!({"correction": "  "}))).unwrap_err().0.contains("empty"));
+        assert!(serde_json::from_value::<FeedbackArgs>(base(serde_json::json!({"thumbs": "sideways"}))).is_err());
+    }
+
+    #[test]
+    fn limits_are_checked() {
+        let r = |v| args::<RecallArgs>(v).limit();
+        assert_eq!(r(serde_json::json!({"query": "q"})), Ok(5));
+        assert_eq!(r(serde_json::json!({"query": "q", "limit": 50})), Ok(50));
+        assert!(r(serde_json::json!({"query": "q", "limit": 0})).is_err());
+        assert!(r(serde_json::json!({"query": "q", "limit": 51})).is_err());
+        assert!(serde_json::from_value::<RecallArgs>(serde_json::json!({"query": "q", "limit": -1})).is_err());
+        let a = |v| args::<AskArgs>(v).max_tokens();
+        assert_eq!(a(serde_json::json!({"question": "q"})), Ok(DEFAULT_ANSWER_TOKENS));
+        assert_eq!(a(serde_json::json!({"question": "q", "max_tokens": 1024})), Ok(1024));
+        assert!(a(serde_json::json!({"question": "q", "max_tokens": 0})).is_err());
+        assert!(a(serde_json::json!({"question": "q", "max_tokens": 1025})).is_err());
+    }
+
+    #[test]
+    fn memory_uris() {
+        assert_eq!(parse_memory_uri("memory://12"), Ok(12));
+        assert_eq!(parse_memory_uri(&memory_uri(7)), Ok(7));
+        for bad in ["memory://", "memory://x", "memory://-1", "memory://0", "file:///etc/passwd", "memory://1/2", MEMORY_LIST_URI] {
+            assert!(parse_memory_uri(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The tools over a tiny model and a hashing embedder: what each does to the store, and
+    /// that the answer reports the memory that was put in its prompt.
+    #[test]
+    fn tools_over_a_profile() {
+        let dir = TempDir::new("mcp-tools");
+        let model = dir.0.join("tiny.gguf");
+        TinyModel::default().write(&model).unwrap();
+        let engine = tailor::Engine::load(&model, tailor::EngineConfig::default()).unwrap();
+        let path = dir.0.join("me.db");
+        let store = MemoryStore::open(&path, Arc::new(HashEmbedder::new(16, 0)), MemoryConfig::default()).unwrap();
+        let pm = PersonalModel::open(&engine, store, &path).unwrap();
+        let tools = Tools::new(pm, 256);
+
+        let dog = tools.remember(args(serde_json::json!({"text": "My dog is called Biscuit.", "metadata": {"source": "chat"}}))).unwrap();
+        assert_eq!(dog.action, "inserted");
+        let same = tools.remember(args(serde_json::json!({"text": "My dog is called Biscuit."}))).unwrap();
+        assert_eq!((same.id, same.action.as_str()), (dog.id, "unchanged"));
+        let cat = tools.remember(args(serde_json::json!({"text": "The cat sleeps on the red sofa."}))).unwrap();
+        assert_ne!(cat.id, dog.id);
+        assert!(tools.remember(args(serde_json::json!({"text": "x", "importance": 2.0}))).unwrap_err().0.contains("importance"));
+        assert!(tools.remember(args(serde_json::json!({"text": ""}))).is_err());
+        assert_eq!(tools.memory(dog.id).unwrap().metadata["source"], "chat");
+
+        let hits = tools.recall(args(serde_json::json!({"query": "Biscuit", "limit": 1}))).unwrap().memories;
+        assert_eq!(hits.len(), 1);
+        assert_eq!(hits[0].id, dog.id);
+        assert!(tools.recall(args(serde_json::json!({"query": " "}))).is_err());
+
+        let fb = tools.give_feedback(args(serde_json::json!({"prompt": "Hi", "answer": "Hello", "thumbs": "up"}))).unwrap();
+        assert!(fb.id > 0);
+        assert!(tools.give_feedback(args(serde_json::json!({"prompt": "", "answer": "Hello", "thumbs": "up"}))).is_err());
+
+        let a = tools.ask(args(serde_json::json!({"question": "My dog is called Biscuit.", "max_tokens": 4})), &|| false).unwrap();
+        assert!(a.tokens <= 4);
+        assert_eq!(a.adapter_version, None);
+        assert!(a.memories_used.iter().any(|m| m.id == dog.id), "{a:?}");
+        let stopped = tools.ask(args(serde_json::json!({"question": "Tell me a story.", "max_tokens": 50})), &|| true).unwrap();
+        assert_eq!(stopped.finish_reason, "cancelled");
+        assert!(stopped.tokens <= 1, "{stopped:?}");
+
+        let (page, next) = tools.list_memories(None, 1).unwrap();
+        assert_eq!((page.len(), page[0].id, next), (1, dog.id, Some(dog.id)));
+        let (page, _) = tools.list_memories(next, 10).unwrap();
+        assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![cat.id]);
+
+        assert_eq!(tools.forget(args(serde_json::json!({"id": dog.id}))).unwrap().forgotten, 1);
+        assert!(tools.memory(dog.id).is_err());
+        assert!(tools.forget(args(serde_json::json!({"id": dog.id}))).unwrap_err().0.contains(&dog.id.to_string()));
+        assert_eq!(tools.forget(args(serde_json::json!({"all": true, "confirm": true}))).unwrap().forgotten, 1);
+        assert!(tools.list_memories(None, 10).unwrap().0.is_empty());
+    }
+}
