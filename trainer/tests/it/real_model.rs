@@ -128,9 +128,10 @@ fn corrected_facts_are_stated_for_paraphrased_questions() {
     for ((f, b), a) in facts.iter().zip(&before).zip(&after) {
         eprintln!("{}\n  before: {b:?}\n  after:  {a:?}", f.paraphrase);
     }
-    // Measured here: 0 of 6 before, 4 of 6 after (the misses answer "how do I earn my money?"
-    // with "You grow your own food." and the favourite-colour paraphrase with another colour:
-    // the 135M model does not carry every fact over to a distant phrasing after 90 steps).
+    // Measured here (4 epochs, 120 steps, replay as chat examples): 0 of 6 before, 5 of 6
+    // after (the miss answers "how do I earn my money?" with "You earn money from selling your
+    // skills and services.": the 135M model does not carry every fact over to a distant
+    // phrasing); held-out NLL 3.02 -> 0.16, general text -8%.
     assert_eq!(states(&before), 0, "{before:?}");
     assert!(states(&after) >= 4, "{after:?}");
 }
