@@ -64,3 +64,83 @@ fn official_python_client_over_stdio() {
     let legacy = drive(&python, "legacy", false);
     assert!(legacy["protocol_version"].as_str().unwrap().starts_with("2025-"), "{legacy}");
 }
+
+/// Raw JSON-RPC on the 2025-06-18 revision (as Claude Desktop speaks it): every stdout line is
+/// a JSON-RPC message, a line that is not JSON and a wrongly typed argument end nothing, and the
+/// server exits cleanly when the client closes stdin. A model that cannot load fails at start
+/// with the reason on stderr and nothing on stdout.
+#[test]
+fn raw_protocol_and_startup_errors() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let cache = model_cache();
+    let dir = tailor::testing::TempDir::new("mcp-raw");
+    let profile = dir.0.join("me.db");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .args(["mcp", "--threads", "2", "--profile"])
+        .arg(&profile)
+        .arg("--model")
+        .arg(cache.base_model_path())
+        .env("TAILOR_HOME", cache.root())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // Sends one line; with an id, reads until its answer (every line must be JSON-RPC).
+    let mut call = |line: &str, id: Option<i64>| -> serde_json::Value {
+        use std::io::BufRead;
+        writeln!(stdin, "{line}").unwrap();
+        stdin.flush().unwrap();
+        let Some(id) = id else { return serde_json::Value::Null };
+        loop {
+            let mut l = String::new();
+            assert!(stdout.read_line(&mut l).unwrap() > 0, "stdout closed before the answer to {id}");
+            let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON on stdout ({e}): {l}"));
+            assert_eq!(v["jsonrpc"], "2.0", "{l}");
+            if v["id"].as_i64() == Some(id) {
+                return v;
+            }
+        }
+    };
+    let init = call(
+        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#,
+        Some(1),
+    );
+    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
+    assert_eq!(init["result"]["serverInfo"]["name"], "tailor");
+    call(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, None);
+    call("this is not JSON", None);
+    let bad = call(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"recall","arguments":{"query":5}}}"#, Some(2));
+    assert_eq!(bad["result"]["isError"], true, "{bad}");
+    let added = call(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"remember","arguments":{"text":"I live in Lyon."}}}"#, Some(3));
+    assert_eq!(added["result"]["structuredContent"]["action"], "inserted", "{added}");
+    let read = call(r#"{"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"memory://1"}}"#, Some(4));
+    assert_eq!(read["result"]["contents"][0]["text"], "I live in Lyon.", "{read}");
+    let pong = call(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#, Some(5));
+    assert!(pong["result"].is_object(), "{pong}");
+    drop(stdin);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert!(rest.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{rest}");
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .args(["mcp", "--profile"])
+        .arg(&profile)
+        .args(["--model", "/nonexistent/model.gguf"])
+        .env("TAILOR_HOME", cache.root())
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("/nonexistent/model.gguf") && !stderr.contains("panicked"), "{stderr}");
+}

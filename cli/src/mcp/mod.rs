@@ -21,7 +21,8 @@ use rmcp::model::{
     ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
     ServerConfig,
 };
-use rmcp::service::RequestContext;
+use rmcp::model::SubscriptionFilter;
+use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler, ServiceExt};
 use tailor_trainer::PersonalModel;
 
@@ -77,6 +78,8 @@ pub(crate) fn run(args: McpArgs) -> Result<()> {
 pub(crate) struct TailorMcp {
     tools: Arc<Tools>,
     tool_router: ToolRouter<Self>,
+    /// Fires when the memories change (for `subscriptions/listen` streams).
+    changes: tokio::sync::broadcast::Sender<()>,
 }
 
 /// Runs `f` on the blocking pool (store and model calls block) and shapes its result for MCP:
@@ -93,15 +96,29 @@ async fn blocking<T: Send + 'static>(tools: &Arc<Tools>, f: impl FnOnce(&Tools) 
 #[tool_router]
 impl TailorMcp {
     fn new(tools: Arc<Tools>) -> Self {
-        TailorMcp { tools, tool_router: Self::tool_router() }
+        TailorMcp { tools, tool_router: Self::tool_router(), changes: tokio::sync::broadcast::channel(16).0 }
+    }
+
+    /// Tells the client the memory resources changed: `notifications/resources/list_changed`
+    /// on a connection of the handshake revisions (up to 2025-11-25), and on the listen
+    /// streams that asked for it on 2026-07-28 connections.
+    async fn memories_changed(&self, ctx: &RequestContext<RoleServer>) {
+        let _ = self.changes.send(());
+        if ctx.protocol_version().is_none_or(|v| v.has_initialize()) {
+            let _ = ctx.peer.notify_resource_list_changed().await;
+        }
     }
 
     #[tool(
         description = "Store a fact about the user in their private on-device memory (one fact per call, e.g. \"My dog is called Biscuit.\"). A near-duplicate of a stored memory updates it instead. Returns the memory id.",
         annotations(title = "Remember", read_only_hint = false, destructive_hint = false, idempotent_hint = true, open_world_hint = false)
     )]
-    async fn remember(&self, Parameters(args): Parameters<RememberArgs>) -> Result<Json<Remembered>, String> {
-        blocking(&self.tools, move |t| t.remember(args)).await
+    async fn remember(&self, Parameters(args): Parameters<RememberArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<Remembered>, String> {
+        let out = blocking(&self.tools, move |t| t.remember(args)).await?;
+        if out.0.action != "unchanged" {
+            self.memories_changed(&ctx).await;
+        }
+        Ok(out)
     }
 
     #[tool(
@@ -116,8 +133,12 @@ impl TailorMcp {
         description = "Forget a memory by id for good (text, history, embedding and index entry), or every memory with all: true and confirm: true.",
         annotations(title = "Forget", read_only_hint = false, destructive_hint = true, idempotent_hint = false, open_world_hint = false)
     )]
-    async fn forget(&self, Parameters(args): Parameters<ForgetArgs>) -> Result<Json<Forgotten>, String> {
-        blocking(&self.tools, move |t| t.forget(args)).await
+    async fn forget(&self, Parameters(args): Parameters<ForgetArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<Forgotten>, String> {
+        let out = blocking(&self.tools, move |t| t.forget(args)).await?;
+        if out.0.forgotten > 0 {
+            self.memories_changed(&ctx).await;
+        }
+        Ok(out)
     }
 
     #[tool(
@@ -145,13 +166,34 @@ fn resource_error(e: tools::ToolError) -> ErrorData {
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for TailorMcp {
     fn get_info(&self) -> ServerConfig {
-        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().build()).with_instructions(
+        let mut info = ServerConfig::new(ServerCapabilities::builder().enable_tools().enable_resources().enable_resources_list_changed().build()).with_instructions(
             "The user's private, on-device memory and personal model. Use `remember` for facts the user tells you about themselves, \
              `recall` before answering personal questions, `forget` when they ask you to, `give_feedback` when they judge an answer, \
              and `ask_personal_model` to ask their own local model.",
         );
         info.server_info = Implementation::new("tailor", env!("CARGO_PKG_VERSION"));
         info
+    }
+
+    fn accepted_subscription_filter(&self, _requested: &SubscriptionFilter) -> Option<SubscriptionFilter> {
+        Some(SubscriptionFilter::builder().resources_list_changed().build())
+    }
+
+    async fn listen(&self, context: SubscriptionContext) -> Result<(), ErrorData> {
+        let mut changes = self.changes.subscribe();
+        loop {
+            tokio::select! {
+                _ = context.cancelled() => return Ok(()),
+                r = changes.recv() => match r {
+                    Ok(()) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        if context.sink().notify_resource_list_changed().await.is_err() {
+                            return Ok(());
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return Ok(()),
+                },
+            }
+        }
     }
 
     async fn list_resources(&self, request: Option<PaginatedRequestParams>, _: RequestContext<RoleServer>) -> Result<ListResourcesResult, ErrorData> {

@@ -12,9 +12,12 @@ Run by cli/tests/mcp.rs, which makes the venv.
 import argparse
 import asyncio
 import json
+
+import anyio
 import os
 import sys
 
+import mcp_types as types
 from mcp import Client, StdioServerParameters
 from mcp.shared.exceptions import MCPError
 
@@ -58,10 +61,47 @@ async def main():
     env = {k: os.environ[k] for k in ("TAILOR_HOME",) if k in os.environ}
     params = StdioServerParameters(command=a.tailor, args=args, env=env)
     found = {"mode": a.mode}
+    # Resource-list changes: notifications on handshake-era connections, a listen stream on
+    # 2026-07-28 ones. Counted here.
+    changed = {"n": 0, "event": anyio.Event()}
+
+    def saw_change():
+        changed["n"] += 1
+        changed["event"].set()
+
+    async def on_message(message):
+        if isinstance(message, types.ResourceListChangedNotification):
+            saw_change()
+
+    async def reset_changes():
+        # Let the notifications of earlier calls arrive, then forget them.
+        await anyio.sleep(0.5)
+        changed["event"] = anyio.Event()
+
+    async def wait_change(what):
+        with anyio.fail_after(10):
+            await changed["event"].wait()
+        changed["event"] = anyio.Event()
+        found.setdefault("changes", []).append(what)
+
     # No client-side response cache: every list below must come from the server.
-    async with Client(params, mode=a.mode, cache=None, read_timeout_seconds=120) as client:
+    async with Client(params, mode=a.mode, cache=None, read_timeout_seconds=120, message_handler=on_message) as client, anyio.create_task_group() as tg:
         found["protocol_version"] = client.protocol_version
         await client.send_ping()
+        if client.protocol_version == "2026-07-28":
+            listening = anyio.Event()
+
+            async def listen():
+                async with client.listen(resources_list_changed=True) as sub:
+                    assert sub.honored.resources_list_changed, sub.honored
+                    listening.set()
+                    async for event in sub:
+                        if event.__class__.__name__ == "ResourcesListChanged":
+                            saw_change()
+
+            tg.start_soon(listen)
+            with anyio.fail_after(10):
+                await listening.wait()
 
         tools = await client.list_tools()
         names = {t.name for t in tools.tools}
@@ -75,6 +115,7 @@ async def main():
         # remember -> recall -> forget.
         dog = await call_ok(client, "remember", {"text": "My dog is called Biscuit."})
         assert dog["action"] == "inserted", dog
+        await wait_change("remember")
         tea = await call_ok(client, "remember", {"text": "I drink green tea every morning.", "importance": 0.9})
         assert tea["id"] != dog["id"]
         # A near-duplicate updates the same memory.
@@ -141,8 +182,10 @@ async def main():
             assert "Biscuit" in ans["answer"], ans
 
         # Forget one, then the rest.
+        await reset_changes()
         out = await call_ok(client, "forget", {"id": dog["id"]})
         assert out["forgotten"] == 1
+        await wait_change("forget")
         hits = (await call_ok(client, "recall", {"query": "what is the name of my dog", "limit": 5}))["memories"]
         assert dog["id"] not in [h["id"] for h in hits], hits
         uris = {r.uri for r in (await client.list_resources()).resources}
@@ -152,6 +195,7 @@ async def main():
         assert out["forgotten"] == 1, out
         every = json.loads((await client.read_resource("memory://all")).contents[0].text)
         assert every == [], every
+        tg.cancel_scope.cancel()
     print(json.dumps(found))
 
 
