@@ -6,6 +6,7 @@ mod bench;
 mod fetch;
 mod mcp;
 mod memory_cmd;
+mod serve;
 
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -103,6 +104,9 @@ enum Command {
     /// Serve the profile's memory and personal model to an assistant over MCP (stdio): tools
     /// remember, recall, forget, give_feedback, ask_personal_model; memories as resources.
     Mcp(mcp::McpArgs),
+    /// Serve the base model and each profile's personal model over an OpenAI-compatible HTTP
+    /// API (chat, completions, embeddings; streamed), with Tailor's extensions under /v1/tailor/.
+    Serve(serve::ServeArgs),
     #[command(hide = true)]
     BenchOnce(bench::BenchArgs),
 }
@@ -440,6 +444,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => bench::bench(args),
         Command::Mcp(args) => mcp::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::BenchOnce(args) => bench::bench_once(args),
     }
 }

@@ -1,0 +1,376 @@
+//! The OpenAI endpoints: `/v1/models`, `/v1/chat/completions`, `/v1/completions`,
+//! `/v1/embeddings`, each streamed (SSE, ending with `data: [DONE]`) where OpenAI streams.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Value};
+use tailor::{FinishReason, Generation, Prompt, TokenLogprob};
+use tokio::sync::mpsc;
+
+use super::error::ApiError;
+use super::generate::{self, CancelGuard, Event};
+use super::openai::{self, ChatRequest, CompletionPrompt, CompletionRequest, EmbeddingRequest};
+use super::state::{AppState, Stats};
+
+pub(crate) type St = State<Arc<AppState>>;
+
+/// The request body, or the extractor's refusal (413 past the size limit) in OpenAI's shape.
+pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> {
+    b.map_err(|r| {
+        let status = r.status();
+        ApiError {
+            status,
+            message: r.body_text(),
+            kind: "invalid_request_error",
+            param: None,
+            code: (status == axum::http::StatusCode::PAYLOAD_TOO_LARGE).then_some("request_too_large"),
+        }
+    })
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// A unique id with OpenAI's prefixes (`chatcmpl-`, `cmpl-`).
+fn new_id(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) as u64;
+    format!("{prefix}-{nanos:x}{:04x}", N.fetch_add(1, Ordering::Relaxed) & 0xffff)
+}
+
+fn model_json(id: &str, created: u64, extra: Value) -> Value {
+    let mut v = json!({"id": id, "object": "model", "created": created, "owned_by": "tailor"});
+    if let (Some(m), Value::Object(e)) = (v.as_object_mut(), extra) {
+        m.extend(e);
+    }
+    v
+}
+
+fn models_list(state: &AppState) -> Vec<Value> {
+    let mut out = vec![model_json(&state.base_id, state.started, json!({"tailor": {"kind": "base"}}))];
+    for (id, path) in &state.profiles {
+        out.push(model_json(id, state.started, json!({"tailor": {"kind": "personal", "profile": path}})));
+    }
+    if let Some(e) = &state.embedder {
+        out.push(model_json(&e.id, state.started, json!({"tailor": {"kind": "embedding", "dimensions": tailor::profile::Embed::dim(&*e.model)}})));
+    }
+    out
+}
+
+/// `GET /v1/models`.
+pub(crate) async fn models(State(state): St) -> Json<Value> {
+    Json(json!({"object": "list", "data": models_list(&state)}))
+}
+
+/// `GET /v1/models/{id}`.
+pub(crate) async fn model(State(state): St, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    models_list(&state).into_iter().find(|m| m["id"] == id.as_str()).map(Json).ok_or_else(|| ApiError::model_not_found(&id))
+}
+
+fn finish_reason(r: FinishReason) -> &'static str {
+    match r {
+        FinishReason::Length | FinishReason::ContextFull => "length",
+        _ => "stop",
+    }
+}
+
+fn usage(g: &Generation) -> Value {
+    json!({
+        "prompt_tokens": g.prompt_tokens,
+        "completion_tokens": g.token_ids.len(),
+        "total_tokens": g.prompt_tokens + g.token_ids.len(),
+        "prompt_tokens_details": {"cached_tokens": g.reused_tokens},
+        "completion_tokens_details": {"reasoning_tokens": 0},
+    })
+}
+
+/// Tailor's additions to a response: memories used, timings, the raw finish reason.
+fn tailor_extra(g: &Generation) -> Value {
+    json!({"memories": g.memories, "finish_reason": g.finish_reason, "timings": g.timings})
+}
+
+/// Which API a generation answers: the two differ in their chunk and response shapes.
+#[derive(Clone)]
+enum Api {
+    Chat,
+    Completion { echo: Option<String> },
+}
+
+/// The fields every chunk and response carries.
+struct Meta {
+    id: String,
+    created: u64,
+    model: String,
+    fingerprint: String,
+    api: Api,
+    include_usage: bool,
+    /// Text so far (legacy `text_offset`).
+    offset: usize,
+}
+
+impl Meta {
+    fn head(&self, object: &str) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("object".into(), object.into());
+        m.insert("created".into(), self.created.into());
+        m.insert("model".into(), self.model.clone().into());
+        m.insert("system_fingerprint".into(), self.fingerprint.clone().into());
+        m
+    }
+
+    /// Legacy completions logprobs for `lps`, starting at text offset `offset`.
+    fn legacy_logprobs(lps: &[TokenLogprob], mut offset: usize) -> Value {
+        let mut tokens = Vec::new();
+        let mut lp = Vec::new();
+        let mut tops = Vec::new();
+        let mut offsets = Vec::new();
+        for t in lps {
+            tokens.push(t.token.clone());
+            lp.push(t.logprob);
+            tops.push(t.top_logprobs.iter().map(|a| (a.token.clone(), json!(a.logprob))).collect::<serde_json::Map<_, _>>());
+            offsets.push(offset);
+            offset += t.token.len();
+        }
+        json!({"tokens": tokens, "token_logprobs": lp, "top_logprobs": tops, "text_offset": offsets})
+    }
+
+    fn chunk(&mut self, text: &str, lp: Option<&TokenLogprob>, finish: Option<&str>, first: bool) -> Value {
+        let mut m;
+        match &self.api {
+            Api::Chat => {
+                m = self.head("chat.completion.chunk");
+                let delta = match (first, finish) {
+                    (true, _) => json!({"role": "assistant", "content": ""}),
+                    (_, Some(_)) => json!({}),
+                    _ => json!({"content": text}),
+                };
+                let logprobs = lp.map(|l| json!({"content": [l], "refusal": null})).unwrap_or(Value::Null);
+                m.insert("choices".into(), json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]));
+            }
+            Api::Completion { .. } => {
+                m = self.head("text_completion");
+                let logprobs = lp.map(|l| Self::legacy_logprobs(std::slice::from_ref(l), self.offset)).unwrap_or(Value::Null);
+                m.insert("choices".into(), json!([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]));
+            }
+        }
+        self.offset += text.len();
+        if self.include_usage {
+            m.insert("usage".into(), Value::Null);
+        }
+        Value::Object(m)
+    }
+
+    fn usage_chunk(&self, g: &Generation) -> Value {
+        let mut m = self.head(match self.api {
+            Api::Chat => "chat.completion.chunk",
+            Api::Completion { .. } => "text_completion",
+        });
+        m.insert("choices".into(), json!([]));
+        m.insert("usage".into(), usage(g));
+        m.insert("tailor".into(), tailor_extra(g));
+        Value::Object(m)
+    }
+
+    fn response(&self, g: &Generation) -> Value {
+        let mut m;
+        match &self.api {
+            Api::Chat => {
+                m = self.head("chat.completion");
+                let logprobs = g.logprobs.as_ref().map(|l| json!({"content": l, "refusal": null})).unwrap_or(Value::Null);
+                m.insert(
+                    "choices".into(),
+                    json!([{"index": 0, "message": {"role": "assistant", "content": g.text, "refusal": null}, "logprobs": logprobs, "finish_reason": finish_reason(g.finish_reason)}]),
+                );
+            }
+            Api::Completion { echo } => {
+                m = self.head("text_completion");
+                let prefix = echo.as_deref().unwrap_or("");
+                let logprobs = g.logprobs.as_ref().map(|l| Self::legacy_logprobs(l, prefix.len())).unwrap_or(Value::Null);
+                m.insert("choices".into(), json!([{"index": 0, "text": format!("{prefix}{}", g.text), "logprobs": logprobs, "finish_reason": finish_reason(g.finish_reason)}]));
+            }
+        }
+        m.insert("usage".into(), usage(g));
+        m.insert("tailor".into(), tailor_extra(g));
+        Value::Object(m)
+    }
+}
+
+fn sse(v: &Value) -> SseEvent {
+    SseEvent::default().data(v.to_string())
+}
+
+struct Streamer {
+    rx: mpsc::Receiver<Event>,
+    _guard: CancelGuard,
+    meta: Meta,
+    pending: VecDeque<SseEvent>,
+    finished: bool,
+}
+
+/// The SSE response: chunks as tokens come, the final chunk, the usage chunk when asked for,
+/// `[DONE]`. Dropped when the client goes away, which cancels the generation.
+fn stream_response(rx: mpsc::Receiver<Event>, guard: CancelGuard, mut meta: Meta) -> Response {
+    let mut pending = VecDeque::new();
+    match &meta.api {
+        Api::Chat => pending.push_back(sse(&meta.chunk("", None, None, true))),
+        Api::Completion { echo: Some(p) } => {
+            let p = p.clone();
+            pending.push_back(sse(&meta.chunk(&p, None, None, false)));
+        }
+        Api::Completion { echo: None } => {}
+    }
+    let st = Streamer { rx, _guard: guard, meta, pending, finished: false };
+    let stream = futures_util::stream::unfold(st, |mut st| async move {
+        loop {
+            if let Some(e) = st.pending.pop_front() {
+                return Some((Ok::<_, Infallible>(e), st));
+            }
+            if st.finished {
+                return None;
+            }
+            match st.rx.recv().await {
+                Some(Event::Token { text, logprob }) => {
+                    let c = st.meta.chunk(&text, logprob.as_ref(), None, false);
+                    st.pending.push_back(sse(&c));
+                }
+                Some(Event::Done(Ok(g))) => {
+                    st.finished = true;
+                    let c = st.meta.chunk("", None, Some(finish_reason(g.finish_reason)), false);
+                    st.pending.push_back(sse(&c));
+                    if st.meta.include_usage {
+                        st.pending.push_back(sse(&st.meta.usage_chunk(&g)));
+                    }
+                    st.pending.push_back(SseEvent::default().data("[DONE]"));
+                }
+                Some(Event::Done(Err(e))) => {
+                    st.finished = true;
+                    st.pending.push_back(sse(&e.body()));
+                    st.pending.push_back(SseEvent::default().data("[DONE]"));
+                }
+                None => {
+                    st.finished = true;
+                    st.pending.push_back(sse(&ApiError::internal("the generation ended without an answer").body()));
+                }
+            }
+        }
+    });
+    Sse::new(stream).keep_alive(KeepAlive::default()).into_response()
+}
+
+async fn answer(state: Arc<AppState>, job: generate::Job, stream: bool, meta: Meta) -> Result<Response, ApiError> {
+    let (rx, guard) = generate::start(state, job).await?;
+    if stream {
+        return Ok(stream_response(rx, guard, meta));
+    }
+    let g = generate::collect(rx).await;
+    drop(guard);
+    Ok(Json(meta.response(&g?)).into_response())
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(State(state): St, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    Stats::add(&state.stats.requests, 1);
+    let req: ChatRequest = openai::parse(&body(b)?)?;
+    let model = state.model(&req.model)?.clone();
+    let (messages, checked) = req.check(state.limits.max_tokens)?;
+    let tokens = state.engine.tokenize(&state.engine.render_chat(&messages)?)?;
+    let (stream, include_usage) = (checked.stream, checked.include_usage);
+    let job = generate::prepare(&state, model, Prompt::Chat(messages), tokens, checked, "messages")?;
+    let meta = Meta { id: new_id("chatcmpl"), created: now(), model: req.model, fingerprint: state.fingerprint.clone(), api: Api::Chat, include_usage, offset: 0 };
+    answer(state, job, stream, meta).await
+}
+
+/// `POST /v1/completions`.
+pub(crate) async fn completions(State(state): St, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    Stats::add(&state.stats.requests, 1);
+    let req: CompletionRequest = openai::parse(&body(b)?)?;
+    let model = state.model(&req.model)?.clone();
+    let (prompt, checked) = req.check(state.limits.max_tokens)?;
+    let echo = req.echo.unwrap_or(false);
+    if echo && checked.params.logprobs.is_some() {
+        return Err(ApiError::invalid("echo", "'echo' together with 'logprobs' (prompt log-probabilities) is not supported."));
+    }
+    let (prompt, tokens, text) = match prompt {
+        CompletionPrompt::Text(t) => {
+            let tokens = state.engine.tokenize(&t)?;
+            (Prompt::Text(t.clone()), tokens, t)
+        }
+        CompletionPrompt::Tokens(ids) => {
+            let vocab = state.engine.model_config().vocab_size;
+            if let Some(bad) = ids.iter().find(|&&t| t as usize >= vocab) {
+                return Err(ApiError::invalid("prompt", format!("Invalid 'prompt': token id {bad} is outside the vocabulary of {vocab}.")));
+            }
+            let text = state.engine.tokenizer().decode(&ids, false);
+            (Prompt::Tokens(ids.clone()), ids, text)
+        }
+    };
+    let (stream, include_usage) = (checked.stream, checked.include_usage);
+    let job = generate::prepare(&state, model, prompt, tokens, checked, "prompt")?;
+    let api = Api::Completion { echo: echo.then_some(text) };
+    let meta = Meta { id: new_id("cmpl"), created: now(), model: req.model, fingerprint: state.fingerprint.clone(), api, include_usage, offset: 0 };
+    answer(state, job, stream, meta).await
+}
+
+/// `POST /v1/embeddings` (the MiniLM embedder, unit-length vectors).
+pub(crate) async fn embeddings(State(state): St, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    Stats::add(&state.stats.requests, 1);
+    let req: EmbeddingRequest = openai::parse(&body(b)?)?;
+    let Some(emb) = &state.embedder else {
+        return Err(ApiError::model_not_found(&req.model));
+    };
+    if req.model != emb.id {
+        return Err(ApiError::model_not_found(&req.model));
+    }
+    let texts = req.texts(state.limits.max_embedding_inputs)?;
+    let dim = tailor::profile::Embed::dim(&*emb.model);
+    if let Some(d) = req.dimensions {
+        if d != dim as i64 {
+            return Err(ApiError::invalid("dimensions", format!("Invalid 'dimensions': this model makes {dim}-dimensional vectors.")));
+        }
+    }
+    let base64 = req.encoding_format.as_deref() == Some("base64");
+    let st = state.clone();
+    let (vectors, tokens) = tokio::task::spawn_blocking(move || -> Result<(Vec<Vec<f32>>, usize), ApiError> {
+        let emb = st.embedder.as_ref().ok_or_else(|| ApiError::internal("no embedder"))?;
+        let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+        let v = tailor::profile::Embed::embed(&*emb.model, &refs)?;
+        let n = match &emb.tokenizer {
+            Some(t) => t.encode_batch(refs.clone(), true).map(|e| e.iter().map(|e| e.len()).sum()).unwrap_or(0),
+            None => 0,
+        };
+        Ok((v, n))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the embedding thread failed: {e}")))??;
+    let data: Vec<Value> = vectors
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let embedding = if base64 {
+                let bytes: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+                Value::String(openai::base64(&bytes))
+            } else {
+                json!(v)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data, "model": emb.id, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})).into_response())
+}
+
+/// Routes that do not exist, in OpenAI's error shape.
+pub(crate) async fn fallback(uri: axum::http::Uri) -> ApiError {
+    ApiError::not_found(format!("Unknown request URL: {uri}."))
+}
