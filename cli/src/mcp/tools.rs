@@ -495,6 +495,44 @@ mod tests {
         }
     }
 
+    /// A version promoted by another process on the same profile (as `tailor train` does) is
+    /// the one the next answer runs, and the answer says which.
+    #[test]
+    fn answers_run_the_version_another_process_promoted() {
+        let dir = TempDir::new("mcp-version");
+        let model = dir.0.join("tiny.gguf");
+        let mut tiny = TinyModel::default();
+        tiny.seed = 3;
+        tiny.weight_scale = 0.3;
+        tiny.write(&model).unwrap();
+        let mut ec = tailor::EngineConfig::default();
+        ec.threads = 2;
+        let engine = tailor::Engine::load(&model, ec).unwrap();
+        let path = dir.0.join("me.db");
+        let open = || MemoryStore::open(&path, Arc::new(HashEmbedder::new(16, 0)), MemoryConfig::default()).unwrap();
+        let tools = Tools::new(PersonalModel::open(&engine, open(), &path).unwrap(), 256);
+        for i in 0..6 {
+            let fb = serde_json::json!({"prompt": format!("what is my cat called? ({i})"), "answer": "Tom.", "correction": "Zorblax."});
+            tools.give_feedback(args(fb)).unwrap();
+        }
+        let ask = || tools.ask(args(serde_json::json!({"question": "what is my cat called?", "max_tokens": 3})), &|| false).unwrap();
+        assert_eq!(ask().adapter_version, None);
+
+        let trainer = PersonalModel::open(&engine, open(), &path).unwrap();
+        let mut o = tailor_trainer::personal::PersonalOptions::default();
+        o.train.lora_rank = 4;
+        o.train.lora_alpha = 8.0;
+        o.train.learning_rate = 3e-3;
+        o.train.max_steps = Some(12);
+        o.train.seed = 7;
+        o.train.threads = 2;
+        let outcome = trainer.train(&o, &mut |_| Flow::Continue).unwrap();
+        let version = trainer.active_version().unwrap();
+        assert!(outcome.promoted() && version.is_some(), "{:?}", outcome.decision);
+        assert_eq!(ask().adapter_version, version);
+        assert_eq!(tools.pm.registry().list()[0].name, PersonalModel::ADAPTER_NAME);
+    }
+
     /// The tools over a tiny model and a hashing embedder: what each does to the store, and
     /// that the answer reports the memory that was put in its prompt.
     #[test]
