@@ -65,82 +65,148 @@ fn official_python_client_over_stdio() {
     assert!(legacy["protocol_version"].as_str().unwrap().starts_with("2025-"), "{legacy}");
 }
 
-/// Raw JSON-RPC on the 2025-06-18 revision (as Claude Desktop speaks it): every stdout line is
-/// a JSON-RPC message, a line that is not JSON and a wrongly typed argument end nothing, and the
-/// server exits cleanly when the client closes stdin. A model that cannot load fails at start
-/// with the reason on stderr and nothing on stdout.
-#[test]
-fn raw_protocol_and_startup_errors() {
-    use std::io::Write;
-    use std::process::Stdio;
-    let cache = model_cache();
-    let dir = tailor::testing::TempDir::new("mcp-raw");
-    let profile = dir.0.join("me.db");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
-        .args(["mcp", "--threads", "2", "--profile"])
-        .arg(&profile)
-        .arg("--model")
-        .arg(cache.base_model_path())
-        .env("TAILOR_HOME", cache.root())
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-    // Sends one line; with an id, reads until its answer (every line must be JSON-RPC).
-    let mut call = |line: &str, id: Option<i64>| -> serde_json::Value {
-        use std::io::BufRead;
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
+/// `tailor mcp` spoken to in raw JSON-RPC lines.
+struct Raw {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Raw {
+    /// Starts `tailor mcp --profile PROFILE` on the real model with `extra` arguments and runs
+    /// the 2025-06-18 `initialize` handshake (as Claude Desktop speaks it).
+    fn start(profile: &Path, extra: &[&str]) -> Raw {
+        use std::process::Stdio;
+        let cache = model_cache();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tailor"))
+            .args(["mcp", "--threads", "2", "--profile"])
+            .arg(profile)
+            .arg("--model")
+            .arg(cache.base_model_path())
+            .args(extra)
+            .env("TAILOR_HOME", cache.root())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut raw = Raw { child, stdin, stdout };
+        let init = raw.call(
+            r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#,
+            Some(1),
+        );
+        assert_eq!(init["result"]["protocolVersion"], "2025-06-18", "{init}");
+        assert_eq!(init["result"]["serverInfo"]["name"], "tailor");
+        raw.call(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, None);
+        raw
+    }
+
+    /// Sends one line; with an id, reads until its answer (every line must be JSON-RPC).
+    fn call(&mut self, line: &str, id: Option<i64>) -> serde_json::Value {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
         let Some(id) = id else { return serde_json::Value::Null };
         loop {
             let mut l = String::new();
-            assert!(stdout.read_line(&mut l).unwrap() > 0, "stdout closed before the answer to {id}");
+            assert!(self.stdout.read_line(&mut l).unwrap() > 0, "stdout closed before the answer to {id}");
             let v: serde_json::Value = serde_json::from_str(&l).unwrap_or_else(|e| panic!("not JSON on stdout ({e}): {l}"));
             assert_eq!(v["jsonrpc"], "2.0", "{l}");
             if v["id"].as_i64() == Some(id) {
                 return v;
             }
         }
-    };
-    let init = call(
-        r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"raw","version":"0"}}}"#,
-        Some(1),
-    );
-    assert_eq!(init["result"]["protocolVersion"], "2025-06-18");
-    assert_eq!(init["result"]["serverInfo"]["name"], "tailor");
-    call(r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#, None);
-    call("this is not JSON", None);
-    let bad = call(r#"{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{"name":"recall","arguments":{"query":5}}}"#, Some(2));
-    assert_eq!(bad["result"]["isError"], true, "{bad}");
-    let added = call(r#"{"jsonrpc":"2.0","id":3,"method":"tools/call","params":{"name":"remember","arguments":{"text":"I live in Lyon."}}}"#, Some(3));
-    assert_eq!(added["result"]["structuredContent"]["action"], "inserted", "{added}");
-    let read = call(r#"{"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"memory://1"}}"#, Some(4));
-    assert_eq!(read["result"]["contents"][0]["text"], "I live in Lyon.", "{read}");
-    let pong = call(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#, Some(5));
-    assert!(pong["result"].is_object(), "{pong}");
-    drop(stdin);
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert!(rest.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{rest}");
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert!(status.success(), "{stderr}");
-    assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 
-    let out = Command::new(env!("CARGO_BIN_EXE_tailor"))
-        .args(["mcp", "--profile"])
-        .arg(&profile)
-        .args(["--model", "/nonexistent/model.gguf"])
-        .env("TAILOR_HOME", cache.root())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(out.stdout.is_empty());
-    assert!(stderr.contains("/nonexistent/model.gguf") && !stderr.contains("panicked"), "{stderr}");
+    /// `tools/call` NAME with ARGS (JSON) as request `id`; the result.
+    fn tool(&mut self, id: i64, name: &str, args: serde_json::Value) -> serde_json::Value {
+        let req = serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": name, "arguments": args}});
+        self.call(&req.to_string(), Some(id))["result"].clone()
+    }
+
+    /// Closes stdin: the server must exit cleanly, with nothing but JSON-RPC left on stdout.
+    fn finish(mut self) {
+        drop(self.stdin);
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut self.stdout, &mut rest).unwrap();
+        assert!(rest.lines().all(|l| serde_json::from_str::<serde_json::Value>(l).is_ok()), "{rest}");
+        let status = self.child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
+        assert!(status.success(), "{stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
+}
+
+/// Raw JSON-RPC: every stdout line is a JSON-RPC message, a line that is not JSON and a
+/// wrongly typed argument end nothing, and the server exits cleanly when the client closes
+/// stdin. A model that cannot load fails at start with the reason on stderr and nothing on
+/// stdout.
+#[test]
+fn raw_protocol_and_startup_errors() {
+    let dir = tailor::testing::TempDir::new("mcp-raw");
+    let profile = dir.0.join("me.db");
+    let mut raw = Raw::start(&profile, &[]);
+    raw.call("this is not JSON", None);
+    let bad = raw.tool(2, "recall", serde_json::json!({"query": 5}));
+    assert_eq!(bad["isError"], true, "{bad}");
+    let added = raw.tool(3, "remember", serde_json::json!({"text": "I live in Lyon."}));
+    assert_eq!(added["structuredContent"]["action"], "inserted", "{added}");
+    let read = raw.call(r#"{"jsonrpc":"2.0","id":4,"method":"resources/read","params":{"uri":"memory://1"}}"#, Some(4));
+    assert_eq!(read["result"]["contents"][0]["text"], "I live in Lyon.", "{read}");
+    let pong = raw.call(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#, Some(5));
+    assert!(pong["result"].is_object(), "{pong}");
+    raw.finish();
+
+    let cache = model_cache();
+    for (args, needle) in [
+        (vec!["--model", "/nonexistent/model.gguf"], "/nonexistent/model.gguf"),
+        (vec!["--model", cache.base_model_path().to_str().unwrap(), "--adapter", "/nonexistent/adapter"], "adapter"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_tailor"))
+            .args(["mcp", "--profile"])
+            .arg(&profile)
+            .args(&args)
+            .env("TAILOR_HOME", cache.root())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+        assert!(stderr.contains(needle) && !stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+/// `--adapter` runs a PEFT adapter beside the profile's own version: the answer changes, and
+/// weight 0 is the base exactly.
+#[test]
+fn extra_adapter_changes_the_answer() {
+    use tailor::adapters::{peft, LoraAdapter, LoraConfig, LoraWeights, Target};
+    let cache = model_cache();
+    let engine = tailor::Engine::load(cache.base_model_path(), tailor::EngineConfig::default()).unwrap();
+    let shapes = engine.base_shapes();
+    let mut a = LoraAdapter::new(LoraConfig::new(2, 4.0, &[Target::Q, Target::V])).unwrap();
+    let wave = |n: usize| (0..n).map(|k| ((k * 7919 % 13) as f32 - 6.0) * 0.05).collect::<Vec<f32>>();
+    for layer in 0..shapes.n_layers {
+        for t in [Target::Q, Target::V] {
+            let (i, o) = shapes.in_out(t);
+            a.insert(layer, t, LoraWeights::new(2, i, o, wave(2 * i), wave(2 * o)).unwrap()).unwrap();
+        }
+    }
+    let dir = tailor::testing::TempDir::new("mcp-adapter");
+    let ad = dir.0.join("adapter");
+    peft::save(&a, &ad).unwrap();
+    let answer = |extra: &[&str]| {
+        let mut raw = Raw::start(&dir.0.join("me.db"), extra);
+        let r = raw.tool(2, "ask_personal_model", serde_json::json!({"question": "What is the capital of France?", "max_tokens": 12}));
+        assert_eq!(r["isError"], false, "{r}");
+        raw.finish();
+        r["structuredContent"]["answer"].as_str().unwrap().to_string()
+    };
+    let base = answer(&[]);
+    assert_eq!(answer(&["--adapter", &format!("{}:0", ad.display())]), base, "weight 0 is the base");
+    assert_ne!(answer(&["--adapter", &format!("{}:4", ad.display())]), base, "the adapter changes the answer");
 }

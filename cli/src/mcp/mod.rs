@@ -3,7 +3,8 @@
 //!
 //! Tools: `remember`, `recall`, `forget`, `give_feedback`, `ask_personal_model`. Resources:
 //! each memory as `memory://<id>` (its text) and `memory://all` (every memory, JSON).
-//! The model and the profile are loaded once, at start. Standard output carries nothing but
+//! The model and the profile are loaded once, at start; answers run the profile's promoted
+//! adapter version, plus any `--adapter`s and `--steer` vector given on the command line. Standard output carries nothing but
 //! JSON-RPC; messages go to standard error. A tool that fails answers with an MCP tool error
 //! (`isError: true`) saying why; nothing a client sends ends the server.
 
@@ -12,7 +13,7 @@ mod tools;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
@@ -48,13 +49,11 @@ const RESOURCE_PAGE: usize = 200;
 /// Loads the model and the profile, then serves MCP on stdin/stdout until the client closes
 /// stdin.
 pub(crate) fn run(args: McpArgs) -> Result<()> {
-    if !args.model.adapter.is_empty() || args.model.steer.is_some() {
-        bail!("tailor mcp runs the profile's own adapter: --adapter and --steer are not taken here");
-    }
     let path: PathBuf = args.profile.path()?;
     let store = args.profile.open()?;
     let engine = args.model.load()?;
-    let pm = PersonalModel::open(&engine, store, &path).with_context(|| format!("opening the profile {}", path.display()))?;
+    let registry = registry(&engine, &args.model)?;
+    let pm = PersonalModel::with_registry(&engine, registry, store, &path).with_context(|| format!("opening the profile {}", path.display()))?;
     let version = pm.active_version()?;
     eprintln!(
         "tailor mcp: profile {} · model {} · adapter {} · serving MCP on stdio",
@@ -71,6 +70,30 @@ pub(crate) fn run(args: McpArgs) -> Result<()> {
     })?;
     eprintln!("tailor mcp: the client closed the connection");
     Ok(())
+}
+
+/// A registry with the `--adapter`s (active with their weights) and the `--steer` vector;
+/// the profile's own version is added to it under [`PersonalModel::ADAPTER_NAME`].
+fn registry(engine: &tailor::Engine, model: &ModelArgs) -> Result<Arc<tailor::AdapterRegistry>> {
+    let reg = tailor::AdapterRegistry::new(engine);
+    if let Some(spec) = &model.steer {
+        let (path, scale) = crate::path_and_weight(spec)?;
+        let v = crate::load_steering(engine, &path).with_context(|| format!("loading steering vector {}", path.display()))?;
+        let layers = model.steer_layer_range(engine)?;
+        reg.set_residual(Some(Arc::new(tailor::SteeringHook::new(Arc::new(v), scale, layers))));
+    }
+    let mut active = Vec::new();
+    for (i, spec) in model.adapter.iter().enumerate() {
+        let (path, w) = crate::path_and_weight(spec)?;
+        let name = format!("adapter{i}");
+        reg.load(&name, &path).with_context(|| format!("loading adapter {}", path.display()))?;
+        active.push((name, w));
+    }
+    if !active.is_empty() {
+        let set: Vec<(&str, f32)> = active.iter().map(|(n, w)| (n.as_str(), *w)).collect();
+        reg.activate(&set)?;
+    }
+    Ok(reg)
 }
 
 /// The MCP server: the tools and resources over one open profile.
