@@ -62,6 +62,13 @@ pub(crate) fn run(args: McpArgs) -> Result<()> {
         version.as_deref().unwrap_or("none (the base model)")
     );
     let server = TailorMcp::new(Arc::new(Tools::new(pm, args.model.ctx)));
+    // The SDK reports what it drops (unreadable lines, failed sends) through `tracing`: to
+    // stderr, which assistants keep as the server's log. Stdout stays JSON-RPC only.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_max_level(tracing_subscriber::filter::LevelFilter::WARN)
+        .with_target(false)
+        .try_init();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the async runtime")?;
     rt.block_on(async move {
         let running = server.serve(rmcp::transport::io::stdio_pipes()).await.context("the MCP handshake")?;
