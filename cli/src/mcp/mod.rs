@@ -4,9 +4,10 @@
 //! Tools: `remember`, `recall`, `forget`, `give_feedback`, `ask_personal_model`. Resources:
 //! each memory as `memory://<id>` (its text) and `memory://all` (every memory, JSON).
 //! The model and the profile are loaded once, at start; answers run the profile's promoted
-//! adapter version, plus any `--adapter`s and `--steer` vector given on the command line. Standard output carries nothing but
-//! JSON-RPC; messages go to standard error. A tool that fails answers with an MCP tool error
-//! (`isError: true`) saying why; nothing a client sends ends the server.
+//! adapter version, plus any `--adapter`s and `--steer` vector given on the command line.
+//! Standard output carries nothing but JSON-RPC; messages go to standard error. A tool that
+//! fails answers with an MCP tool error (`isError: true`) saying why; nothing a client sends
+//! ends the server.
 
 mod tools;
 
@@ -20,9 +21,8 @@ use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::model::{
     Implementation, ListResourceTemplatesResult, ListResourcesResult, PaginatedRequestParams, ReadResourceRequestParams,
     ReadResourceResponse, ReadResourceResult, Resource, ResourceContents, ResourceTemplate, ServerCapabilities,
-    ServerConfig,
+    ServerConfig, SubscriptionFilter,
 };
-use rmcp::model::SubscriptionFilter;
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler, ServiceExt};
 use tailor_trainer::PersonalModel;
@@ -62,7 +62,7 @@ pub(crate) fn run(args: McpArgs) -> Result<()> {
         version.as_deref().unwrap_or("none (the base model)")
     );
     let server = TailorMcp::new(Arc::new(Tools::new(pm, args.model.ctx)));
-    // The SDK reports what it drops (unreadable lines, failed sends) through `tracing`: to
+    // The SDK reports what it drops (oversized lines, failed sends) through `tracing`: to
     // stderr, which assistants keep as the server's log. Stdout stays JSON-RPC only.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -189,10 +189,6 @@ impl TailorMcp {
     }
 }
 
-fn resource_error(e: tools::ToolError) -> ErrorData {
-    ErrorData::resource_not_found(e.0, None)
-}
-
 #[tool_handler(router = self.tool_router)]
 impl ServerHandler for TailorMcp {
     fn get_info(&self) -> ServerConfig {
@@ -292,11 +288,12 @@ impl ServerHandler for TailorMcp {
             .map_err(|e| ErrorData::internal_error(e.0, None))?;
             ResourceContents::text(json, uri).with_mime_type("application/json")
         } else {
-            let id = tools::parse_memory_uri(&uri).map_err(resource_error)?;
+            let id = tools::parse_memory_uri(&uri).map_err(|e| ErrorData::resource_not_found(e.0, None))?;
             let m = tokio::task::spawn_blocking(move || t.memory(id))
                 .await
                 .map_err(|e| ErrorData::internal_error(e.to_string(), None))?
-                .map_err(resource_error)?;
+                .map_err(|e| ErrorData::internal_error(e.0, None))?
+                .ok_or_else(|| ErrorData::resource_not_found(format!("no memory with id {id}"), None))?;
             ResourceContents::text(m.text, uri)
         };
         Ok(ReadResourceResult::new(vec![contents]).into())

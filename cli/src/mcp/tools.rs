@@ -418,9 +418,13 @@ impl Tools {
         Ok((page.memories, page.next_after))
     }
 
-    /// One memory (for `resources/read`).
-    pub(crate) fn memory(&self, id: i64) -> ToolResult<Memory> {
-        self.with_store(|s| Ok(s.get(id)?))
+    /// One memory (for `resources/read`); `None` when there is none with this id.
+    pub(crate) fn memory(&self, id: i64) -> ToolResult<Option<Memory>> {
+        self.with_store(|s| match s.get(id) {
+            Ok(m) => Ok(Some(m)),
+            Err(tailor::profile::Error::MemoryNotFound { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        })
     }
 }
 
@@ -554,7 +558,7 @@ mod tests {
         assert_ne!(cat.id, dog.id);
         assert!(tools.remember(args(serde_json::json!({"text": "x", "importance": 2.0}))).unwrap_err().0.contains("importance"));
         assert!(tools.remember(args(serde_json::json!({"text": ""}))).is_err());
-        assert_eq!(tools.memory(dog.id).unwrap().metadata["source"], "chat");
+        assert_eq!(tools.memory(dog.id).unwrap().unwrap().metadata["source"], "chat");
 
         let hits = tools.recall(args(serde_json::json!({"query": "Biscuit", "limit": 1}))).unwrap().memories;
         assert_eq!(hits.len(), 1);
@@ -579,7 +583,7 @@ mod tests {
         assert_eq!(page.iter().map(|m| m.id).collect::<Vec<_>>(), vec![cat.id]);
 
         assert_eq!(tools.forget(args(serde_json::json!({"id": dog.id}))).unwrap().forgotten, 1);
-        assert!(tools.memory(dog.id).is_err());
+        assert!(tools.memory(dog.id).unwrap().is_none());
         assert!(tools.forget(args(serde_json::json!({"id": dog.id}))).unwrap_err().0.contains(&dog.id.to_string()));
         assert_eq!(tools.forget(args(serde_json::json!({"all": true, "confirm": true}))).unwrap().forgotten, 1);
         assert!(tools.list_memories(None, 10).unwrap().0.is_empty());
