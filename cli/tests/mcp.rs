@@ -127,7 +127,8 @@ impl Raw {
     }
 
     /// Closes stdin: the server must exit cleanly, with nothing but JSON-RPC left on stdout.
-    fn finish(mut self) {
+    /// Returns its stderr.
+    fn finish(mut self) -> String {
         drop(self.stdin);
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut self.stdout, &mut rest).unwrap();
@@ -137,6 +138,7 @@ impl Raw {
         std::io::Read::read_to_string(&mut self.child.stderr.take().unwrap(), &mut stderr).unwrap();
         assert!(status.success(), "{stderr}");
         assert!(!stderr.contains("panicked"), "{stderr}");
+        stderr
     }
 }
 
@@ -158,7 +160,18 @@ fn raw_protocol_and_startup_errors() {
     assert_eq!(read["result"]["contents"][0]["text"], "I live in Lyon.", "{read}");
     let pong = raw.call(r#"{"jsonrpc":"2.0","id":5,"method":"ping"}"#, Some(5));
     assert!(pong["result"].is_object(), "{pong}");
-    raw.finish();
+    // notifications/cancelled stops a long answer (the next question is answered after it).
+    let long = serde_json::json!({"question": "Count from 1 to 1000, one number per line.", "max_tokens": 1024});
+    raw.call(&serde_json::json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call", "params": {"name": "ask_personal_model", "arguments": long}}).to_string(), None);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    raw.call(r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":6,"reason":"test"}}"#, None);
+    let next = raw.tool(7, "ask_personal_model", serde_json::json!({"question": "Say hi.", "max_tokens": 4}));
+    assert_eq!(next["isError"], false, "{next}");
+    let stderr = raw.finish();
+    let line = stderr.lines().find(|l| l.contains("cancelled by the client")).unwrap_or_else(|| panic!("no cancel in {stderr}"));
+    let tokens: usize = line.split_whitespace().rev().nth(1).unwrap().parse().unwrap();
+    eprintln!("{line}");
+    assert!(tokens < 1024, "{line}");
 
     let cache = model_cache();
     for (args, needle) in [

@@ -185,7 +185,12 @@ impl TailorMcp {
     )]
     async fn ask_personal_model(&self, Parameters(args): Parameters<AskArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<Answer>, String> {
         let ct = ctx.ct.clone();
-        blocking(&self.tools, move |t| t.ask(args, &|| ct.is_cancelled())).await
+        let answer = blocking(&self.tools, move |t| t.ask(args, &|| ct.is_cancelled())).await?;
+        if answer.0.finish_reason == "cancelled" {
+            // The client gets no answer to a cancelled request; the log says what happened.
+            eprintln!("tailor mcp: ask_personal_model cancelled by the client after {} tokens", answer.0.tokens);
+        }
+        Ok(answer)
     }
 }
 
