@@ -14,6 +14,22 @@
 // from the header the app was built with.
 #define TAILOR_ABI_VERSION 1
 
+// The job is training or scoring.
+#define TAILOR_JOB_RUNNING 0
+
+// Finished: the new version passed the gate, was saved and is running in the registry.
+#define TAILOR_JOB_PROMOTED 1
+
+// Finished: the gate refused the new version; nothing changed.
+#define TAILOR_JOB_REFUSED 2
+
+// Stopped by `tailor_training_cancel` or the progress callback (a later run on the same
+// feedback resumes from its checkpoint).
+#define TAILOR_JOB_CANCELLED 3
+
+// Failed with an error (the status JSON's `"message"` and `"error_kind"` say which).
+#define TAILOR_JOB_FAILED 4
+
 // Stops a session's running generation from any thread.
 //
 // - Threading: `Send + Sync`: call `tailor_cancel_token_cancel` from any thread at any time.
@@ -32,6 +48,20 @@ typedef struct TailorCancelToken TailorCancelToken;
 // - Freed with `tailor_engine_free`.
 typedef struct TailorEngine TailorEngine;
 
+// One user's profile: a SQLite store of memories, feedback events and adapter versions
+// (`profile_path`, with the versions in `<profile_path>.adapters/`), opened over an engine.
+// Its active (promoted) adapter version runs in the engine's registry as `personal`, so
+// every session following the engine uses it, and profile sessions also retrieve its
+// memories into their chat prompts.
+//
+// - Threading: `Send + Sync`: any call on any thread; store calls serialize on a lock held
+//   briefly (never during a generation or training step).
+// - Lifetime: keeps its engine's model alive. One profile per engine at a time (a second
+//   open returns `TAILOR_ERR_BUSY` until the first is freed and its training job ended).
+// - Freed with `tailor_profile_free`; a training job started from it keeps it alive until
+//   the job ends.
+typedef struct TailorProfile TailorProfile;
+
 // One conversation with its own KV cache, on an engine (or a profile).
 //
 // - Threading: may be used from any thread but by one call at a time; a call made while
@@ -41,6 +71,14 @@ typedef struct TailorEngine TailorEngine;
 // - Lifetime: keeps its model (and profile) alive; independent of the engine handle.
 // - Freed with `tailor_session_free` (not while a call on it is running).
 typedef struct TailorSession TailorSession;
+
+// A training run on a background thread.
+//
+// - Threading: `Send + Sync`: status, cancel and wait from any thread.
+// - Lifetime: keeps its profile alive until the run ends.
+// - Freed with `tailor_training_free`, which cancels a run still going and waits for it to
+//   stop, so no progress callback runs after it returns.
+typedef struct TailorTrainingJob TailorTrainingJob;
 
 // The status every `tailor_*` call returns: `TAILOR_OK` (0) on success, a negative code on
 // failure, with a message available from `tailor_last_error_message` on the same thread.
@@ -52,6 +90,27 @@ typedef int32_t TailorStatus;
 // `"callback"` and status `TAILOR_OK`). Called on the thread that called the generate
 // function.
 typedef int32_t (*TailorTokenCallback)(const char *chunk, size_t len, void *user_data);
+
+// Progress after each optimizer step (passed to a `TailorProgressCallback`).
+typedef struct TailorProgress {
+  // Optimizer steps done (1-based).
+  size_t step;
+  // Steps the run will do in all.
+  size_t total_steps;
+  // Loss of this step.
+  double loss;
+  // Trained tokens per second.
+  double tokens_per_s;
+  // Seconds since the run started.
+  double elapsed_seconds;
+  // Estimated seconds to the last step.
+  double eta_seconds;
+} TailorProgress;
+
+// Called after each optimizer step **on the training thread** (so `user_data` must be safe
+// to use from there). Return 0 to go on, non-zero to stop the run (the job then ends
+// `TAILOR_JOB_CANCELLED`). `progress` is valid only during the call.
+typedef int32_t (*TailorProgressCallback)(const struct TailorProgress *progress, void *user_data);
 
 // Success.
 #define TAILOR_OK 0
@@ -110,6 +169,69 @@ uint32_t tailor_abi_version(void);
 
 // The library's version (`"0.1.0"`), a static string the caller must not free.
 const char *tailor_version(void);
+
+// Loads a PEFT LoRA adapter directory (`adapter_config.json` +
+// `adapter_model.safetensors`) into the engine's registry under `name` (replacing one of that
+// name). It is checked against the base model's shapes and fingerprint
+// (`TAILOR_ERR_INCOMPATIBLE`). Loading does not activate it.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_adapter_load(const struct TailorEngine *engine,
+                                 const char *name,
+                                 const char *dir);
+
+// Makes exactly the given adapters active, with weights (`y = W·x + Σ weight·scale·B·A·x`);
+// `count == 0` deactivates all. `names` and `weights` hold `count` entries each.
+//
+// # Safety
+// Pointer arguments are NULL or valid for `count` elements; strings are NUL-terminated.
+TailorStatus tailor_adapter_activate(const struct TailorEngine *engine,
+                                     const char *const *names,
+                                     const float *weights,
+                                     size_t count);
+
+// Removes an adapter from the registry (and from the active set).
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_adapter_unload(const struct TailorEngine *engine, const char *name);
+
+// Lists the registry as JSON: `{"adapters": [{"name", "active_weight" (null when inactive),
+// "rank", "modules", "parameters", "source"}], "steering": [{"name", "active_scale"}]}`.
+// Free `*out_json` with `tailor_string_free`.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_adapter_list(const struct TailorEngine *engine, char **out_json);
+
+// Loads a steering vector into the registry under `name`: Tailor's `.safetensors` (with its
+// `.json` sidecar) or a llama.cpp/repeng control-vector `.gguf`. Loading does not activate it.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_steering_load(const struct TailorEngine *engine,
+                                  const char *name,
+                                  const char *path);
+
+// Makes exactly the given steering vectors active: vector `names[i]` times `scales[i]` is
+// added to the residual stream after each layer in `first_layers[i]..=last_layers[i]`.
+// `count == 0` turns steering off.
+//
+// # Safety
+// Pointer arguments are NULL or valid for `count` elements; strings are NUL-terminated.
+TailorStatus tailor_steering_activate(const struct TailorEngine *engine,
+                                      const char *const *names,
+                                      const float *scales,
+                                      const uint32_t *first_layers,
+                                      const uint32_t *last_layers,
+                                      size_t count);
+
+// Removes a steering vector from the registry (and from the active set).
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_steering_unload(const struct TailorEngine *engine, const char *name);
 
 // Frees a string returned by this library (JSON results, version names). NULL is ignored.
 //
@@ -175,6 +297,169 @@ void tailor_last_error_clear(void);
 // A short name of a status code (`"TAILOR_ERR_NOT_FOUND"`), a static string the caller
 // must not free; `"TAILOR_ERR_UNKNOWN"` for a code this library does not define.
 const char *tailor_status_name(TailorStatus status);
+
+// Opens (creating it if needed) the profile store at `profile_path` over `engine`, with the
+// sentence embedder in `embedder_dir` (a BERT sentence-transformer folder:
+// `model.safetensors`, `config.json`, `tokenizer.json`; the fetched all-MiniLM-L6-v2), and
+// loads its active adapter version into the engine's registry.
+//
+// - `options_json`: NULL or `{"memory": {...}, "memory_prompt": {"enabled": true, "limit":
+//   5, "token_budget": 256, "min_similarity": null, "header": "..."}}`.
+// - `out_profile`: receives the profile; free it with `tailor_profile_free`.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_profile_open(const struct TailorEngine *engine,
+                                 const char *profile_path,
+                                 const char *embedder_dir,
+                                 const char *options_json,
+                                 struct TailorProfile **out_profile);
+
+// Frees a profile. NULL is ignored. Its adapter stays in the engine's registry; sessions
+// made from it stay usable; a running training job goes on (free the job to stop it).
+//
+// # Safety
+// `profile` is NULL or a live profile handle not in use by another call.
+void tailor_profile_free(struct TailorProfile *profile);
+
+// A new session on the profile: it follows the engine's registry (with the profile's
+// adapter) and retrieves the profile's memories into each chat prompt
+// (`tailor_session_chat`, `tailor_session_generate_chat`; the memories used are listed in the
+// result's `"memories"`). `options_json` as in `tailor_session_new`.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_profile_session_new(const struct TailorProfile *profile,
+                                        const char *options_json,
+                                        struct TailorSession **out_session);
+
+// The profile's active adapter version, or NULL in `*out_version` when the base runs alone.
+// Free it with `tailor_string_free`.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_profile_active_version(const struct TailorProfile *profile, char **out_version);
+
+// Makes the previous adapter version active (or the base, when there is none) and swaps it
+// into the registry. `*out_version` (may be NULL) receives the version now active, NULL for
+// the base. `TAILOR_ERR_NOT_FOUND` when no version is active.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_profile_rollback(const struct TailorProfile *profile, char **out_version);
+
+// Stores a memory (a fact the user told). A near-duplicate of a stored memory updates it
+// instead (the old text goes to its history).
+//
+// - `text`: UTF-8, non-empty.
+// - `metadata_json`: NULL or a JSON object (source, tags, ...).
+// - `out_id`: NULL or receives the id of the memory now holding the text.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_memory_add(const struct TailorProfile *profile,
+                               const char *text,
+                               const char *metadata_json,
+                               int64_t *out_id);
+
+// Searches the memories (hybrid: embeddings + full text) and returns at most `limit` hits,
+// best first, as JSON: `[{"memory": {"id", "text", "metadata", "created_at", ...}, "score",
+// "similarity", ...}]`. `options_json`: NULL or more of the query's settings (`"mode"`:
+// `"hybrid"|"vector"|"lexical"`, `"filter"`, `"min_similarity"`, `"recency_weight"`).
+// Free `*out_json` with `tailor_string_free`.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_memory_search(const struct TailorProfile *profile,
+                                  const char *query,
+                                  size_t limit,
+                                  const char *options_json,
+                                  char **out_json);
+
+// Lists memories in id order, a page at a time: those with an id above `after` (0 for the
+// first page), at most `limit`. JSON: `{"memories": [...], "next_after": id or null}`.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_memory_list(const struct TailorProfile *profile,
+                                int64_t after,
+                                size_t limit,
+                                char **out_json);
+
+// Forgets one memory (gone from the store, its history and the index).
+// `TAILOR_ERR_NOT_FOUND` for an unknown id.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_memory_forget(const struct TailorProfile *profile, int64_t id);
+
+// Forgets every memory; `*out_count` (may be NULL) receives how many were removed.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_memory_forget_all(const struct TailorProfile *profile, size_t *out_count);
+
+// Exports every memory (with history) as JSON, for the user to keep or move; free
+// `*out_json` with `tailor_string_free`. `tailor_memory_import` reads it back.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_memory_export(const struct TailorProfile *profile, char **out_json);
+
+// Imports memories from `tailor_memory_export`'s JSON; `*out_report_json` (may be NULL)
+// receives what happened (`{"inserted", "updated", "unchanged", ...}`).
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_memory_import(const struct TailorProfile *profile,
+                                  const char *export_json,
+                                  char **out_report_json);
+
+// Records a feedback event on an answer, for training. `feedback_json`:
+// `{"prompt": "...", "answer": "...", "kind": "thumbs_up"|"thumbs_down"}`, or with
+// `"kind": "correction", "corrected": "..."`, or `"kind": "preference", "chosen": "...",
+// "rejected": "..."`; optionally `"turn_id"`. `*out_id` (may be NULL) receives its id.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_feedback_add(const struct TailorProfile *profile,
+                                 const char *feedback_json,
+                                 int64_t *out_id);
+
+// Lists feedback events as JSON (`[{"id", "prompt", "answer", "kind", ..., "consumed_by"}]`),
+// oldest first. `options_json`: NULL or `{"unconsumed_only": false, "after": null, "limit":
+// 1000}`.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
+TailorStatus tailor_feedback_list(const struct TailorProfile *profile,
+                                  const char *options_json,
+                                  char **out_json);
+
+// Forgets feedback events (`ids`, `count` of them). Every adapter version that learned
+// from them is tainted and deleted, and the registry falls back to the newest clean version
+// (or the base). `*out_tainted_json` (may be NULL) receives the deleted versions as a JSON
+// array of names.
+//
+// # Safety
+// Pointer arguments are NULL or valid for `count` elements.
+TailorStatus tailor_feedback_forget(const struct TailorProfile *profile,
+                                    const int64_t *ids,
+                                    size_t count,
+                                    char **out_tainted_json);
+
+// Forgets every feedback event of the profile, as `tailor_feedback_forget` does for some.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_feedback_forget_all(const struct TailorProfile *profile,
+                                        char **out_tainted_json);
+
+// Number of memories in the profile.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_memory_count(const struct TailorProfile *profile, size_t *out_count);
 
 // A new session on `engine`, following the engine's adapter registry (adapters and steering
 // vectors activated there apply from the session's next generation).
@@ -299,6 +584,71 @@ TailorStatus tailor_session_cached_tokens(const struct TailorSession *session, s
 // # Safety
 // Pointer arguments are NULL or valid for the call.
 TailorStatus tailor_session_reset(const struct TailorSession *session);
+
+// Starts training a new adapter version from all the profile's feedback on a background
+// thread. When it ends, the evaluation gate promotes the version (saved atomically, recorded,
+// made active and swapped into the engine's registry: the next generation of every session
+// uses it) or refuses it.
+//
+// - `options_json`: NULL or an object with any of `max_steps`, `max_seconds`,
+//   `learning_rate`, `epochs`, `lora_rank`, `lora_alpha`, `max_seq_len`, `seed`, ... (the
+//   training settings), and `held_out_every` (5), `max_general_increase` (0.05),
+//   `checkpoint_every` (5), `replay` (1.0).
+// - `callback`: NULL or called after every step on the training thread, with `user_data`.
+// - `out_job`: receives the job; free it with `tailor_training_free`.
+//
+// `TAILOR_ERR_BUSY` while another run of the profile is going on.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call; strings are NUL-terminated; `user_data`
+// stays valid until the job is freed.
+TailorStatus tailor_training_start(const struct TailorProfile *profile,
+                                   const char *options_json,
+                                   TailorProgressCallback callback,
+                                   void *user_data,
+                                   struct TailorTrainingJob **out_job);
+
+// The job's state (`TAILOR_JOB_*`) into `*out_state` (may be NULL) and, into `*out_json`
+// (may be NULL), its status: `{"state": "running"|"promoted"|"refused"|"cancelled"|"failed",
+// "step", "total_steps", "loss", "tokens_per_s", "eta_seconds", "elapsed_seconds",
+// "version", "message", "error_kind", "held_out_before", "held_out_after",
+// "general_before", "general_after"}`. Free the JSON with `tailor_string_free`.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_training_status(const struct TailorTrainingJob *job,
+                                    int32_t *out_state,
+                                    char **out_json);
+
+// Asks the run to stop after the step in progress; it then ends `TAILOR_JOB_CANCELLED`.
+//
+// # Safety
+// `job` is NULL or a live job.
+TailorStatus tailor_training_cancel(const struct TailorTrainingJob *job);
+
+// Blocks until the job ends, then reports as `tailor_training_status`. Returns `TAILOR_OK`
+// when it was promoted or refused, `TAILOR_ERR_CANCELLED` when cancelled, and an error
+// status when it failed (`TAILOR_ERR_INVALID_ARGUMENT` for a profile without trainable
+// feedback, `TAILOR_ERR_TRAINING` otherwise); the outputs are written in every case.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_training_wait(const struct TailorTrainingJob *job,
+                                  int32_t *out_state,
+                                  char **out_json);
+
+// Frees a job: a run still going is cancelled and waited for (at most one step), so no
+// progress callback runs after this returns. NULL is ignored.
+//
+// # Safety
+// `job` is NULL or a live job not in use by another call.
+void tailor_training_free(struct TailorTrainingJob *job);
+
+// Whether the profile has a training run going on (`*out_running` 1 or 0).
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_training_running(const struct TailorProfile *profile, int32_t *out_running);
 
 #ifdef __cplusplus
 }  // extern "C"

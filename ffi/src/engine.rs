@@ -1,9 +1,10 @@
 //! The engine handle: a loaded model and its adapter registry.
 
 use std::ffi::c_char;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, Weak};
 
 use tailor::{AdapterRegistry, Engine, EngineConfig};
+use tailor_trainer::PersonalModel;
 
 use crate::args::{handle, json_arg, json_out, out_ptr, str_arg};
 use crate::error::{guard, TailorStatus};
@@ -19,6 +20,9 @@ use crate::error::{guard, TailorStatus};
 pub struct TailorEngine {
     pub(crate) engine: Engine,
     pub(crate) registry: Arc<AdapterRegistry>,
+    /// The profile open on this engine's registry, if any: one at a time, since its adapter
+    /// is loaded in the registry as `personal`.
+    pub(crate) profile: Mutex<Weak<PersonalModel>>,
 }
 
 /// Loads a GGUF model.
@@ -48,7 +52,7 @@ pub unsafe extern "C" fn tailor_engine_open(
         };
         let engine = Engine::load(path, config)?;
         let registry = AdapterRegistry::new(&engine);
-        *out = Box::into_raw(Box::new(TailorEngine { engine, registry }));
+        *out = Box::into_raw(Box::new(TailorEngine { engine, registry, profile: Mutex::new(Weak::new()) }));
         Ok(())
     })
 }

@@ -291,3 +291,20 @@ pub extern "C" fn tailor_status_name(status: TailorStatus) -> *const c_char {
     };
     s.as_ptr().cast()
 }
+
+impl From<tailor_trainer::personal::Error> for FfiError {
+    fn from(e: tailor_trainer::personal::Error) -> Self {
+        use tailor_trainer::personal::Error as E;
+        match e {
+            E::Train(inner) => inner.into(),
+            E::Profile(inner) => inner.into(),
+            E::Engine(inner) => inner.into(),
+            E::Adapter(inner) => inner.into(),
+            E::Io { .. } => FfiError::new(TAILOR_ERR_IO, e.to_string()),
+            E::NoFeedback => FfiError::invalid(e.to_string()),
+            E::NothingToRollBack => FfiError::new(TAILOR_ERR_NOT_FOUND, e.to_string()),
+            E::Busy => FfiError::busy(e.to_string()),
+            _ => FfiError::new(TAILOR_ERR_INTERNAL, e.to_string()),
+        }
+    }
+}

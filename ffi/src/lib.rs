@@ -15,17 +15,22 @@
 //!
 //! See `README.md` for the lifecycle, threading rules and Swift/Kotlin sketches.
 
+pub mod adapters;
 pub mod args;
 pub mod engine;
 pub mod error;
+pub mod profile;
 pub mod session;
+pub mod training;
 
 pub use args::tailor_string_free;
 pub use engine::{tailor_engine_free, tailor_engine_info, tailor_engine_open, tailor_engine_render_chat, TailorEngine};
 pub use error::{
     tailor_last_error_clear, tailor_last_error_code, tailor_last_error_message, tailor_status_name, FfiError, TailorStatus,
 };
+pub use profile::TailorProfile;
 pub use session::{TailorCancelToken, TailorSession, TailorTokenCallback};
+pub use training::{TailorProgress, TailorProgressCallback, TailorTrainingJob};
 
 /// Version of this C ABI: bumped on every incompatible change of a signature, a struct's
 /// layout, a status code or a JSON shape. Check it at start-up against `TAILOR_ABI_VERSION`

@@ -53,6 +53,33 @@ static int32_t on_chunk_wait_cancel(const char *chunk, size_t len, void *user_da
     return 0;
 }
 
+/* ---- training progress (called on the training thread) ---- */
+struct progress_state {
+    atomic_int calls;
+    atomic_int stop_at; /* non-zero: ask to stop at this step */
+    atomic_size_t last_step;
+};
+
+static int32_t on_progress(const TailorProgress *p, void *user_data) {
+    struct progress_state *s = user_data;
+    ASSERT(p->step >= 1 && p->step <= p->total_steps);
+    ASSERT(p->loss == p->loss); /* not NaN */
+    atomic_fetch_add(&s->calls, 1);
+    atomic_store(&s->last_step, p->step);
+    int stop_at = atomic_load(&s->stop_at);
+    return stop_at && (int)p->step >= stop_at ? 1 : 0;
+}
+
+static void add_feedback(TailorProfile *profile, const char *prompt, const char *answer, const char *corrected) {
+    char json[1024];
+    snprintf(json, sizeof json,
+             "{\"prompt\": \"%s\", \"answer\": \"%s\", \"kind\": \"correction\", \"corrected\": \"%s\"}", prompt,
+             answer, corrected);
+    int64_t id = 0;
+    CHECK(tailor_feedback_add(profile, json, &id));
+    ASSERT(id > 0);
+}
+
 static void *canceller(void *arg) {
     struct cancel_state *s = arg;
     while (!atomic_load(&s->first_chunk)) {
@@ -124,6 +151,147 @@ int main(int argc, char **argv) {
     tailor_cancel_token_free(cs.token);
 
     tailor_session_free(session);
+
+    /* 3. A profile: memories. */
+    char profile_path[1024], *json = NULL;
+    snprintf(profile_path, sizeof profile_path, "%s/me.db", argv[2]);
+    TailorProfile *profile = NULL;
+    CHECK(tailor_profile_open(engine, profile_path, argv[3], NULL, &profile));
+    TailorProfile *second = NULL;
+    EXPECT_STATUS(tailor_profile_open(engine, profile_path, argv[3], NULL, &second), TAILOR_ERR_BUSY);
+    ASSERT(second == NULL);
+    int64_t dog = 0, cat = 0, city = 0;
+    CHECK(tailor_memory_add(profile, "I have a golden retriever called Biscuit.", "{\"source\": \"chat\"}", &dog));
+    CHECK(tailor_memory_add(profile, "My sister's cat is named Pepper.", NULL, &cat));
+    CHECK(tailor_memory_add(profile, "I live in Lisbon and work as a nurse.", NULL, &city));
+    ASSERT(dog > 0 && cat > 0 && city > 0 && dog != cat && cat != city);
+    size_t count = 0;
+    CHECK(tailor_memory_count(profile, &count));
+    ASSERT(count == 3);
+    CHECK(tailor_memory_search(profile, "What is my dog's name?", 3, NULL, &json)); /* hybrid */
+    printf("search: %s\n", json);
+    ASSERT_CONTAINS(json, "Biscuit");
+    tailor_string_free(json);
+    CHECK(tailor_memory_search(profile, "What is my dog's name?", 1, "{\"mode\": \"vector\"}", &json));
+    ASSERT_CONTAINS(json, "Biscuit");
+    ASSERT(strstr(json, "Pepper") == NULL);
+    tailor_string_free(json);
+    CHECK(tailor_memory_search(profile, "Lisbon", 1, "{\"mode\": \"lexical\"}", &json));
+    ASSERT_CONTAINS(json, "nurse");
+    tailor_string_free(json);
+    CHECK(tailor_memory_list(profile, 0, 10, &json));
+    ASSERT_CONTAINS(json, "Pepper");
+    tailor_string_free(json);
+    CHECK(tailor_memory_export(profile, &json));
+    ASSERT_CONTAINS(json, "golden retriever");
+    tailor_string_free(json);
+    CHECK(tailor_memory_forget(profile, cat));
+    EXPECT_STATUS(tailor_memory_forget(profile, cat), TAILOR_ERR_NOT_FOUND);
+    CHECK(tailor_memory_count(profile, &count));
+    ASSERT(count == 2);
+
+    /* 4. A profile session retrieves memories into the chat prompt. */
+    TailorSession *me = NULL;
+    CHECK(tailor_profile_session_new(profile, "{\"system\": \"Answer briefly.\"}", &me));
+    snprintf(params, sizeof params, "{\"max_tokens\": %d}", max_tokens);
+    CHECK(tailor_session_chat(me, "What is my dog called?", params, NULL, NULL, &result));
+    printf("with memory: %s\n", result);
+    ASSERT_CONTAINS(result, "\"memories\":[{\"id\":");
+    tailor_string_free(result);
+
+    /* 5. Feedback, and a short training run with progress; the promoted version is swapped
+     *    into the registry. */
+    add_feedback(profile, "What is my dog called?", "I don't know.", "Your dog is called Biscuit.");
+    add_feedback(profile, "What is my dog's name?", "I am not sure.", "Your dog's name is Biscuit.");
+    add_feedback(profile, "Where do I live?", "I cannot know that.", "You live in Lisbon.");
+    add_feedback(profile, "What do I do for work?", "No idea.", "You work as a nurse.");
+    CHECK(tailor_feedback_list(profile, NULL, &json));
+    ASSERT_CONTAINS(json, "Lisbon");
+    tailor_string_free(json);
+
+    char *version = NULL;
+    CHECK(tailor_profile_active_version(profile, &version));
+    ASSERT(version == NULL);
+    struct progress_state ps;
+    memset(&ps, 0, sizeof ps);
+    const char *train_opts = "{\"max_steps\": 3, \"learning_rate\": 0.002, \"warmup_steps\": 0, \"max_seq_len\": 64, "
+                             "\"held_out_every\": 1000, \"max_general_increase\": 10.0, \"replay\": 0, "
+                             "\"checkpoint_every\": 0}";
+    TailorTrainingJob *job = NULL;
+    CHECK(tailor_training_start(profile, train_opts, on_progress, &ps, &job));
+    TailorTrainingJob *busy = NULL;
+    EXPECT_STATUS(tailor_training_start(profile, train_opts, NULL, NULL, &busy), TAILOR_ERR_BUSY);
+    int32_t state = -1;
+    CHECK(tailor_training_wait(job, &state, &json));
+    printf("training: %s (%d progress calls)\n", json, atomic_load(&ps.calls));
+    ASSERT(state == TAILOR_JOB_PROMOTED);
+    ASSERT(atomic_load(&ps.calls) == 3);
+    ASSERT_CONTAINS(json, "\"state\":\"promoted\"");
+    tailor_string_free(json);
+    CHECK(tailor_training_status(job, &state, NULL));
+    ASSERT(state == TAILOR_JOB_PROMOTED);
+    tailor_training_free(job);
+
+    CHECK(tailor_profile_active_version(profile, &version));
+    ASSERT(version != NULL);
+    printf("active version: %s\n", version);
+    CHECK(tailor_adapter_list(engine, &json));
+    printf("registry: %s\n", json);
+    ASSERT_CONTAINS(json, "\"name\":\"personal\"");
+    ASSERT_CONTAINS(json, "\"active_weight\":1.0");
+    tailor_string_free(json);
+
+    /* The running session picks the new adapter up at its next generation. */
+    CHECK(tailor_session_chat(me, "Where do I live?", params, NULL, NULL, &result));
+    printf("after training: %s\n", result);
+    tailor_string_free(result);
+
+    /* The promoted version is a PEFT directory any engine can load by name. */
+    char dir[1200];
+    snprintf(dir, sizeof dir, "%s.adapters/%s", profile_path, version);
+    CHECK(tailor_adapter_load(engine, "copy", dir));
+    const char *names[] = {"personal", "copy"};
+    const float weights[] = {0.5f, 0.5f};
+    CHECK(tailor_adapter_activate(engine, names, weights, 2));
+    CHECK(tailor_adapter_list(engine, &json));
+    ASSERT_CONTAINS(json, "\"name\":\"copy\"");
+    ASSERT_CONTAINS(json, "\"active_weight\":0.5");
+    tailor_string_free(json);
+    CHECK(tailor_adapter_unload(engine, "copy"));
+    EXPECT_STATUS(tailor_adapter_unload(engine, "copy"), TAILOR_ERR_NOT_FOUND);
+    tailor_string_free(version);
+
+    /* 6. Cancel a run: from the progress callback, then with tailor_training_cancel. */
+    memset(&ps, 0, sizeof ps);
+    atomic_store(&ps.stop_at, 1);
+    add_feedback(profile, "What is my sister's cat called?", "Whiskers?", "Her cat is named Pepper.");
+    const char *long_opts = "{\"max_steps\": 200, \"max_seq_len\": 64, \"held_out_every\": 1000, \"replay\": 0, "
+                            "\"checkpoint_every\": 0}";
+    CHECK(tailor_training_start(profile, long_opts, on_progress, &ps, &job));
+    TailorStatus waited = tailor_training_wait(job, &state, &json);
+    printf("stopped by the callback: %s\n", json);
+    ASSERT(waited == TAILOR_ERR_CANCELLED);
+    ASSERT(state == TAILOR_JOB_CANCELLED);
+    ASSERT(atomic_load(&ps.calls) == 1);
+    tailor_string_free(json);
+    tailor_training_free(job);
+
+    memset(&ps, 0, sizeof ps);
+    CHECK(tailor_training_start(profile, long_opts, on_progress, &ps, &job));
+    CHECK(tailor_training_cancel(job));
+    EXPECT_STATUS(tailor_training_wait(job, &state, &json), TAILOR_ERR_CANCELLED);
+    ASSERT(state == TAILOR_JOB_CANCELLED);
+    ASSERT(atomic_load(&ps.calls) <= 1);
+    tailor_string_free(json);
+    tailor_training_free(job);
+
+    /* The cancelled runs changed nothing: the promoted version still runs. */
+    CHECK(tailor_profile_active_version(profile, &version));
+    ASSERT(version != NULL);
+    tailor_string_free(version);
+
+    tailor_session_free(me);
+    tailor_profile_free(profile);
     tailor_engine_free(engine);
     printf("flow: ok\n");
     return 0;

@@ -17,7 +17,7 @@ fn c_flow_real_model() {
     let exe = build(&dir);
     let (model, embedder) = real_model();
     let model = if cfg!(target_arch = "aarch64") { tiny_model(&dir) } else { model };
-    let out = run(&exe, &[model.to_str().unwrap(), dir.path("work").to_str().unwrap(), embedder.to_str().unwrap()], Under::Plain);
+    let out = run(&exe, &[model.to_str().unwrap(), dir.0.to_str().unwrap(), embedder.to_str().unwrap()], Under::Plain);
     assert!(String::from_utf8_lossy(&out.stdout).contains("flow: ok"));
 }
 
@@ -32,6 +32,6 @@ fn c_flow_valgrind() {
     let exe = build(&dir);
     let (_, embedder) = real_model();
     let model = tiny_model(&dir);
-    let out = run(&exe, &[model.to_str().unwrap(), dir.path("work").to_str().unwrap(), embedder.to_str().unwrap(), "8"], Under::Valgrind);
+    let out = run(&exe, &[model.to_str().unwrap(), dir.0.to_str().unwrap(), embedder.to_str().unwrap(), "8"], Under::Valgrind);
     assert!(String::from_utf8_lossy(&out.stdout).contains("flow: ok"));
 }

@@ -7,11 +7,14 @@ use std::process::{Command, Output};
 use tailor::testing::{TempDir, TinyModel};
 use tailor::ModelCache;
 
-/// The directory holding `libtailor_ffi.so` / `.a`: the profile directory of this test binary
-/// (`target/[TRIPLE/]release`).
+/// The directory holding the `libtailor_ffi.so` built with this test binary: `cargo test
+/// -p tailor-ffi` builds the library's every crate type into the test binary's own
+/// directory (`target/[TRIPLE/]release/deps`), in the same invocation, so the library tested
+/// is always the one built from the sources now (`target/release/libtailor_ffi.so` is only
+/// refreshed by `cargo build`).
 pub fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>/deps/..").to_path_buf();
+    let dir = exe.parent().expect("target/<profile>/deps").to_path_buf();
     assert!(
         dir.join("libtailor_ffi.so").exists(),
         "{} has no libtailor_ffi.so (cargo test -p tailor-ffi builds it beside the tests)",
@@ -52,7 +55,7 @@ pub fn compile_c(sources: &[PathBuf], out: &Path) {
         .args(sources)
         .arg("-L")
         .arg(&lib)
-        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg(format!("-Wl,--disable-new-dtags,-rpath,{}", lib.display()))
         .arg("-ltailor_ffi")
         .arg("-o")
         .arg(out);
@@ -87,6 +90,12 @@ pub fn run(program: &Path, args: &[&str], under: Under) -> Output {
                 "--track-origins=no",
                 "--quiet",
             ]);
+            let supp = crate_dir().join("tests/valgrind.supp");
+            c.arg(format!("--suppressions={}", supp.display()));
+            // Extra options for investigating a failure, e.g. `--gen-suppressions=all`.
+            if let Ok(extra) = std::env::var("TAILOR_FFI_VALGRIND_ARGS") {
+                c.args(extra.split_whitespace());
+            }
             c.arg(program);
             c
         }
@@ -97,7 +106,9 @@ pub fn run(program: &Path, args: &[&str], under: Under) -> Output {
         }
         Under::Plain => Command::new(program),
     };
-    cmd.args(args);
+    // cargo test puts target/<profile> on LD_LIBRARY_PATH, which would win over the rpath and
+    // load a stale library from an earlier `cargo build`.
+    cmd.args(args).env_remove("LD_LIBRARY_PATH");
     let output = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
     let text = format!(
         "--- {} {:?} ({:?}) exited {:?}\n--- stdout:\n{}\n--- stderr:\n{}",

@@ -1,0 +1,320 @@
+//! Training a new adapter version from a profile's feedback, in the background.
+
+use std::ffi::{c_char, c_void};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use tailor_trainer::personal::PersonalOptions;
+use tailor_trainer::{Flow, JobState, Progress, TrainConfig, TrainingJob, TrainingStatus};
+
+use crate::args::{handle, json_out, opt_out_ptr, opt_str_arg, out_arg, out_ptr};
+use crate::error::{
+    guard, guard_value, FfiError, FfiResult, TailorStatus, TAILOR_ERR_BUSY, TAILOR_ERR_CANCELLED, TAILOR_ERR_INTERNAL,
+    TAILOR_ERR_INVALID_ARGUMENT, TAILOR_ERR_TRAINING,
+};
+use crate::profile::TailorProfile;
+
+/// The job is training or scoring.
+pub const TAILOR_JOB_RUNNING: i32 = 0;
+/// Finished: the new version passed the gate, was saved and is running in the registry.
+pub const TAILOR_JOB_PROMOTED: i32 = 1;
+/// Finished: the gate refused the new version; nothing changed.
+pub const TAILOR_JOB_REFUSED: i32 = 2;
+/// Stopped by `tailor_training_cancel` or the progress callback (a later run on the same
+/// feedback resumes from its checkpoint).
+pub const TAILOR_JOB_CANCELLED: i32 = 3;
+/// Failed with an error (the status JSON's `"message"` and `"error_kind"` say which).
+pub const TAILOR_JOB_FAILED: i32 = 4;
+
+/// A training run on a background thread.
+///
+/// - Threading: `Send + Sync`: status, cancel and wait from any thread.
+/// - Lifetime: keeps its profile alive until the run ends.
+/// - Freed with `tailor_training_free`, which cancels a run still going and waits for it to
+///   stop, so no progress callback runs after it returns.
+pub struct TailorTrainingJob {
+    job: Arc<TrainingJob>,
+    /// Set when the progress callback asked to stop: the run then ends as if cancelled.
+    stopped: Arc<AtomicBool>,
+}
+
+impl TailorTrainingJob {
+    /// The job's status, a run stopped by the callback reported as cancelled.
+    fn status_of(&self, mut status: TrainingStatus) -> TrainingStatus {
+        if status.state == JobState::Refused && self.stopped.load(Ordering::SeqCst) {
+            status.state = JobState::Cancelled;
+        }
+        status
+    }
+}
+
+/// Progress after each optimizer step (passed to a `TailorProgressCallback`).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct TailorProgress {
+    /// Optimizer steps done (1-based).
+    pub step: usize,
+    /// Steps the run will do in all.
+    pub total_steps: usize,
+    /// Loss of this step.
+    pub loss: f64,
+    /// Trained tokens per second.
+    pub tokens_per_s: f64,
+    /// Seconds since the run started.
+    pub elapsed_seconds: f64,
+    /// Estimated seconds to the last step.
+    pub eta_seconds: f64,
+}
+
+/// Called after each optimizer step **on the training thread** (so `user_data` must be safe
+/// to use from there). Return 0 to go on, non-zero to stop the run (the job then ends
+/// `TAILOR_JOB_CANCELLED`). `progress` is valid only during the call.
+pub type TailorProgressCallback = Option<unsafe extern "C" fn(progress: *const TailorProgress, user_data: *mut c_void) -> i32>;
+
+/// The caller's callback and its `user_data`, moved to the training thread.
+struct ProgressSink {
+    callback: unsafe extern "C" fn(*const TailorProgress, *mut c_void) -> i32,
+    user_data: *mut c_void,
+    stopped: Arc<AtomicBool>,
+}
+
+// SAFETY: the header documents that the callback runs on the training thread and that
+// `user_data` must be usable from there; we only pass the pointer back to the caller's code.
+unsafe impl Send for ProgressSink {}
+
+impl ProgressSink {
+    fn call(&self, p: &Progress) -> Flow {
+        let progress = TailorProgress {
+            step: p.step,
+            total_steps: p.total_steps,
+            loss: f64::from(p.loss),
+            tokens_per_s: p.tokens_per_s,
+            elapsed_seconds: p.elapsed.as_secs_f64(),
+            eta_seconds: p.eta.as_secs_f64(),
+        };
+        // SAFETY: a valid TailorProgress for the duration of the call; callback and
+        // user_data are the caller's, used as documented.
+        let rc = unsafe { (self.callback)(&progress, self.user_data) };
+        if rc == 0 {
+            Flow::Continue
+        } else {
+            self.stopped.store(true, Ordering::SeqCst);
+            Flow::Stop
+        }
+    }
+}
+
+/// Keys of the options JSON that are the profile run's own; every other key is a training
+/// setting (`TrainConfig`).
+const PERSONAL_KEYS: [&str; 4] = ["held_out_every", "max_general_increase", "checkpoint_every", "replay"];
+
+/// Builds the run's settings: the profile defaults with the JSON object's keys applied.
+fn personal_options(json: Option<&str>) -> FfiResult<PersonalOptions> {
+    let mut options = PersonalOptions::default();
+    let Some(json) = json.filter(|j| !j.trim().is_empty()) else { return Ok(options) };
+    let serde_json::Value::Object(given) = serde_json::from_str(json)? else {
+        return Err(FfiError::invalid("`options_json` must be a JSON object"));
+    };
+    let serde_json::Value::Object(mut train) = serde_json::to_value(&options.train)? else {
+        return Err(FfiError::new(TAILOR_ERR_INTERNAL, "TrainConfig is not a JSON object"));
+    };
+    for (key, value) in given {
+        let bad = |e: String| FfiError::invalid(format!("`options_json`: `{key}`: {e}"));
+        match key.as_str() {
+            "held_out_every" => options.held_out_every = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            "max_general_increase" => {
+                options.max_general_increase = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?
+            }
+            "checkpoint_every" => options.checkpoint_every = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            "replay" => options.replay = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            k if train.contains_key(k) => {
+                train.insert(key, value);
+            }
+            _ => {
+                return Err(FfiError::invalid(format!(
+                    "`options_json`: unknown key `{key}` (known: {}, and the training settings {})",
+                    PERSONAL_KEYS.join(", "),
+                    train.keys().cloned().collect::<Vec<_>>().join(", ")
+                )))
+            }
+        }
+    }
+    options.train = serde_json::from_value::<TrainConfig>(serde_json::Value::Object(train))
+        .map_err(|e| FfiError::invalid(format!("`options_json`: {e}")))?;
+    if options.held_out_every == 0 {
+        return Err(FfiError::invalid("`options_json`: `held_out_every` must be at least 1"));
+    }
+    Ok(options)
+}
+
+/// Starts training a new adapter version from all the profile's feedback on a background
+/// thread. When it ends, the evaluation gate promotes the version (saved atomically, recorded,
+/// made active and swapped into the engine's registry: the next generation of every session
+/// uses it) or refuses it.
+///
+/// - `options_json`: NULL or an object with any of `max_steps`, `max_seconds`,
+///   `learning_rate`, `epochs`, `lora_rank`, `lora_alpha`, `max_seq_len`, `seed`, ... (the
+///   training settings), and `held_out_every` (5), `max_general_increase` (0.05),
+///   `checkpoint_every` (5), `replay` (1.0).
+/// - `callback`: NULL or called after every step on the training thread, with `user_data`.
+/// - `out_job`: receives the job; free it with `tailor_training_free`.
+///
+/// `TAILOR_ERR_BUSY` while another run of the profile is going on.
+///
+/// # Safety
+/// Pointer arguments are NULL or valid for the call; strings are NUL-terminated; `user_data`
+/// stays valid until the job is freed.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_training_start(
+    profile: *const TailorProfile,
+    options_json: *const c_char,
+    callback: TailorProgressCallback,
+    user_data: *mut c_void,
+    out_job: *mut *mut TailorTrainingJob,
+) -> TailorStatus {
+    guard("tailor_training_start", || {
+        // SAFETY: argument contracts forwarded from the caller.
+        let (out, p, json) =
+            unsafe { (out_ptr(out_job, "out_job")?, handle(profile, "profile")?, opt_str_arg(options_json, "options_json")?) };
+        let options = personal_options(json)?;
+        let stopped = Arc::new(AtomicBool::new(false));
+        let job = match callback {
+            Some(callback) => {
+                let sink = ProgressSink { callback, user_data, stopped: stopped.clone() };
+                p.model.start_training_with(options, Box::new(move |progress| sink.call(progress)))?
+            }
+            None => p.model.start_training(options)?,
+        };
+        *out = Box::into_raw(Box::new(TailorTrainingJob { job, stopped }));
+        Ok(())
+    })
+}
+
+fn state_code(state: JobState) -> i32 {
+    match state {
+        JobState::Running => TAILOR_JOB_RUNNING,
+        JobState::Promoted => TAILOR_JOB_PROMOTED,
+        JobState::Refused => TAILOR_JOB_REFUSED,
+        JobState::Cancelled => TAILOR_JOB_CANCELLED,
+        _ => TAILOR_JOB_FAILED,
+    }
+}
+
+/// The job's state (`TAILOR_JOB_*`) into `*out_state` (may be NULL) and, into `*out_json`
+/// (may be NULL), its status: `{"state": "running"|"promoted"|"refused"|"cancelled"|"failed",
+/// "step", "total_steps", "loss", "tokens_per_s", "eta_seconds", "elapsed_seconds",
+/// "version", "message", "error_kind", "held_out_before", "held_out_after",
+/// "general_before", "general_after"}`. Free the JSON with `tailor_string_free`.
+///
+/// # Safety
+/// Pointer arguments are NULL or valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_training_status(
+    job: *const TailorTrainingJob,
+    out_state: *mut i32,
+    out_json: *mut *mut c_char,
+) -> TailorStatus {
+    guard("tailor_training_status", || {
+        // SAFETY: argument contracts forwarded from the caller.
+        let (out, j) = unsafe { (opt_out_ptr(out_json), handle(job, "job")?) };
+        let status = j.status_of(j.job.status());
+        write_status(&status, out_state, out)
+    })
+}
+
+fn write_status(status: &TrainingStatus, out_state: *mut i32, out_json: Option<&mut *mut c_char>) -> FfiResult<()> {
+    // SAFETY: `out_state` is NULL or writable (caller).
+    if let Some(s) = unsafe { out_state.as_mut() } {
+        *s = state_code(status.state);
+    }
+    if let Some(out) = out_json {
+        json_out(out, status)?;
+    }
+    Ok(())
+}
+
+/// Asks the run to stop after the step in progress; it then ends `TAILOR_JOB_CANCELLED`.
+///
+/// # Safety
+/// `job` is NULL or a live job.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_training_cancel(job: *const TailorTrainingJob) -> TailorStatus {
+    guard("tailor_training_cancel", || {
+        // SAFETY: argument contract forwarded from the caller.
+        unsafe { handle(job, "job") }?.job.cancel();
+        Ok(())
+    })
+}
+
+/// Blocks until the job ends, then reports as `tailor_training_status`. Returns `TAILOR_OK`
+/// when it was promoted or refused, `TAILOR_ERR_CANCELLED` when cancelled, and an error
+/// status when it failed (`TAILOR_ERR_INVALID_ARGUMENT` for a profile without trainable
+/// feedback, `TAILOR_ERR_TRAINING` otherwise); the outputs are written in every case.
+///
+/// # Safety
+/// Pointer arguments are NULL or valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_training_wait(
+    job: *const TailorTrainingJob,
+    out_state: *mut i32,
+    out_json: *mut *mut c_char,
+) -> TailorStatus {
+    guard("tailor_training_wait", || {
+        // SAFETY: argument contracts forwarded from the caller.
+        let (out, j) = unsafe { (opt_out_ptr(out_json), handle(job, "job")?) };
+        let status = j.status_of(j.job.wait());
+        write_status(&status, out_state, out)?;
+        let message = status.message.clone().unwrap_or_default();
+        match status.state {
+            JobState::Promoted | JobState::Refused => Ok(()),
+            JobState::Cancelled => Err(FfiError::new(TAILOR_ERR_CANCELLED, "the training job was cancelled")),
+            _ => {
+                let code = match status.error_kind.as_deref() {
+                    Some("NoFeedback") => TAILOR_ERR_INVALID_ARGUMENT,
+                    Some("Busy") => TAILOR_ERR_BUSY,
+                    Some("Panicked") => TAILOR_ERR_INTERNAL,
+                    _ => TAILOR_ERR_TRAINING,
+                };
+                Err(FfiError::new(code, format!("training failed: {message}")))
+            }
+        }
+    })
+}
+
+/// Frees a job: a run still going is cancelled and waited for (at most one step), so no
+/// progress callback runs after this returns. NULL is ignored.
+///
+/// # Safety
+/// `job` is NULL or a live job not in use by another call.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_training_free(job: *mut TailorTrainingJob) {
+    guard_value("tailor_training_free", (), || {
+        if !job.is_null() {
+            // SAFETY: made by Box::into_raw; freed once and not in use (caller).
+            let j = unsafe { Box::from_raw(job) };
+            j.job.cancel();
+            j.job.wait();
+        }
+        Ok(())
+    })
+}
+
+/// Whether the profile has a training run going on (`*out_running` 1 or 0).
+///
+/// # Safety
+/// Pointer arguments are NULL or valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_training_running(profile: *const TailorProfile, out_running: *mut i32) -> TailorStatus {
+    guard("tailor_training_running", || {
+        // SAFETY: argument contracts forwarded from the caller.
+        let (out, p) = unsafe { (out_arg(out_running, "out_running")?, handle(profile, "profile")?) };
+        *out = i32::from(p.model.training_job().is_some_and(|j| !j.is_finished()));
+        Ok(())
+    })
+}
+
+#[allow(dead_code)]
+fn _assert_send_sync() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<TailorTrainingJob>();
+}
