@@ -3,4 +3,5 @@
 
 mod c_flow;
 mod header;
+mod hostile;
 mod support;
