@@ -4,4 +4,5 @@
 mod c_flow;
 mod header;
 mod hostile;
+mod python;
 mod support;
