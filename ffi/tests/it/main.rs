@@ -2,6 +2,7 @@
 //! library (`libtailor_ffi.so`, which `cargo test -p tailor-ffi` builds beside the tests).
 
 mod c_flow;
+mod example;
 mod header;
 mod hostile;
 mod python;
