@@ -5,6 +5,11 @@
 # compile C for the target. Here they are compiled with the aarch64 Linux cross compiler
 # (the objects are never linked into anything): for Android through CC_<target>, for iOS
 # through a stand-in `xcrun` and a compiler wrapper that drops Apple-only flags.
+#
+#   bash ffi/ci/check-mobile.sh [android] [ios]     (default: both)
+#
+# Known: iOS stops in mmap-rs 0.7.0 (a dependency of hnsw_rs, used by tailor-memory), which
+# imports `libc::proc_regionfilename`, declared by libc for macOS only.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -37,9 +42,19 @@ eval exec aarch64-linux-gnu-gcc $args
 SH
 chmod +x "$shim/xcrun" "$shim/apple-cc"
 
-echo "== cargo check tailor-ffi --target aarch64-linux-android =="
-CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
-    cargo check --release -p tailor-ffi --target aarch64-linux-android
-echo "== cargo check tailor-ffi --target aarch64-apple-ios =="
-PATH="$shim:$PATH" SDKROOT=/ CC_aarch64_apple_ios="$shim/apple-cc" AR_aarch64_apple_ios=aarch64-linux-gnu-ar \
-    cargo check --release -p tailor-ffi --target aarch64-apple-ios
+[ $# -gt 0 ] || set -- android ios
+for platform in "$@"; do
+    case "$platform" in
+        android)
+            echo "== cargo check tailor-ffi --target aarch64-linux-android =="
+            CC_aarch64_linux_android=aarch64-linux-gnu-gcc AR_aarch64_linux_android=aarch64-linux-gnu-ar \
+                cargo check --release -p tailor-ffi --target aarch64-linux-android
+            ;;
+        ios)
+            echo "== cargo check tailor-ffi --target aarch64-apple-ios =="
+            PATH="$shim:$PATH" SDKROOT=/ CC_aarch64_apple_ios="$shim/apple-cc" AR_aarch64_apple_ios=aarch64-linux-gnu-ar \
+                cargo check --release -p tailor-ffi --target aarch64-apple-ios
+            ;;
+        *) echo "unknown platform $platform (android, ios)" >&2; exit 2;;
+    esac
+done
