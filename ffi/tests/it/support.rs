@@ -79,6 +79,14 @@ pub enum Under {
 
 /// Runs `program` with `args`; panics (printing its output) unless it exits 0.
 pub fn run(program: &Path, args: &[&str], under: Under) -> Output {
+    let (output, text) = run_any(program, args, under);
+    assert!(output.status.success(), "{text}");
+    eprintln!("{text}");
+    output
+}
+
+/// Runs `program` with `args` and returns its output and a printable account of it.
+pub fn run_any(program: &Path, args: &[&str], under: Under) -> (Output, String) {
     let mut cmd = match under {
         Under::Valgrind => {
             let mut c = Command::new("valgrind");
@@ -119,9 +127,7 @@ pub fn run(program: &Path, args: &[&str], under: Under) -> Output {
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
     );
-    assert!(output.status.success(), "{text}");
-    eprintln!("{text}");
-    output
+    (output, text)
 }
 
 /// The model cache (`$TAILOR_HOME`, default `~/.cache/tailor`), as the `tailor` binary sees it.
