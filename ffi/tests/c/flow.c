@@ -1,5 +1,5 @@
 /* The full flow through the C ABI, as an app would run it:
- *   flow MODEL.gguf WORKDIR EMBEDDER_DIR [MAX_TOKENS]
+ *   flow MODEL.gguf WORKDIR EMBEDDER_DIR MAX_TOKENS STEERING.safetensors
  * open an engine, stream a generation and stop it from the callback, cancel one from another
  * pthread, ... Exits 0 and prints "flow: ok" when every step held. */
 #include <pthread.h>
@@ -90,12 +90,12 @@ static void *canceller(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc < 4) {
-        fprintf(stderr, "usage: %s MODEL.gguf WORKDIR EMBEDDER_DIR [MAX_TOKENS]\n", argv[0]);
+    if (argc < 6) {
+        fprintf(stderr, "usage: %s MODEL.gguf WORKDIR EMBEDDER_DIR MAX_TOKENS STEERING.safetensors\n", argv[0]);
         return 2;
     }
     const char *model = argv[1];
-    int max_tokens = argc > 4 ? atoi(argv[4]) : 24;
+    int max_tokens = atoi(argv[4]);
     char params[256];
 
     ASSERT(tailor_abi_version() == TAILOR_ABI_VERSION);
@@ -149,6 +149,33 @@ int main(int argc, char **argv) {
     printf("cancelled after %d chunks\n", cs.chunks);
     tailor_string_free(result);
     tailor_cancel_token_free(cs.token);
+
+    /* Steering: a vector added to the residual stream changes the greedy answer; turned
+     * off, the answer is the base's again, exactly. */
+    char *base = NULL, *steered = NULL, *again = NULL;
+    snprintf(params, sizeof params, "{\"max_tokens\": 8, \"ignore_eos\": true}");
+    CHECK(tailor_session_reset(session));
+    CHECK(tailor_session_generate(session, "The weather today is", params, NULL, NULL, &base));
+    CHECK(tailor_steering_load(engine, "push", argv[5]));
+    const char *sname = "push";
+    const float scale = 8.0f;
+    const uint32_t first = 0, last = 1;
+    CHECK(tailor_steering_activate(engine, &sname, &scale, &first, &last, 1));
+    CHECK(tailor_session_generate(session, "The weather today is", params, NULL, NULL, &steered));
+    CHECK(tailor_steering_activate(engine, NULL, NULL, NULL, NULL, 0));
+    CHECK(tailor_session_generate(session, "The weather today is", params, NULL, NULL, &again));
+    const char *tb = strstr(base, "\"token_ids\""), *ts = strstr(steered, "\"token_ids\""), *ta = strstr(again, "\"token_ids\"");
+    ASSERT(tb && ts && ta);
+    ASSERT(strncmp(tb, ts, strcspn(tb, "]")) != 0);
+    ASSERT(strncmp(tb, ta, strcspn(tb, "]") + 1) == 0);
+    printf("steering: %s -> %s\n", base, steered);
+    tailor_string_free(base);
+    tailor_string_free(steered);
+    tailor_string_free(again);
+    CHECK(tailor_adapter_list(engine, &result));
+    ASSERT_CONTAINS(result, "{\"active_scale\":null,\"name\":\"push\"}");
+    tailor_string_free(result);
+    CHECK(tailor_steering_unload(engine, "push"));
 
     tailor_session_free(session);
 
