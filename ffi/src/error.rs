@@ -308,3 +308,52 @@ impl From<tailor_trainer::personal::Error> for FfiError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn last_message() -> String {
+        // SAFETY: NULL with length 0 asks for the size; then a buffer of that size.
+        let need = unsafe { tailor_last_error_message(std::ptr::null_mut(), 0) };
+        let mut buf = vec![0 as c_char; need.max(1)];
+        // SAFETY: `buf` has `buf.len()` writable bytes.
+        unsafe { tailor_last_error_message(buf.as_mut_ptr(), buf.len()) };
+        // SAFETY: the call wrote a NUL-terminated string into `buf`.
+        unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_a_status_and_a_message() {
+        let st = guard("test_export", || -> FfiResult<()> { panic!("boom {}", 42) });
+        assert_eq!(st, TAILOR_ERR_PANIC);
+        assert_eq!(tailor_last_error_code(), TAILOR_ERR_PANIC);
+        assert!(last_message().contains("test_export: internal panic: boom 42"));
+        assert_eq!(guard_value("test_value", 7, || -> FfiResult<i32> { panic!("again") }), 7);
+        assert_eq!(tailor_last_error_code(), TAILOR_ERR_PANIC);
+    }
+
+    #[test]
+    fn errors_map_to_their_codes_and_messages_are_per_thread() {
+        let st = guard("x", || Err(tailor::Error::ContextOverflow { needed: 10, context: 5 }.into()));
+        assert_eq!(st, TAILOR_ERR_CONTEXT_OVERFLOW);
+        assert!(last_message().contains("10 tokens"));
+        std::thread::spawn(|| assert_eq!(tailor_last_error_code(), TAILOR_OK)).join().unwrap();
+        assert_eq!(guard("x", || Ok(())), TAILOR_OK);
+        assert_eq!(tailor_last_error_code(), TAILOR_ERR_CONTEXT_OVERFLOW, "success leaves the last error");
+        tailor_last_error_clear();
+        assert_eq!(tailor_last_error_code(), TAILOR_OK);
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        set_last_error(&FfiError::invalid("é€x\0y"));
+        let mut buf = [1 as c_char; 4];
+        // SAFETY: `buf` has 4 writable bytes.
+        let need = unsafe { tailor_last_error_message(buf.as_mut_ptr(), buf.len()) };
+        assert_eq!(need, "é€x\\0y".len() + 1);
+        // 3 bytes of room: "é" (2 bytes) fits, "€" (3 bytes) would be cut, so it stops there.
+        // SAFETY: NUL-terminated by the call.
+        assert_eq!(unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }.to_str().unwrap(), "é");
+    }
+}

@@ -318,3 +318,28 @@ fn _assert_send_sync() {
     fn send_sync<T: Send + Sync>() {}
     send_sync::<TailorTrainingJob>();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn options_merge_onto_the_profile_defaults() {
+        let o = personal_options(Some(r#"{"max_steps": 2, "learning_rate": 0.01, "replay": 0, "held_out_every": 3}"#)).unwrap();
+        assert_eq!(o.train.max_steps, Some(2));
+        assert_eq!(o.train.learning_rate, 0.01);
+        assert_eq!(o.replay, 0.0);
+        assert_eq!(o.held_out_every, 3);
+        let d = PersonalOptions::default();
+        assert_eq!(o.train.epochs, d.train.epochs, "unnamed settings keep the profile defaults");
+        assert_eq!(personal_options(None).unwrap().train, d.train);
+    }
+
+    #[test]
+    fn unknown_or_mistyped_options_are_invalid() {
+        for bad in [r#"{"max_stepz": 2}"#, r#"{"learning_rate": "fast"}"#, "[1]", "{", r#"{"held_out_every": 0}"#] {
+            let e = personal_options(Some(bad)).unwrap_err();
+            assert_eq!(e.code, TAILOR_ERR_INVALID_ARGUMENT, "{bad}: {}", e.message);
+        }
+    }
+}

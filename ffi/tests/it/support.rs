@@ -119,9 +119,9 @@ pub fn run_any(program: &Path, args: &[&str], under: Under) -> (Output, String) 
     cmd.args(args).env_remove("LD_LIBRARY_PATH");
     let output = cmd.output().unwrap_or_else(|e| panic!("running {}: {e}", program.display()));
     let text = format!(
-        "--- {} {:?} ({:?}) exited {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
-        program.display(),
-        args,
+        "--- {:?} {:?} ({:?}) exited {:?}\n--- stdout:\n{}\n--- stderr:\n{}",
+        cmd.get_program(),
+        cmd.get_args().collect::<Vec<_>>(),
         under,
         output.status,
         String::from_utf8_lossy(&output.stdout),
