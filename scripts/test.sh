@@ -14,6 +14,11 @@ if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/
     && rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
     echo "== ARM64 kernels under qemu-aarch64 =="
     cargo test --release -p tailor --lib --target aarch64-unknown-linux-gnu kernels
+    echo "== C ABI (tailor-ffi) cross-built for ARM64: C programs under qemu-aarch64 =="
+    cargo test --release -p tailor-ffi --target aarch64-unknown-linux-gnu --test it
+    if rustup target list --installed 2>/dev/null | grep -q aarch64-linux-android; then
+        bash ffi/ci/check-mobile.sh android
+    fi
 else
     echo "NOTICE: ARM64 kernel tests skipped (needs gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user and the rustup target aarch64-unknown-linux-gnu; .ci/run installs them)" >&2
 fi
