@@ -131,6 +131,25 @@ fn official_openai_python_client() {
     let adapter_dir = dir.0.join("noise");
     tailor::adapters::peft::save(&adapter, &adapter_dir).unwrap();
     drop(engine);
+    // A steering vector from contrasting pairs, made by `tailor steer compute`.
+    let pairs = dir.0.join("pairs.json");
+    std::fs::write(
+        &pairs,
+        r#"[["I love this, it is wonderful and kind.", "I hate this, it is awful and cruel."],
+            ["What a lovely, happy day!", "What a miserable, gloomy day."],
+            ["Thank you so much, you are great.", "Go away, you are useless."]]"#,
+    )
+    .unwrap();
+    let steering = dir.0.join("kind.safetensors");
+    let out = Command::new(env!("CARGO_BIN_EXE_tailor"))
+        .args(["steer", "compute", "--pairs"])
+        .arg(&pairs)
+        .arg("--out")
+        .arg(&steering)
+        .env("TAILOR_HOME", model_cache().root())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
     let profile = dir.0.join("me.db");
     let mut server = Server::start(&["--profile", profile.to_str().unwrap(), "--parallel", "8"]);
@@ -140,6 +159,8 @@ fn official_openai_python_client() {
         .arg(format!("http://{}/v1", server.addr))
         .arg("--adapter")
         .arg(&adapter_dir)
+        .arg("--steering")
+        .arg(&steering)
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -29,6 +29,10 @@ pub(crate) struct Limits {
     pub(crate) max_embedding_inputs: usize,
 }
 
+/// An adapter prepared for this engine, with the loaded weights it was made from (compared by
+/// pointer to notice a reload under the same name).
+type Prepared = (Arc<LoraAdapter>, Arc<PreparedLora>);
+
 /// What a served model id stands for.
 pub(crate) enum Kind {
     /// The base model, following the server's registry (`--adapter`, `--steer`, and what
@@ -48,7 +52,7 @@ pub(crate) struct Model {
     /// the active set; these serve per-request choices).
     steering: Mutex<BTreeMap<String, Arc<SteeringVector>>>,
     /// Adapters prepared for per-request sets, by name, with the loaded weights they came from.
-    prepared: Mutex<BTreeMap<String, (Arc<LoraAdapter>, Arc<PreparedLora>)>>,
+    prepared: Mutex<BTreeMap<String, Prepared>>,
 }
 
 impl Model {

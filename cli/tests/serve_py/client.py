@@ -17,6 +17,7 @@ import openai
 p = argparse.ArgumentParser()
 p.add_argument("base_url")
 p.add_argument("--adapter", help="a PEFT adapter directory to load and choose per request")
+p.add_argument("--steering", help="a steering vector file to load and choose per request")
 args = p.parse_args()
 
 client = openai.OpenAI(base_url=args.base_url, api_key="unused", max_retries=0, timeout=120)
@@ -275,6 +276,27 @@ if args.adapter:
     except openai.BadRequestError as err:
         assert err.param == "tailor.adapters", err.body
     summary["adapter_changes_output"] = True
+
+if args.steering:
+    r = http.post("/tailor/steering/load", json={"name": "kind", "path": args.steering})
+    assert r.status_code == 200 and r.json()["loaded_steering"] == ["kind"], r.text
+    ask = dict(model=base, messages=[{"role": "user", "content": "Describe Mondays."}], max_tokens=16, temperature=0)
+    plain = client.chat.completions.create(**ask).choices[0].message.content
+    steer = lambda scale: client.chat.completions.create(**ask, extra_body={"tailor": {"steering": [
+        {"name": "kind", "scale": scale, "layers": [6, 14]}]}}).choices[0].message.content
+    strong, zero = steer(8.0), steer(0.0)
+    assert strong != plain and zero == plain, (plain, strong, zero)
+    r = http.post("/tailor/adapters/activate", json={"steering": [{"name": "kind", "scale": 8.0, "layers": [6, 14]}]})
+    assert r.json()["steering"] == [{"name": "kind", "active_scale": 8.0}], r.text
+    assert client.chat.completions.create(**ask).choices[0].message.content == strong
+    http.post("/tailor/adapters/activate", json={"steering": []}).raise_for_status()
+    assert client.chat.completions.create(**ask).choices[0].message.content == plain
+    try:
+        client.chat.completions.create(**ask, extra_body={"tailor": {"steering": [{"name": "kind", "scale": 1, "layers": [0, 99]}]}})
+        raise AssertionError("layers past the model were accepted")
+    except openai.BadRequestError as err:
+        assert err.param == "tailor.steering", err.body
+    summary["steering"] = {"plain": plain, "scale_8": strong}
 
 summary["stats"] = stats()
 print(json.dumps(summary))
