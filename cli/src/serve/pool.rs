@@ -121,6 +121,51 @@ mod tests {
         assert_eq!(pick(std::iter::empty(), &prompt), None);
     }
 
+    /// Real sessions of a tiny model: a follow-up prompt takes the session holding its
+    /// prefix and only runs the new tokens; other keys and unrelated prompts start fresh; the
+    /// least recently returned session is evicted past the capacity.
+    #[test]
+    fn follow_ups_reuse_the_pooled_cache() {
+        use tailor::testing::{TempDir, TinyModel};
+        use tailor::{Flow, GenerateParams, Prompt};
+        let dir = TempDir::new("serve-pool");
+        let path = dir.0.join("tiny.gguf");
+        TinyModel::default().write(&path).unwrap();
+        let engine = tailor::Engine::load(&path, tailor::EngineConfig::default()).unwrap();
+        let key = |m: &str| PoolKey { model: m.into(), selection: None, memory: false };
+        let mut params = GenerateParams::default();
+        params.max_tokens = 4;
+        params.ignore_eos = true;
+        let run = |s: &mut Session, tokens: &[u32]| s.generate(&Prompt::Tokens(tokens.to_vec()), &params, &mut |_| Flow::Continue).unwrap();
+
+        let pool = SessionPool::new(2);
+        let first: Vec<u32> = (1..40).collect();
+        let mut s = engine.new_session();
+        let g = run(&mut s, &first);
+        assert_eq!(g.reused_tokens, 0);
+        let mut held = first.clone();
+        held.extend_from_slice(&g.token_ids);
+        pool.put(key("a"), s, held.clone());
+
+        let mut follow = held.clone();
+        follow.extend(100..110);
+        assert!(pool.take(&key("b"), &follow).is_none(), "another key's cache is never reused");
+        assert!(pool.take(&key("a"), &(200..260).collect::<Vec<u32>>()).is_none(), "unrelated prompt");
+        let mut s = pool.take(&key("a"), &follow).expect("the conversation's session");
+        assert_eq!(pool.len(), 0);
+        let g = run(&mut s, &follow);
+        // Everything the session ran before is reused (the last generated token was never run).
+        assert_eq!(g.reused_tokens, held.len() - 1);
+        pool.put(key("a"), s, follow);
+
+        for m in ["x", "y"] {
+            pool.put(key(m), engine.new_session(), vec![1]);
+        }
+        assert_eq!(pool.len(), 2);
+        assert!(pool.take(&key("a"), &held).is_none(), "the least recently used was evicted");
+        assert!(pool.take(&key("x"), &[1, 2]).is_some());
+    }
+
     #[test]
     fn common_prefix_counts() {
         assert_eq!(common_prefix(&[1, 2, 3], &[1, 2, 4]), 2);
