@@ -96,7 +96,7 @@ def history(trial):
             f"surprises. People have studied {t} for generations, and each explanation builds on the one before it. "
             f"The main ideas are simple once they are laid out step by step, and the details make them memorable.")})
         i += 1
-        if len(msgs) > 2 * args.history_tokens // 75:
+        if len(msgs) > 2 * args.history_tokens // 90:
             break
     msgs.append({"role": "user", "content": "Which of these topics is the oldest?"})
     return msgs

@@ -60,8 +60,9 @@ pub(crate) struct ServeArgs {
     /// Generations that run at once; more requests wait for a slot.
     #[arg(long, default_value_t = 8)]
     parallel: usize,
-    /// Idle conversations (KV caches) kept for prefix reuse.
-    #[arg(long, default_value_t = 16)]
+    /// Idle conversations (KV caches) kept for prefix reuse (each holds at most --ctx tokens,
+    /// about 23 KiB per token for SmolLM2-135M).
+    #[arg(long, default_value_t = 8)]
     pool_size: usize,
     /// Never reuse a KV cache across requests (every prompt is prefilled from scratch).
     #[arg(long)]
