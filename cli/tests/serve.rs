@@ -78,23 +78,7 @@ impl Server {
 
     /// One raw HTTP/1.1 request; returns (status, body).
     fn http(&self, method: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, String) {
-        let mut s = TcpStream::connect(&self.addr).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n", self.addr, body.len());
-        for h in headers {
-            req.push_str(h);
-            req.push_str("\r\n");
-        }
-        req.push_str("\r\n");
-        s.write_all(req.as_bytes()).unwrap();
-        // The server may answer (413) before reading a large body; a reset then is fine.
-        let _ = s.write_all(body);
-        let mut out = Vec::new();
-        let _ = s.read_to_end(&mut out);
-        let text = String::from_utf8_lossy(&out).into_owned();
-        let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (status, body)
+        http(&self.addr, method, path, headers, body)
     }
 
     /// SIGTERM, then the exit status within `timeout`.
@@ -112,6 +96,27 @@ impl Server {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// One raw HTTP/1.1 request to `addr`; returns (status, body).
+fn http(addr: &str, method: &str, path: &str, headers: &[&str], body: &[u8]) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: {}\r\n", body.len());
+    for h in headers {
+        req.push_str(h);
+        req.push_str("\r\n");
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    // The server may answer (413) before reading a large body; a reset then is fine.
+    let _ = s.write_all(body);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
 }
 
 impl Drop for Server {
@@ -208,4 +213,32 @@ fn api_key_body_limit_and_unknown_routes() {
     let (status, body) = server.http("GET", "/v1/nowhere", &["Authorization: Bearer s3cret"], b"");
     assert_eq!(status, 404, "{body}");
     assert!(body.contains("\"error\""), "{body}");
+}
+
+#[test]
+fn sigterm_lets_requests_in_flight_finish() {
+    let mut server = Server::start(&[]);
+    let (_, models) = server.http("GET", "/v1/models", &[], b"");
+    let models: serde_json::Value = serde_json::from_str(&models).unwrap();
+    let id = models["data"][0]["id"].as_str().unwrap().to_string();
+    let addr = server.addr.clone();
+    let body = serde_json::json!({"model": id, "prompt": "1, 2, 3, 4, 5,", "max_tokens": 48, "temperature": 0}).to_string();
+    let request = std::thread::spawn(move || http(&addr, "POST", "/v1/completions", &["Content-Type: application/json"], body.as_bytes()));
+    let t = Instant::now();
+    loop {
+        let (_, stats) = server.http("GET", "/v1/tailor/stats", &[], b"");
+        let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        if stats["active"] == 1 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "the generation never started: {stats}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let status = server.terminate(Duration::from_secs(60));
+    assert!(status.success(), "{status:?}\n{}", server.log());
+    let (code, body) = request.join().unwrap();
+    assert_eq!(code, 200, "{body}\n{}", server.log());
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["usage"]["completion_tokens"], 48, "the request in flight was cut short: {v}");
+    assert!(TcpStream::connect(&server.addr).is_err(), "still accepting after SIGTERM");
 }
