@@ -132,7 +132,7 @@ int main(int argc, char **argv) {
             TailorTrainingJob *job = NULL;
             char *status = NULL;
             int32_t state = 0;
-            st = tailor_training_start(profile, "{\"max_steps\": 20}", print_progress, NULL, &job);
+            st = tailor_training_start(profile, "{\"max_steps\": 20}", print_progress, NULL, NULL, &job);
             if (st != TAILOR_OK) { fail("train", st); continue; }
             st = tailor_training_wait(job, &state, &status);
             fprintf(stderr, "\n");

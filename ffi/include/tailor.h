@@ -112,6 +112,9 @@ typedef struct TailorProgress {
 // `TAILOR_JOB_CANCELLED`). `progress` is valid only during the call.
 typedef int32_t (*TailorProgressCallback)(const struct TailorProgress *progress, void *user_data);
 
+// Releases a callback's `user_data` once the library no longer uses it.
+typedef void (*TailorFreeCallback)(void *user_data);
+
 // Success.
 #define TAILOR_OK 0
 
@@ -314,6 +317,22 @@ TailorStatus tailor_profile_open(const struct TailorEngine *engine,
                                  const char *embedder_dir,
                                  const char *options_json,
                                  struct TailorProfile **out_profile);
+
+// `tailor_profile_open` for a store encrypted at rest (SQLCipher) with a raw 256-bit key
+// (`key`, `key_len` = 32 bytes, e.g. from the Android Keystore or the iOS Keychain). A wrong
+// key is `TAILOR_ERR_WRONG_KEY` and leaves the file as it was. Needs the library built with
+// the cargo feature `encryption` (`TAILOR_ERR_UNSUPPORTED` otherwise).
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call (`key`: `key_len` readable bytes);
+// strings are NUL-terminated.
+TailorStatus tailor_profile_open_encrypted(const struct TailorEngine *engine,
+                                           const char *profile_path,
+                                           const char *embedder_dir,
+                                           const uint8_t *key,
+                                           size_t key_len,
+                                           const char *options_json,
+                                           struct TailorProfile **out_profile);
 
 // Frees a profile. NULL is ignored. Its adapter stays in the engine's registry; sessions
 // made from it stay usable; a running training job goes on (free the job to stop it).
@@ -595,17 +614,20 @@ TailorStatus tailor_session_reset(const struct TailorSession *session);
 //   training settings), and `held_out_every` (5), `max_general_increase` (0.05),
 //   `checkpoint_every` (5), `replay` (1.0).
 // - `callback`: NULL or called after every step on the training thread, with `user_data`.
+// - `free_user_data`: NULL or called once with `user_data` when the library is done with it:
+//   on the training thread when the run ends, or before this call returns when it fails.
 // - `out_job`: receives the job; free it with `tailor_training_free`.
 //
 // `TAILOR_ERR_BUSY` while another run of the profile is going on.
 //
 // # Safety
 // Pointer arguments are NULL or valid for the call; strings are NUL-terminated; `user_data`
-// stays valid until the job is freed.
+// stays valid until `free_user_data` is called (or, without one, until the job is freed).
 TailorStatus tailor_training_start(const struct TailorProfile *profile,
                                    const char *options_json,
                                    TailorProgressCallback callback,
                                    void *user_data,
+                                   TailorFreeCallback free_user_data,
                                    struct TailorTrainingJob **out_job);
 
 // The job's state (`TAILOR_JOB_*`) into `*out_state` (may be NULL) and, into `*out_json`

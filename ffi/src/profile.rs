@@ -6,13 +6,13 @@ use std::path::Path;
 use std::sync::{Arc, MutexGuard};
 
 use serde::Deserialize;
-use tailor::profile::{BertEmbedder, FeedbackQuery, MemoryConfig, MemoryStore, NewFeedback, NewMemory, SearchQuery};
+use tailor::profile::{BertEmbedder, EncryptionKey, FeedbackQuery, MemoryConfig, MemoryStore, NewFeedback, NewMemory, SearchQuery};
 use tailor::MemoryPromptConfig;
 use tailor_trainer::PersonalModel;
 
 use crate::args::{handle, json_arg, json_out, opt_out_ptr, opt_str_arg, out_arg, out_ptr, str_arg, c_string};
 use crate::engine::TailorEngine;
-use crate::error::{guard, guard_value, FfiError, TailorStatus};
+use crate::error::{guard, guard_value, FfiError, FfiResult, TailorStatus};
 use crate::session::{SessionOptions, TailorSession};
 
 /// One user's profile: a SQLite store of memories, feedback events and adapter versions
@@ -69,32 +69,86 @@ pub unsafe extern "C" fn tailor_profile_open(
 ) -> TailorStatus {
     guard("tailor_profile_open", || {
         // SAFETY: argument contracts forwarded from the caller.
-        let (out, e, path, embedder_dir, options) = unsafe {
-            (
-                out_ptr(out_profile, "out_profile")?,
-                handle(engine, "engine")?,
-                str_arg(profile_path, "profile_path")?,
-                str_arg(embedder_dir, "embedder_dir")?,
-                json_arg::<ProfileOptions>(options_json, "options_json")?,
-            )
-        };
-        let mut slot = e.profile.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(open) = slot.upgrade() {
-            return Err(FfiError::busy(format!(
-                "the profile {} is open on this engine (free it, and let its training job end, first)",
-                open.profile_path().display()
-            )));
-        }
-        let embedder = Arc::new(BertEmbedder::load(embedder_dir)?);
-        let store = MemoryStore::open(path, embedder, options.memory.unwrap_or_default())?;
-        let model = PersonalModel::with_registry(&e.engine, e.registry.clone(), store, Path::new(path))?;
-        if let Some(prompt) = options.memory_prompt {
-            model.set_memory_prompt(prompt);
-        }
-        *slot = Arc::downgrade(&model);
-        *out = Box::into_raw(Box::new(TailorProfile { model }));
-        Ok(())
+        unsafe { open_profile(engine, profile_path, embedder_dir, None, options_json, out_profile) }
     })
+}
+
+/// `tailor_profile_open` for a store encrypted at rest (SQLCipher) with a raw 256-bit key
+/// (`key`, `key_len` = 32 bytes, e.g. from the Android Keystore or the iOS Keychain). A wrong
+/// key is `TAILOR_ERR_WRONG_KEY` and leaves the file as it was. Needs the library built with
+/// the cargo feature `encryption` (`TAILOR_ERR_UNSUPPORTED` otherwise).
+///
+/// # Safety
+/// Pointer arguments are NULL or valid for the call (`key`: `key_len` readable bytes);
+/// strings are NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_profile_open_encrypted(
+    engine: *const TailorEngine,
+    profile_path: *const c_char,
+    embedder_dir: *const c_char,
+    key: *const u8,
+    key_len: usize,
+    options_json: *const c_char,
+    out_profile: *mut *mut TailorProfile,
+) -> TailorStatus {
+    guard("tailor_profile_open_encrypted", || {
+        if key.is_null() {
+            return Err(FfiError::null("key"));
+        }
+        if key_len != 32 {
+            return Err(FfiError::invalid(format!("`key_len` is {key_len}: the key must be 32 bytes")));
+        }
+        let mut raw = [0u8; 32];
+        // SAFETY: `key` has `key_len` (32) readable bytes (caller).
+        raw.copy_from_slice(unsafe { std::slice::from_raw_parts(key, 32) });
+        let key = EncryptionKey::Raw(raw);
+        // SAFETY: argument contracts forwarded from the caller.
+        unsafe { open_profile(engine, profile_path, embedder_dir, Some(&key), options_json, out_profile) }
+    })
+}
+
+/// The body of both opens.
+///
+/// # Safety
+/// As `tailor_profile_open`.
+unsafe fn open_profile(
+    engine: *const TailorEngine,
+    profile_path: *const c_char,
+    embedder_dir: *const c_char,
+    key: Option<&EncryptionKey>,
+    options_json: *const c_char,
+    out_profile: *mut *mut TailorProfile,
+) -> FfiResult<()> {
+    // SAFETY: argument contracts forwarded from the caller.
+    let (out, e, path, embedder_dir, options) = unsafe {
+        (
+            out_ptr(out_profile, "out_profile")?,
+            handle(engine, "engine")?,
+            str_arg(profile_path, "profile_path")?,
+            str_arg(embedder_dir, "embedder_dir")?,
+            json_arg::<ProfileOptions>(options_json, "options_json")?,
+        )
+    };
+    let mut slot = e.profile.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(open) = slot.upgrade() {
+        return Err(FfiError::busy(format!(
+            "the profile {} is open on this engine (free it, and let its training job end, first)",
+            open.profile_path().display()
+        )));
+    }
+    let embedder = Arc::new(BertEmbedder::load(embedder_dir)?);
+    let config = options.memory.unwrap_or_default();
+    let store = match key {
+        Some(key) => MemoryStore::open_encrypted(path, key, embedder, config)?,
+        None => MemoryStore::open(path, embedder, config)?,
+    };
+    let model = PersonalModel::with_registry(&e.engine, e.registry.clone(), store, Path::new(path))?;
+    if let Some(prompt) = options.memory_prompt {
+        model.set_memory_prompt(prompt);
+    }
+    *slot = Arc::downgrade(&model);
+    *out = Box::into_raw(Box::new(TailorProfile { model }));
+    Ok(())
 }
 
 /// Frees a profile. NULL is ignored. Its adapter stays in the engine's registry; sessions

@@ -71,11 +71,25 @@ pub struct TailorProgress {
 /// `TAILOR_JOB_CANCELLED`). `progress` is valid only during the call.
 pub type TailorProgressCallback = Option<unsafe extern "C" fn(progress: *const TailorProgress, user_data: *mut c_void) -> i32>;
 
-/// The caller's callback and its `user_data`, moved to the training thread.
+/// Releases a callback's `user_data` once the library no longer uses it.
+pub type TailorFreeCallback = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// The caller's callback, its `user_data` and finalizer, moved to the training thread.
 struct ProgressSink {
-    callback: unsafe extern "C" fn(*const TailorProgress, *mut c_void) -> i32,
+    callback: TailorProgressCallback,
     user_data: *mut c_void,
+    free_user_data: TailorFreeCallback,
     stopped: Arc<AtomicBool>,
+}
+
+impl Drop for ProgressSink {
+    fn drop(&mut self) {
+        if let Some(free) = self.free_user_data {
+            // SAFETY: the caller's finalizer, called once with its own `user_data`, after the
+            // last progress call (the sink is dropped when the run's closure is).
+            unsafe { free(self.user_data) };
+        }
+    }
 }
 
 // SAFETY: the header documents that the callback runs on the training thread and that
@@ -84,6 +98,7 @@ unsafe impl Send for ProgressSink {}
 
 impl ProgressSink {
     fn call(&self, p: &Progress) -> Flow {
+        let Some(callback) = self.callback else { return Flow::Continue };
         let progress = TailorProgress {
             step: p.step,
             total_steps: p.total_steps,
@@ -94,7 +109,7 @@ impl ProgressSink {
         };
         // SAFETY: a valid TailorProgress for the duration of the call; callback and
         // user_data are the caller's, used as documented.
-        let rc = unsafe { (self.callback)(&progress, self.user_data) };
+        let rc = unsafe { callback(&progress, self.user_data) };
         if rc == 0 {
             Flow::Continue
         } else {
@@ -157,34 +172,33 @@ fn personal_options(json: Option<&str>) -> FfiResult<PersonalOptions> {
 ///   training settings), and `held_out_every` (5), `max_general_increase` (0.05),
 ///   `checkpoint_every` (5), `replay` (1.0).
 /// - `callback`: NULL or called after every step on the training thread, with `user_data`.
+/// - `free_user_data`: NULL or called once with `user_data` when the library is done with it:
+///   on the training thread when the run ends, or before this call returns when it fails.
 /// - `out_job`: receives the job; free it with `tailor_training_free`.
 ///
 /// `TAILOR_ERR_BUSY` while another run of the profile is going on.
 ///
 /// # Safety
 /// Pointer arguments are NULL or valid for the call; strings are NUL-terminated; `user_data`
-/// stays valid until the job is freed.
+/// stays valid until `free_user_data` is called (or, without one, until the job is freed).
 #[no_mangle]
 pub unsafe extern "C" fn tailor_training_start(
     profile: *const TailorProfile,
     options_json: *const c_char,
     callback: TailorProgressCallback,
     user_data: *mut c_void,
+    free_user_data: TailorFreeCallback,
     out_job: *mut *mut TailorTrainingJob,
 ) -> TailorStatus {
     guard("tailor_training_start", || {
+        let stopped = Arc::new(AtomicBool::new(false));
+        // Made first, so that every failure below releases `user_data` too.
+        let sink = ProgressSink { callback, user_data, free_user_data, stopped: stopped.clone() };
         // SAFETY: argument contracts forwarded from the caller.
         let (out, p, json) =
             unsafe { (out_ptr(out_job, "out_job")?, handle(profile, "profile")?, opt_str_arg(options_json, "options_json")?) };
         let options = personal_options(json)?;
-        let stopped = Arc::new(AtomicBool::new(false));
-        let job = match callback {
-            Some(callback) => {
-                let sink = ProgressSink { callback, user_data, stopped: stopped.clone() };
-                p.model.start_training_with(options, Box::new(move |progress| sink.call(progress)))?
-            }
-            None => p.model.start_training(options)?,
-        };
+        let job = p.model.start_training_with(options, Box::new(move |progress| sink.call(progress)))?;
         *out = Box::into_raw(Box::new(TailorTrainingJob { job, stopped }));
         Ok(())
     })

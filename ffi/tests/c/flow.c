@@ -70,6 +70,13 @@ static int32_t on_progress(const TailorProgress *p, void *user_data) {
     return stop_at && (int)p->step >= stop_at ? 1 : 0;
 }
 
+/* The finalizer of the progress callback's user_data. */
+static atomic_int freed_user_data;
+static void free_progress_state(void *user_data) {
+    ASSERT(user_data != NULL);
+    atomic_fetch_add(&freed_user_data, 1);
+}
+
 static void add_feedback(TailorProfile *profile, const char *prompt, const char *answer, const char *corrected) {
     char json[1024];
     snprintf(json, sizeof json,
@@ -245,14 +252,17 @@ int main(int argc, char **argv) {
                              "\"held_out_every\": 1000, \"max_general_increase\": 10.0, \"replay\": 0, "
                              "\"checkpoint_every\": 0}";
     TailorTrainingJob *job = NULL;
-    CHECK(tailor_training_start(profile, train_opts, on_progress, &ps, &job));
+    CHECK(tailor_training_start(profile, train_opts, on_progress, &ps, free_progress_state, &job));
     TailorTrainingJob *busy = NULL;
-    EXPECT_STATUS(tailor_training_start(profile, train_opts, NULL, NULL, &busy), TAILOR_ERR_BUSY);
+    int other = 0;
+    EXPECT_STATUS(tailor_training_start(profile, train_opts, NULL, &other, free_progress_state, &busy), TAILOR_ERR_BUSY);
+    ASSERT(atomic_load(&freed_user_data) == 1); /* a failed start releases user_data at once */
     int32_t state = -1;
     CHECK(tailor_training_wait(job, &state, &json));
     printf("training: %s (%d progress calls)\n", json, atomic_load(&ps.calls));
     ASSERT(state == TAILOR_JOB_PROMOTED);
     ASSERT(atomic_load(&ps.calls) == 3);
+    ASSERT(atomic_load(&freed_user_data) == 2); /* released once the run ended */
     ASSERT_CONTAINS(json, "\"state\":\"promoted\"");
     tailor_string_free(json);
     CHECK(tailor_training_status(job, &state, NULL));
@@ -294,7 +304,7 @@ int main(int argc, char **argv) {
     add_feedback(profile, "What is my sister's cat called?", "Whiskers?", "Her cat is named Pepper.");
     const char *long_opts = "{\"max_steps\": 200, \"max_seq_len\": 64, \"held_out_every\": 1000, \"replay\": 0, "
                             "\"checkpoint_every\": 0}";
-    CHECK(tailor_training_start(profile, long_opts, on_progress, &ps, &job));
+    CHECK(tailor_training_start(profile, long_opts, on_progress, &ps, NULL, &job));
     TailorStatus waited = tailor_training_wait(job, &state, &json);
     printf("stopped by the callback: %s\n", json);
     ASSERT(waited == TAILOR_ERR_CANCELLED);
@@ -304,7 +314,7 @@ int main(int argc, char **argv) {
     tailor_training_free(job);
 
     memset(&ps, 0, sizeof ps);
-    CHECK(tailor_training_start(profile, long_opts, on_progress, &ps, &job));
+    CHECK(tailor_training_start(profile, long_opts, on_progress, &ps, NULL, &job));
     CHECK(tailor_training_cancel(job));
     EXPECT_STATUS(tailor_training_wait(job, &state, &json), TAILOR_ERR_CANCELLED);
     ASSERT(state == TAILOR_JOB_CANCELLED);

@@ -269,6 +269,16 @@ int main(int argc, char **argv) {
     EXPECT_STATUS(tailor_profile_open(engine, profile_path, "/nonexistent-embedder", NULL, &profile), TAILOR_ERR_NOT_FOUND);
     EXPECT_STATUS(tailor_profile_open(engine, notmodel, argv[3], NULL, &profile), TAILOR_ERR_CORRUPT_DATA);
     ASSERT(profile == NULL);
+    uint8_t key[32] = {1, 2, 3};
+    char enc_path[1100];
+    snprintf(enc_path, sizeof enc_path, "%s/encrypted.db", argv[2]);
+    EXPECT_INVALID(tailor_profile_open_encrypted(engine, enc_path, argv[3], NULL, 32, NULL, &profile));
+    EXPECT_INVALID(tailor_profile_open_encrypted(engine, enc_path, argv[3], key, 16, NULL, &profile));
+    EXPECT_INVALID(tailor_profile_open_encrypted(engine, NULL, argv[3], key, 32, NULL, &profile));
+    TailorStatus enc = tailor_profile_open_encrypted(engine, enc_path, argv[3], key, 32, NULL, &profile);
+    ASSERT(enc == TAILOR_ERR_UNSUPPORTED || enc == TAILOR_OK); /* built without / with `encryption` */
+    tailor_profile_free(profile);
+    profile = NULL;
     CHECK(tailor_profile_open(engine, profile_path, argv[3], NULL, &profile));
     EXPECT_INVALID(tailor_profile_session_new(NULL, NULL, &session));
     EXPECT_INVALID(tailor_profile_session_new(profile, NULL, NULL));
@@ -306,10 +316,10 @@ int main(int argc, char **argv) {
     EXPECT_INVALID(tailor_feedback_forget(profile, NULL, 1, NULL));
     EXPECT_INVALID(tailor_feedback_forget_all(NULL, NULL));
     TailorTrainingJob *job = NULL;
-    EXPECT_INVALID(tailor_training_start(NULL, NULL, NULL, NULL, &job));
-    EXPECT_INVALID(tailor_training_start(profile, NULL, NULL, NULL, NULL));
-    EXPECT_INVALID(tailor_training_start(profile, "{\"max_stepz\": 2}", NULL, NULL, &job));
-    EXPECT_INVALID(tailor_training_start(profile, "{\"learning_rate\": \"fast\"}", NULL, NULL, &job));
+    EXPECT_INVALID(tailor_training_start(NULL, NULL, NULL, NULL, NULL, &job));
+    EXPECT_INVALID(tailor_training_start(profile, NULL, NULL, NULL, NULL, NULL));
+    EXPECT_INVALID(tailor_training_start(profile, "{\"max_stepz\": 2}", NULL, NULL, NULL, &job));
+    EXPECT_INVALID(tailor_training_start(profile, "{\"learning_rate\": \"fast\"}", NULL, NULL, NULL, &job));
     EXPECT_INVALID(tailor_training_status(NULL, &i32, &s));
     EXPECT_INVALID(tailor_training_cancel(NULL));
     EXPECT_INVALID(tailor_training_wait(NULL, &i32, &s));
@@ -317,7 +327,7 @@ int main(int argc, char **argv) {
     EXPECT_INVALID(tailor_training_running(profile, NULL));
     ASSERT(job == NULL);
     /* No feedback: the job fails, with a status and a message. */
-    CHECK(tailor_training_start(profile, "{\"max_steps\": 1}", NULL, NULL, &job));
+    CHECK(tailor_training_start(profile, "{\"max_steps\": 1}", NULL, NULL, NULL, &job));
     EXPECT_STATUS(tailor_training_wait(job, &i32, &s), TAILOR_ERR_INVALID_ARGUMENT);
     ASSERT(i32 == TAILOR_JOB_FAILED);
     ASSERT_CONTAINS(s, "NoFeedback");

@@ -55,7 +55,7 @@ SIGNATURES = {
     "tailor_memory_add": (C.c_int32, [P, S, S, C.POINTER(C.c_int64)]),
     "tailor_memory_search": (C.c_int32, [P, S, C.c_size_t, S, OUT]),
     "tailor_feedback_add": (C.c_int32, [P, S, C.POINTER(C.c_int64)]),
-    "tailor_training_start": (C.c_int32, [P, S, PROGRESS_CB, P, C.POINTER(P)]),
+    "tailor_training_start": (C.c_int32, [P, S, PROGRESS_CB, P, P, C.POINTER(P)]),
     "tailor_training_wait": (C.c_int32, [P, C.POINTER(C.c_int32), OUT]),
     "tailor_training_free": (None, [P]),
     "tailor_adapter_list": (C.c_int32, [P, OUT]),
@@ -179,7 +179,7 @@ def on_progress(p, _user):  # on the training thread
 opts = {"max_steps": 2, "learning_rate": 0.002, "warmup_steps": 0, "max_seq_len": 64,
         "held_out_every": 1000, "max_general_increase": 10.0, "replay": 0, "checkpoint_every": 0}
 job, state, out = P(), C.c_int32(), C.c_char_p()
-check(lib.tailor_training_start(profile, json.dumps(opts).encode(), on_progress, None, C.byref(job)), "training_start")
+check(lib.tailor_training_start(profile, json.dumps(opts).encode(), on_progress, None, None, C.byref(job)), "training_start")
 check(lib.tailor_training_wait(job, C.byref(state), C.byref(out)), "training_wait")
 status = take_json(out)
 lib.tailor_training_free(job)
@@ -197,7 +197,7 @@ def stop_now(_p, _user):
     return 1
 
 
-check(lib.tailor_training_start(profile, b'{"max_steps": 50, "max_seq_len": 64, "replay": 0}', stop_now, None, C.byref(job)), "training_start 2")
+check(lib.tailor_training_start(profile, b'{"max_steps": 50, "max_seq_len": 64, "replay": 0}', stop_now, None, None, C.byref(job)), "training_start 2")
 check(lib.tailor_training_wait(job, C.byref(state), None), "training_wait 2", CANCELLED)
 assert state.value == JOB_CANCELLED
 lib.tailor_training_free(job)
