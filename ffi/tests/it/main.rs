@@ -6,4 +6,5 @@ mod example;
 mod header;
 mod hostile;
 mod python;
+mod symbols;
 mod support;
