@@ -25,9 +25,11 @@ p.add_argument("--threads", type=int, default=2)
 p.add_argument("--trials", type=int, default=7)
 p.add_argument("--history-tokens", type=int, default=1000)
 p.add_argument("--requests", type=int, default=8, help="requests per client in the throughput runs")
+p.add_argument("--only", choices=["ttft", "throughput"], help="run one of the two parts")
+p.add_argument("--serve-arg", action="append", default=[], help="an extra argument for tailor serve (repeatable)")
 args = p.parse_args()
 
-server = subprocess.Popen([args.bin, "serve", "--port", "0", "--threads", str(args.threads), "--ctx", "4096"],
+server = subprocess.Popen([args.bin, "serve", "--port", "0", "--threads", str(args.threads), "--ctx", "4096", *args.serve_arg],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 addr = None
 for line in server.stderr:
@@ -105,10 +107,8 @@ def history(trial):
 chat = "/v1/chat/completions"
 
 
-def main():
-    # Warm-up (first-touch page faults, thread start).
-    post(chat, {"model": model, "messages": history(999), "max_tokens": 4, "temperature": 0}, stream=True)
-
+def ttft():
+    """Follow-up turn latency with and without the prefix cache."""
     warm, cold, prompt_tokens, cached = [], [], [], []
     for trial in range(args.trials):
         h = history(trial)
@@ -120,12 +120,11 @@ def main():
         if trial % 2:
             runs.reverse()  # the cold run never touches the pool, so the order only alternates the machine's state
         for kind, body in runs:
-            ttft, _, usage, _ = post(chat, body, stream=True)
-            (warm if kind == "warm" else cold).append(ttft)
+            first, _, usage, _ = post(chat, body, stream=True)
+            (warm if kind == "warm" else cold).append(first)
             if kind == "warm":
                 prompt_tokens.append(usage["prompt_tokens"])
                 cached.append(usage["prompt_tokens_details"]["cached_tokens"])
-
     mw, mc = statistics.median(warm), statistics.median(cold)
     print(f"follow-up turn on a {statistics.median(prompt_tokens):.0f}-token history ({statistics.median(cached):.0f} tokens reused), "
           f"{args.trials} trials, {args.threads} threads:")
@@ -134,39 +133,50 @@ def main():
     print(f"  ratio: {mc / mw:.1f}x faster with the prefix cache")
 
 
-    def throughput(clients):
-        done, tokens, errors = [0], [0], []
-        lock = threading.Lock()
+def throughput(clients):
+    """Requests/s and completion tokens/s of `clients` clients sending short chats back to back."""
+    done, tokens, errors = [0], [0], []
+    lock = threading.Lock()
 
-        def client(c):
-            try:
-                for r in range(args.requests):
-                    body = {"model": model, "max_tokens": 32, "temperature": 0,
-                            "messages": [{"role": "user", "content": f"Write a paragraph about {TOPICS[(c * 5 + r) % len(TOPICS)]}."}]}
-                    _, _, usage, _ = post(chat, body)
-                    with lock:
-                        done[0] += 1
-                        tokens[0] += usage["completion_tokens"]
-            except Exception as e:  # noqa: BLE001
-                errors.append(repr(e))
+    def client(c):
+        try:
+            for r in range(args.requests):
+                body = {"model": model, "max_tokens": 32, "temperature": 0,
+                        "messages": [{"role": "user", "content": f"Write a paragraph about {TOPICS[(c * 5 + r) % len(TOPICS)]}."}]}
+                _, _, usage, _ = post(chat, body)
+                with lock:
+                    done[0] += 1
+                    tokens[0] += usage["completion_tokens"]
+        except Exception as e:  # noqa: BLE001
+            errors.append(repr(e))
 
-        t0 = time.perf_counter()
-        ts = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        dt = time.perf_counter() - t0
-        if errors:
-            raise RuntimeError(errors)
-        return done[0] / dt, tokens[0] / dt
+    t0 = time.perf_counter()
+    ts = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    dt = time.perf_counter() - t0
+    if errors:
+        raise RuntimeError(errors)
+    return done[0] / dt, tokens[0] / dt
 
 
+def rates():
     r1, t1 = throughput(1)
     r4, t4 = throughput(4)
     print(f"throughput, chats of max_tokens 32, {args.requests} requests per client:")
     print(f"  1 client:  {r1:.2f} requests/s, {t1:.0f} completion tokens/s")
     print(f"  4 clients: {r4:.2f} requests/s, {t4:.0f} completion tokens/s  ({r4 / r1:.2f}x one client)")
+
+
+def main():
+    # Warm-up (first-touch page faults, thread start).
+    post(chat, {"model": model, "messages": history(999), "max_tokens": 4, "temperature": 0}, stream=True)
+    if args.only != "throughput":
+        ttft()
+    if args.only != "ttft":
+        rates()
 
 
 try:

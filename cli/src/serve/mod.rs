@@ -206,6 +206,8 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/tailor/adapters", get(t::adapters_list))
         .route("/v1/tailor/adapters/load", post(t::adapters_load))
         .route("/v1/tailor/adapters/activate", post(t::adapters_activate))
+        .route("/v1/tailor/adapters/unload", post(t::adapters_unload))
+        .route("/v1/tailor/adapters/rollback", post(t::adapters_rollback))
         .route("/v1/tailor/steering/load", post(t::steering_load))
         .route("/v1/tailor/training", post(t::training_start).get(t::training_status))
         .route("/v1/tailor/training/cancel", post(t::training_cancel))

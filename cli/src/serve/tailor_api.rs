@@ -205,6 +205,40 @@ pub(crate) async fn steering_load(State(state): St, b: Result<Bytes, BytesReject
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct NameBody {
+    #[serde(default)]
+    model: Option<String>,
+    name: String,
+}
+
+/// `POST /v1/tailor/adapters/unload`: `{"model"?, "name"}` removes an adapter (and from the
+/// active set); generations running with it finish with it.
+pub(crate) async fn adapters_unload(State(state): St, b: Result<Bytes, BytesRejection>) -> Res {
+    let req: NameBody = parse(&body(b)?)?;
+    let m = model_for(&state, req.model.as_deref())?;
+    m.registry().unload(&req.name).map_err(|e| ApiError::not_found(e.to_string()))?;
+    Ok(Json(adapters_view(m)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelBody {
+    #[serde(default)]
+    model: Option<String>,
+}
+
+/// `POST /v1/tailor/adapters/rollback`: `{"model"?}` makes the profile's previous adapter
+/// version (or the base) active → `{"active_version"}`.
+pub(crate) async fn adapters_rollback(State(state): St, b: Result<Bytes, BytesRejection>) -> Res {
+    let req: ModelBody = parse(&body(b)?)?;
+    let (m, pm) = state.personal(req.model.as_deref())?;
+    let (id, pm) = (m.id.clone(), pm.clone());
+    let version = blocking(move || Ok(pm.rollback()?)).await?;
+    Ok(Json(json!({"model": id, "active_version": version})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct ActivateBody {
     #[serde(default)]
     model: Option<String>,
@@ -277,17 +311,10 @@ pub(crate) async fn training_status(State(state): St, Query(q): Query<ModelQuery
     Ok(Json(job_view(&m.id, &job.status())))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CancelBody {
-    #[serde(default)]
-    model: Option<String>,
-}
-
 /// `POST /v1/tailor/training/cancel`: asks the running job to stop after its current step (its
 /// checkpoint stays, so the next run resumes).
 pub(crate) async fn training_cancel(State(state): St, b: Result<Bytes, BytesRejection>) -> Res {
-    let req: CancelBody = parse(&body(b)?)?;
+    let req: ModelBody = parse(&body(b)?)?;
     let (m, pm) = state.personal(req.model.as_deref())?;
     let job = pm.training_job().ok_or_else(|| ApiError::not_found(format!("no training job has run for `{}`", m.id)))?;
     job.cancel();

@@ -253,6 +253,8 @@ while time.time() < deadline:
 assert st["state"] in ("cancelled", "refused", "promoted"), st
 summary["training"] = st["state"]
 assert http.delete(f"/tailor/feedback/{fid}").json()["deleted"] is True
+r = http.post("/tailor/adapters/rollback", json={"model": personal})
+assert r.status_code == 400 and "roll back" in r.json()["error"]["message"], r.text
 
 # --- adapters: load, choose per request, activate -------------------------------------------
 if args.adapter:
@@ -270,6 +272,8 @@ if args.adapter:
     active = client.chat.completions.create(model=base, messages=question, max_tokens=12, temperature=0).choices[0].message.content
     assert active == noisy, (active, noisy)
     http.post("/tailor/adapters/activate", json={"adapters": []}).raise_for_status()
+    assert http.post("/tailor/adapters/unload", json={"name": "noise"}).json()["adapters"] == []
+    assert http.post("/tailor/adapters/unload", json={"name": "noise"}).status_code == 404
     try:
         client.chat.completions.create(model=base, messages=question, max_tokens=2, extra_body={"tailor": {"adapters": [{"name": "nope"}]}})
         raise AssertionError("an unknown adapter was accepted")
