@@ -374,3 +374,50 @@ pub(crate) async fn embeddings(State(state): St, b: Result<Bytes, BytesRejection
 pub(crate) async fn fallback(uri: axum::http::Uri) -> ApiError {
     ApiError::not_found(format!("Unknown request URL: {uri}."))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tailor::TopLogprob;
+
+    fn lp(token: &str, logprob: f32) -> TokenLogprob {
+        let top = TopLogprob { token: token.into(), logprob, bytes: token.as_bytes().to_vec() };
+        TokenLogprob { token: token.into(), logprob, bytes: token.as_bytes().to_vec(), top_logprobs: vec![top] }
+    }
+
+    fn meta(api: Api, include_usage: bool) -> Meta {
+        Meta { id: "x-1".into(), created: 7, model: "m".into(), fingerprint: "fp".into(), api, include_usage, offset: 0 }
+    }
+
+    #[test]
+    fn legacy_logprobs_carry_text_offsets() {
+        let v = Meta::legacy_logprobs(&[lp("Hel", -0.5), lp("lo", -0.25)], 10);
+        assert_eq!(v["tokens"], json!(["Hel", "lo"]));
+        assert_eq!(v["token_logprobs"], json!([-0.5, -0.25]));
+        assert_eq!(v["text_offset"], json!([10, 13]));
+        assert_eq!(v["top_logprobs"][1], json!({"lo": -0.25}));
+    }
+
+    #[test]
+    fn chat_chunks_have_openais_shape() {
+        let mut m = meta(Api::Chat, true);
+        let first = m.chunk("", None, None, true);
+        assert_eq!(first["object"], "chat.completion.chunk");
+        assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
+        assert!(first["usage"].is_null() && first.get("usage").is_some());
+        let l = lp("Hi", -0.1);
+        let c = m.chunk("Hi", Some(&l), None, false);
+        assert_eq!(c["choices"][0]["delta"], json!({"content": "Hi"}));
+        assert_eq!(c["choices"][0]["logprobs"]["content"][0]["token"], "Hi");
+        let last = m.chunk("", None, Some("stop"), false);
+        assert_eq!(last["choices"][0]["delta"], json!({}));
+        assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        // Streamed completions: text pieces with their offsets.
+        let mut m = meta(Api::Completion { echo: None }, false);
+        m.chunk("ab", None, None, false);
+        let c = m.chunk("c", Some(&lp("c", -1.0)), None, false);
+        assert_eq!(c["object"], "text_completion");
+        assert_eq!(c["choices"][0]["logprobs"]["text_offset"], json!([2]));
+        assert!(c.get("usage").is_none());
+    }
+}
