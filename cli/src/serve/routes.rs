@@ -279,13 +279,24 @@ async fn answer(state: Arc<AppState>, job: generate::Job, stream: bool, meta: Me
     Ok(Json(meta.response(&g?)).into_response())
 }
 
+/// Runs CPU work (templating and tokenizing a prompt of up to the body limit) off the async
+/// threads.
+async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> Result<T, tailor::Error> + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker thread failed: {e}")))?.map_err(ApiError::from)
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(State(state): St, b: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
     Stats::add(&state.stats.requests, 1);
     let req: ChatRequest = openai::parse(&body(b)?)?;
     let model = state.model(&req.model)?.clone();
     let (messages, checked) = req.check(state.limits.max_tokens)?;
-    let tokens = state.engine.tokenize(&state.engine.render_chat(&messages)?)?;
+    let engine = state.engine.clone();
+    let (messages, tokens) = off_thread(move || {
+        let tokens = engine.tokenize(&engine.render_chat(&messages)?)?;
+        Ok((messages, tokens))
+    })
+    .await?;
     let (stream, include_usage) = (checked.stream, checked.include_usage);
     let job = generate::prepare(&state, model, Prompt::Chat(messages), tokens, checked, "messages")?;
     let meta = Meta { id: new_id("chatcmpl"), created: now(), model: req.model, fingerprint: state.fingerprint.clone(), api: Api::Chat, include_usage, offset: 0 };
@@ -304,7 +315,12 @@ pub(crate) async fn completions(State(state): St, b: Result<Bytes, BytesRejectio
     }
     let (prompt, tokens, text) = match prompt {
         CompletionPrompt::Text(t) => {
-            let tokens = state.engine.tokenize(&t)?;
+            let engine = state.engine.clone();
+            let (t, tokens) = off_thread(move || {
+                let tokens = engine.tokenize(&t)?;
+                Ok((t, tokens))
+            })
+            .await?;
             (Prompt::Text(t.clone()), tokens, t)
         }
         CompletionPrompt::Tokens(ids) => {
