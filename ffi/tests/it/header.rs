@@ -1,7 +1,7 @@
 //! The committed `include/tailor.h` is what cbindgen makes from the sources now, and every
 //! exported symbol is `tailor_`/`Tailor`/`TAILOR_` prefixed.
 //!
-//! Regenerate it with `TAILOR_BLESS=1 cargo test --release -p tailor-ffi --test header`.
+//! Regenerate it with `TAILOR_BLESS=1 cargo test --release -p tailor-ffi --test it header`.
 
 use std::path::PathBuf;
 
@@ -25,7 +25,7 @@ fn header_is_up_to_date() {
     assert!(
         committed == fresh,
         "ffi/include/tailor.h is out of date with ffi/src; regenerate it with \
-         `TAILOR_BLESS=1 cargo test --release -p tailor-ffi --test header` and commit it"
+         `TAILOR_BLESS=1 cargo test --release -p tailor-ffi --test it header` and commit it"
     );
 }
 
