@@ -77,7 +77,7 @@ static void free_progress_state(void *user_data) {
     atomic_fetch_add(&freed_user_data, 1);
 }
 
-static void add_feedback(TailorProfile *profile, const char *prompt, const char *answer, const char *corrected) {
+static int64_t add_feedback(TailorProfile *profile, const char *prompt, const char *answer, const char *corrected) {
     char json[1024];
     snprintf(json, sizeof json,
              "{\"prompt\": \"%s\", \"answer\": \"%s\", \"kind\": \"correction\", \"corrected\": \"%s\"}", prompt,
@@ -85,6 +85,7 @@ static void add_feedback(TailorProfile *profile, const char *prompt, const char 
     int64_t id = 0;
     CHECK(tailor_feedback_add(profile, json, &id));
     ASSERT(id > 0);
+    return id;
 }
 
 static void *canceller(void *arg) {
@@ -235,7 +236,7 @@ int main(int argc, char **argv) {
 
     /* 5. Feedback, and a short training run with progress; the promoted version is swapped
      *    into the registry. */
-    add_feedback(profile, "What is my dog called?", "I don't know.", "Your dog is called Biscuit.");
+    int64_t first_feedback = add_feedback(profile, "What is my dog called?", "I don't know.", "Your dog is called Biscuit.");
     add_feedback(profile, "What is my dog's name?", "I am not sure.", "Your dog's name is Biscuit.");
     add_feedback(profile, "Where do I live?", "I cannot know that.", "You live in Lisbon.");
     add_feedback(profile, "What do I do for work?", "No idea.", "You work as a nurse.");
@@ -325,7 +326,22 @@ int main(int argc, char **argv) {
     /* The cancelled runs changed nothing: the promoted version still runs. */
     CHECK(tailor_profile_active_version(profile, &version));
     ASSERT(version != NULL);
+
+    /* Forgetting feedback the version learned from deletes it and swaps the base back in. */
+    char *tainted = NULL;
+    CHECK(tailor_feedback_forget(profile, &first_feedback, 1, &tainted));
+    printf("forgetting feedback %lld tainted %s\n", (long long)first_feedback, tainted);
+    ASSERT_CONTAINS(tainted, version);
+    tailor_string_free(tainted);
     tailor_string_free(version);
+    CHECK(tailor_profile_active_version(profile, &version));
+    ASSERT(version == NULL);
+    CHECK(tailor_adapter_list(engine, &json));
+    ASSERT(strstr(json, "\"active_weight\":1.0") == NULL);
+    tailor_string_free(json);
+    CHECK(tailor_feedback_list(profile, NULL, &json));
+    ASSERT(strstr(json, "\"What is my dog called?\"") == NULL);
+    tailor_string_free(json);
 
     tailor_session_free(me);
     tailor_profile_free(profile);
