@@ -4,30 +4,11 @@
 //! that was retrieved into its prompt. Needs python3 with venv, the package index, and the
 //! fetched models (`tailor models fetch`, which scripts/test.sh runs first).
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use common::{model_cache, venv_python};
+use std::path::Path;
 use std::process::Command;
-
-/// The venv with the `mcp` client, made once (a marker file records a finished install).
-fn venv_python() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-venv");
-    let python = dir.join("bin").join("python");
-    let marker = dir.join(".mcp-installed");
-    if marker.exists() {
-        return python;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let ok = Command::new("python3").args(["-m", "venv"]).arg(&dir).status().expect("python3 runs");
-    assert!(ok.success(), "python3 -m venv failed");
-    let ok = Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "mcp>=2.3,<3"]).status().unwrap();
-    assert!(ok.success(), "pip install mcp failed");
-    std::fs::write(&marker, b"").unwrap();
-    python
-}
-
-fn model_cache() -> tailor::ModelCache {
-    let root = std::env::var_os("TAILOR_HOME").map(PathBuf::from).or_else(tailor::ModelCache::default_root).expect("a cache dir");
-    tailor::ModelCache::new(root)
-}
 
 /// Runs the client script in `mode` against a fresh profile; returns its findings.
 fn drive(python: &Path, mode: &str, ask: bool) -> serde_json::Value {
@@ -54,7 +35,7 @@ fn drive(python: &Path, mode: &str, ask: bool) -> serde_json::Value {
 
 #[test]
 fn official_python_client_over_stdio() {
-    let python = venv_python();
+    let python = venv_python("mcp-venv", "mcp==2.3.0");
     // The protocol the client picks by itself (server/discover, falling back to initialize).
     let auto = drive(&python, "auto", true);
     let answer = &auto["answer"];

@@ -6,34 +6,15 @@
 //! graceful SIGTERM. Needs python3 with venv, the package index, and the fetched models
 //! (`tailor models fetch`, which scripts/test.sh runs first).
 
+mod common;
+
+use common::{model_cache, venv_python};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The venv with the `openai` client, made once (a marker file records a finished install).
-fn venv_python() -> PathBuf {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("serve-venv");
-    let python = dir.join("bin").join("python");
-    let marker = dir.join(".openai-installed");
-    if marker.exists() {
-        return python;
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    let ok = Command::new("python3").args(["-m", "venv"]).arg(&dir).status().expect("python3 runs");
-    assert!(ok.success(), "python3 -m venv failed");
-    let ok = Command::new(&python).args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "openai>=1.40,<3"]).status().unwrap();
-    assert!(ok.success(), "pip install openai failed");
-    std::fs::write(&marker, b"").unwrap();
-    python
-}
-
-fn model_cache() -> tailor::ModelCache {
-    let root = std::env::var_os("TAILOR_HOME").map(PathBuf::from).or_else(tailor::ModelCache::default_root).expect("a cache dir");
-    tailor::ModelCache::new(root)
-}
 
 /// A running `tailor serve`, killed when dropped; its standard error is collected.
 struct Server {
@@ -128,7 +109,7 @@ impl Drop for Server {
 
 #[test]
 fn official_openai_python_client() {
-    let python = venv_python();
+    let python = venv_python("serve-venv", "openai==2.54.0");
     let dir = tailor::testing::TempDir::new("serve");
     // A random rank-4 adapter in PEFT's layout, to load and choose per request.
     let engine = tailor::Engine::load(model_cache().base_model_path(), tailor::EngineConfig::default()).unwrap();
