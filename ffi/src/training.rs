@@ -1,7 +1,6 @@
 //! Training a new adapter version from a profile's feedback, in the background.
 
 use std::ffi::{c_char, c_void};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tailor_trainer::personal::PersonalOptions;
@@ -34,18 +33,6 @@ pub const TAILOR_JOB_FAILED: i32 = 4;
 ///   stop, so no progress callback runs after it returns.
 pub struct TailorTrainingJob {
     job: Arc<TrainingJob>,
-    /// Set when the progress callback asked to stop: the run then ends as if cancelled.
-    stopped: Arc<AtomicBool>,
-}
-
-impl TailorTrainingJob {
-    /// The job's status, a run stopped by the callback reported as cancelled.
-    fn status_of(&self, mut status: TrainingStatus) -> TrainingStatus {
-        if status.state == JobState::Refused && self.stopped.load(Ordering::SeqCst) {
-            status.state = JobState::Cancelled;
-        }
-        status
-    }
 }
 
 /// Progress after each optimizer step (passed to a `TailorProgressCallback`).
@@ -79,7 +66,6 @@ struct ProgressSink {
     callback: TailorProgressCallback,
     user_data: *mut c_void,
     free_user_data: TailorFreeCallback,
-    stopped: Arc<AtomicBool>,
 }
 
 impl Drop for ProgressSink {
@@ -113,7 +99,6 @@ impl ProgressSink {
         if rc == 0 {
             Flow::Continue
         } else {
-            self.stopped.store(true, Ordering::SeqCst);
             Flow::Stop
         }
     }
@@ -191,15 +176,14 @@ pub unsafe extern "C" fn tailor_training_start(
     out_job: *mut *mut TailorTrainingJob,
 ) -> TailorStatus {
     guard("tailor_training_start", || {
-        let stopped = Arc::new(AtomicBool::new(false));
         // Made first, so that every failure below releases `user_data` too.
-        let sink = ProgressSink { callback, user_data, free_user_data, stopped: stopped.clone() };
+        let sink = ProgressSink { callback, user_data, free_user_data };
         // SAFETY: argument contracts forwarded from the caller.
         let (out, p, json) =
             unsafe { (out_ptr(out_job, "out_job")?, handle(profile, "profile")?, opt_str_arg(options_json, "options_json")?) };
         let options = personal_options(json)?;
         let job = p.model.start_training_with(options, Box::new(move |progress| sink.call(progress)))?;
-        *out = Box::into_raw(Box::new(TailorTrainingJob { job, stopped }));
+        *out = Box::into_raw(Box::new(TailorTrainingJob { job }));
         Ok(())
     })
 }
@@ -231,7 +215,7 @@ pub unsafe extern "C" fn tailor_training_status(
     guard("tailor_training_status", || {
         // SAFETY: argument contracts forwarded from the caller.
         let (out, j) = unsafe { (opt_out_ptr(out_json), handle(job, "job")?) };
-        let status = j.status_of(j.job.status());
+        let status = j.job.status();
         write_status(&status, out_state, out)
     })
 }
@@ -276,7 +260,7 @@ pub unsafe extern "C" fn tailor_training_wait(
     guard("tailor_training_wait", || {
         // SAFETY: argument contracts forwarded from the caller.
         let (out, j) = unsafe { (opt_out_ptr(out_json), handle(job, "job")?) };
-        let status = j.status_of(j.job.wait());
+        let status = j.job.wait();
         write_status(&status, out_state, out)?;
         let message = status.message.clone().unwrap_or_default();
         match status.state {

@@ -42,7 +42,7 @@ use tailor::profile::MemoryStore;
 use tailor::{AdapterRegistry, Engine, Flow, MemoryPromptConfig, Session, SessionConfig, SharedMemory};
 
 use crate::personal::{self, adapters_dir, lock_store, Decision, Error, Outcome, PersonalOptions, Result};
-use crate::Progress;
+use crate::{Progress, StopReason};
 
 /// A profile opened for use: see the [module docs](self). `Send + Sync`; share it as the
 /// `Arc` [`PersonalModel::open`] returns. It must not outlive nothing in particular: it owns
@@ -350,7 +350,8 @@ impl TrainingJob {
                         s.version = Some(version);
                     }
                     Decision::Refused { reason } => {
-                        s.state = if cancelled { JobState::Cancelled } else { JobState::Refused };
+                        let stopped = matches!(o.metrics.stop, StopReason::Cancelled | StopReason::Callback);
+                        s.state = if cancelled || stopped { JobState::Cancelled } else { JobState::Refused };
                         s.message = Some(reason);
                     }
                 }

@@ -117,6 +117,10 @@ fn cancel_leaves_a_checkpoint_and_forgetting_mid_run_refuses() {
     assert!(pm.adapters_dir().join(tailor_trainer::personal::CHECKPOINT_DIR).exists());
     assert_eq!(pm.active_version().unwrap(), None);
 
+    // Stopped by its progress callback: cancelled too (not a refusal by the gate).
+    let st = pm.start_training_with(options(40), Box::new(|p| if p.step >= 2 { Flow::Stop } else { Flow::Continue })).unwrap().wait();
+    assert_eq!(st.state, JobState::Cancelled, "{st:?}");
+
     // Feedback forgotten while a run trains: the run's version learned it, so it is refused.
     let pm2 = pm.clone();
     let forgot = Arc::new(AtomicUsize::new(0));
