@@ -1,33 +1,39 @@
-//! The vector index: an `hnsw_rs` graph over the memories' embeddings, derived from SQLite.
+//! The vector index over the memories' embeddings, derived from SQLite.
 //!
 //! Nodes are keyed by a memory's `vec_id` (a fresh id each time a memory is (re-)embedded), so
 //! a forgotten or re-embedded memory's old node is *tombstoned*: filtered out of every search
 //! at once and dropped when the graph is compacted (rebuilt) after tombstones pass
 //! [`IndexConfig::compact_fraction`]. While few vectors are live, search is an exact scan.
 //!
-//! The graph can be saved beside the database (`<db>.hnsw/`) with a manifest naming the
-//! profile and the database's `index_generation`; at open it is used only when both match,
-//! otherwise it is rebuilt from SQLite (the source of truth).
+//! The vectors live in a [`Graph`], one of two backends chosen by target:
+//! - everywhere but iOS, an `hnsw_rs` HNSW graph (`hnsw`). It can be saved beside the
+//!   database (`<db>.hnsw/`) with a manifest naming the profile and the database's
+//!   `index_generation`; at open it is used only when both match, otherwise it is rebuilt from
+//!   SQLite (the source of truth).
+//! - on iOS, where `hnsw_rs` does not build, a flat list (`flat`): every search is an exact
+//!   scan (O(n), fine for one person's memories) and nothing is saved; the index is rebuilt
+//!   from SQLite at every open.
+//!
+//! Tombstones, compaction and the exact scan are shared by both.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use hnsw_rs::prelude::{AnnT, Distance, Hnsw, HnswIo};
-use serde::{Deserialize, Serialize};
-
 use crate::config::IndexConfig;
 use crate::error::{Error, Result};
 
-/// Cosine distance on unit vectors: `1 - a·b`, clamped at 0 (hnsw_rs' `DistDot` asserts on
-/// rounding above 1).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CosineDistance;
+// Plain Rust, compiled (and unit-tested) on every target; only iOS uses it.
+#[cfg_attr(not(target_os = "ios"), allow(dead_code))]
+mod flat;
+#[cfg(not(target_os = "ios"))]
+mod hnsw;
 
-impl Distance<f32> for CosineDistance {
-    fn eval(&self, va: &[f32], vb: &[f32]) -> f32 {
-        (1.0 - dot(va, vb)).max(0.0)
-    }
-}
+#[cfg(target_os = "ios")]
+type Backend = flat::FlatGraph;
+#[cfg(not(target_os = "ios"))]
+type Backend = hnsw::HnswGraph;
+#[cfg(not(target_os = "ios"))]
+pub use hnsw::CosineDistance;
 
 /// Dot product with eight independent accumulators (vectorised by the compiler).
 #[inline]
@@ -50,14 +56,48 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     s
 }
 
-type Graph = Hnsw<'static, f32, CosineDistance>;
+/// What a saved graph must match to be loaded.
+// Read only by the HNSW backend: the flat one (iOS) saves nothing.
+#[cfg_attr(target_os = "ios", allow(dead_code))]
+struct Header<'a> {
+    profile_id: &'a str,
+    generation: i64,
+    dim: usize,
+}
 
-/// The graph and its tombstones. Public for benchmarks and tools; a [`crate::MemoryStore`]
+/// Where a [`VectorIndex`] keeps its vectors: every node ever inserted (tombstones are the
+/// index's business), keyed by `vec_id`, with unit-length vectors.
+trait Graph: Sized {
+    /// Whether [`Graph::search`] is itself an exact scan (then the index always scans).
+    const EXACT: bool;
+    /// An empty graph for vectors of length `dim`, sized for about `capacity` nodes.
+    fn new(dim: usize, cfg: &IndexConfig, capacity: usize) -> Self;
+    /// Adds a node.
+    fn insert(&mut self, id: usize, v: &[f32]);
+    /// Adds many nodes (in parallel when the backend can).
+    fn insert_many(&mut self, items: &[(usize, Vec<f32>)]);
+    /// Calls `f` with every node.
+    fn for_each(&self, f: &mut dyn FnMut(usize, &[f32]));
+    /// Up to `k` nodes `ok` accepts, near `q` (cosine similarity), in any order; `ef` is the
+    /// candidate list size of an approximate search.
+    fn search(&self, q: &[f32], k: usize, ef: usize, ok: &dyn Fn(usize) -> bool) -> Vec<(usize, f32)>;
+    /// Saves the graph with its node count and tombstones to `dir` (whole or absent).
+    fn save(&self, dir: &Path, header: &Header<'_>, nodes: usize, tombstones: &HashSet<usize>) -> Result<()>;
+    /// A graph saved by [`Graph::save`] with the same header, with its node count and
+    /// tombstones; `None` when absent, stale or unreadable.
+    fn load(dir: &Path, header: &Header<'_>) -> Option<(Self, usize, HashSet<usize>)>;
+}
+
+/// The vectors and their tombstones. Public for benchmarks and tools; a [`crate::MemoryStore`]
 /// owns one and keeps it in step with SQLite.
+///
+/// On iOS the vectors are a flat list: [`VectorIndex::search`] is always exact,
+/// [`VectorIndex::save`] saves nothing and [`VectorIndex::load`] finds nothing (the index is
+/// rebuilt from SQLite at open).
 pub struct VectorIndex {
     dim: usize,
     cfg: IndexConfig,
-    graph: Graph,
+    graph: Backend,
     tombstones: HashSet<usize>,
     nodes: usize,
     /// The database `index_generation` this index reflects.
@@ -66,38 +106,12 @@ pub struct VectorIndex {
     pub(crate) dirty: bool,
 }
 
-#[derive(Serialize, Deserialize)]
-struct Manifest {
-    format: u32,
-    profile_id: String,
-    generation: i64,
-    dim: usize,
-    nodes: usize,
-    tombstones: Vec<usize>,
-    graph_bytes: u64,
-    data_bytes: u64,
-}
-
-const MANIFEST_FORMAT: u32 = 1;
-const BASENAME: &str = "graph";
-
-fn new_graph(cfg: &IndexConfig, capacity: usize) -> Graph {
-    Hnsw::new(cfg.max_connections.clamp(4, 255), capacity.max(1024), 16, cfg.ef_construction, CosineDistance)
-}
-
 impl VectorIndex {
     /// An index over `(vec_id, vector)` pairs (vectors of length `dim`, unit length), built
     /// on all cores; `generation` is the database generation it reflects.
     pub fn build(dim: usize, cfg: IndexConfig, generation: i64, items: &[(usize, Vec<f32>)]) -> Self {
-        let graph = new_graph(&cfg, items.len());
-        let refs: Vec<(&Vec<f32>, usize)> = items.iter().map(|(id, v)| (v, *id)).collect();
-        if refs.len() > 64 {
-            graph.parallel_insert(&refs);
-        } else {
-            for (v, id) in refs {
-                graph.insert_slice((v, id));
-            }
-        }
+        let mut graph = Backend::new(dim, &cfg, items.len());
+        graph.insert_many(items);
         VectorIndex { dim, cfg, graph, tombstones: HashSet::new(), nodes: items.len(), generation, dirty: true }
     }
 
@@ -116,7 +130,7 @@ impl VectorIndex {
         if v.len() != self.dim {
             return Err(Error::DimensionMismatch { expected: self.dim, actual: v.len() });
         }
-        self.graph.insert_slice((v, vec_id));
+        self.graph.insert(vec_id, v);
         self.nodes += 1;
         self.dirty = true;
         Ok(())
@@ -127,14 +141,7 @@ impl VectorIndex {
         if let Some((_, v)) = items.iter().find(|(_, v)| v.len() != self.dim) {
             return Err(Error::DimensionMismatch { expected: self.dim, actual: v.len() });
         }
-        if items.len() > 64 {
-            let refs: Vec<(&Vec<f32>, usize)> = items.iter().map(|(id, v)| (v, *id)).collect();
-            self.graph.parallel_insert(&refs);
-        } else {
-            for (id, v) in items {
-                self.graph.insert_slice((v, *id));
-            }
-        }
+        self.graph.insert_many(items);
         self.nodes += items.len();
         self.dirty = true;
         Ok(())
@@ -162,16 +169,13 @@ impl VectorIndex {
     }
 
     fn live_vectors(&self) -> Vec<(usize, Vec<f32>)> {
-        if self.nodes == 0 {
-            // hnsw_rs' point iterator unwraps the entry point: never iterate an empty graph.
-            return Vec::new();
-        }
-        self.graph
-            .get_point_indexation()
-            .into_iter()
-            .filter(|p| !self.tombstones.contains(&p.get_origin_id()))
-            .map(|p| (p.get_origin_id(), p.get_v().to_vec()))
-            .collect()
+        let mut live = Vec::with_capacity(self.len());
+        self.graph.for_each(&mut |id, v| {
+            if !self.tombstones.contains(&id) {
+                live.push((id, v.to_vec()));
+            }
+        });
+        live
     }
 
     /// Whether there is no live vector.
@@ -179,9 +183,9 @@ impl VectorIndex {
         self.len() == 0
     }
 
-    /// Whether a search now scans exactly.
+    /// Whether a search now scans exactly (always on iOS).
     pub fn is_exact(&self) -> bool {
-        self.len() < self.cfg.exact_below
+        Backend::EXACT || self.len() < self.cfg.exact_below
     }
 
     /// The `k` nodes most similar to `q` (cosine, best first) among those `allow` accepts.
@@ -194,13 +198,7 @@ impl VectorIndex {
             return self.exact(q, k, &ok);
         }
         let ef = self.cfg.ef_search.max(k);
-        let filter = |id: &usize| ok(*id);
-        let mut hits: Vec<(usize, f32)> = self
-            .graph
-            .search_filter(q, k, ef, Some(&filter))
-            .into_iter()
-            .map(|n| (n.d_id, 1.0 - n.distance))
-            .collect();
+        let mut hits = self.graph.search(q, k, ef, &ok);
         hits.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         hits.truncate(k);
         hits
@@ -208,16 +206,12 @@ impl VectorIndex {
 
     /// Exact scan over all live nodes.
     pub fn exact(&self, q: &[f32], k: usize, ok: &dyn Fn(usize) -> bool) -> Vec<(usize, f32)> {
-        if self.nodes == 0 {
-            return Vec::new();
-        }
-        let mut all: Vec<(usize, f32)> = self
-            .graph
-            .get_point_indexation()
-            .into_iter()
-            .filter(|p| ok(p.get_origin_id()))
-            .map(|p| (p.get_origin_id(), dot(q, p.get_v())))
-            .collect();
+        let mut all: Vec<(usize, f32)> = Vec::new();
+        self.graph.for_each(&mut |id, v| {
+            if ok(id) {
+                all.push((id, dot(q, v)));
+            }
+        });
         all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
         all.truncate(k);
         all
@@ -225,90 +219,19 @@ impl VectorIndex {
 
     /// Saves the graph to `dir` (replacing what is there) for a database at `generation`.
     /// Written to a temporary folder first and renamed, so `dir` is whole or absent.
+    ///
+    /// On iOS nothing is saved (the index is derived data, rebuilt from SQLite at open): any
+    /// graph saved in `dir` is removed.
     pub fn save(&self, dir: &Path, profile_id: &str) -> Result<()> {
-        if self.nodes == 0 {
-            // Nothing to save (and hnsw_rs cannot dump an empty graph): the next open builds
-            // the empty index in no time.
-            VectorIndex::remove_saved(dir);
-            return Ok(());
-        }
-        let tmp = tmp_dir(dir);
-        let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let dumped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            self.graph.file_dump(&tmp, BASENAME)
-        }));
-        match dumped {
-            Ok(Ok(name)) if name == BASENAME => {}
-            Ok(Ok(name)) => return Err(Error::Corrupt { reason: format!("hnsw dump renamed to {name}") }),
-            Ok(Err(e)) => return Err(Error::io(&tmp, std::io::Error::other(e.to_string()))),
-            Err(_) => return Err(Error::io(&tmp, std::io::Error::other("hnsw dump panicked"))),
-        }
-        let size = |ext: &str| -> Result<u64> {
-            let p = tmp.join(format!("{BASENAME}.hnsw.{ext}"));
-            let f = std::fs::File::open(&p).map_err(|e| Error::io(&p, e))?;
-            f.sync_all().map_err(|e| Error::io(&p, e))?;
-            Ok(f.metadata().map_err(|e| Error::io(&p, e))?.len())
-        };
-        let mut tombstones: Vec<usize> = self.tombstones.iter().copied().collect();
-        tombstones.sort_unstable();
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT,
-            profile_id: profile_id.to_owned(),
-            generation: self.generation,
-            dim: self.dim,
-            nodes: self.nodes,
-            tombstones,
-            graph_bytes: size("graph")?,
-            data_bytes: size("data")?,
-        };
-        let mpath = tmp.join("manifest.json");
-        let json = serde_json::to_vec(&manifest).map_err(|e| Error::io(&mpath, e.into()))?;
-        write_synced(&mpath, &json)?;
-        let _ = std::fs::remove_dir_all(dir);
-        std::fs::rename(&tmp, dir).map_err(|e| Error::io(dir, e))?;
-        if let Some(parent) = dir.parent() {
-            if let Ok(d) = std::fs::File::open(parent) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
+        let header = Header { profile_id, generation: self.generation, dim: self.dim };
+        self.graph.save(dir, &header, self.nodes, &self.tombstones)
     }
 
     /// Loads a saved graph if its manifest matches `profile_id`, `generation` and `dim`;
-    /// `None` when absent, stale or unreadable (the caller rebuilds).
+    /// `None` when absent, stale or unreadable (the caller rebuilds). Always `None` on iOS.
     pub fn load(dir: &Path, profile_id: &str, generation: i64, dim: usize, cfg: &IndexConfig) -> Option<Self> {
-        let manifest: Manifest = serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).ok()?).ok()?;
-        let size = |ext: &str| std::fs::metadata(dir.join(format!("{BASENAME}.hnsw.{ext}"))).ok().map(|m| m.len());
-        if manifest.format != MANIFEST_FORMAT
-            || manifest.profile_id != profile_id
-            || manifest.generation != generation
-            || manifest.dim != dim
-            || size("graph")? != manifest.graph_bytes
-            || size("data")? != manifest.data_bytes
-        {
-            return None;
-        }
-        // The loaded graph borrows its loader; the loader (paths and options, no data: no
-        // mmap) is leaked so the graph can live as long as the store.
-        let graph: Graph = std::panic::catch_unwind(|| {
-            let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, BASENAME)));
-            io.load_hnsw::<f32, CosineDistance>()
-        })
-        .ok()?
-        .ok()?;
-        if graph.get_nb_point() != manifest.nodes {
-            return None;
-        }
-        Some(VectorIndex {
-            dim,
-            cfg: cfg.clone(),
-            graph,
-            tombstones: manifest.tombstones.into_iter().collect(),
-            nodes: manifest.nodes,
-            generation,
-            dirty: false,
-        })
+        let (graph, nodes, tombstones) = Backend::load(dir, &Header { profile_id, generation, dim })?;
+        Some(VectorIndex { dim, cfg: cfg.clone(), graph, tombstones, nodes, generation, dirty: false })
     }
 
     /// Deletes a saved graph (e.g. after forget_all, so no stale vectors linger on disk).
@@ -322,13 +245,6 @@ fn tmp_dir(dir: &Path) -> PathBuf {
     let mut name = dir.file_name().map(|n| n.to_os_string()).unwrap_or_default();
     name.push(".tmp");
     dir.with_file_name(name)
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
-    f.sync_all().map_err(|e| Error::io(path, e))
 }
 
 #[cfg(test)]
@@ -370,6 +286,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_os = "ios"))]
     fn save_load_round_trip_and_stale_dump_is_refused() {
         let dir = std::env::temp_dir().join(format!("tailor-index-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);

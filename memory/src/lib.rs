@@ -7,6 +7,10 @@
 //! again by hybrid search (vector + FTS5 BM25, fused by reciprocal rank). Forgetting removes
 //! a memory from the file, the full-text index and the graph, for good.
 //!
+//! On iOS, where `hnsw_rs` does not build, the vector index is a flat list instead: search is
+//! always exact (O(n) dot products, fine for one person's memories) and the index is not saved
+//! beside the database but rebuilt from SQLite at every open (see [`VectorIndex`]).
+//!
 //! With the cargo feature `encryption` the file is a SQLCipher database keyed by the host app
 //! ([`MemoryStore::open_encrypted`]).
 //!
@@ -45,7 +49,9 @@ pub use config::{IndexConfig, MemoryConfig};
 pub use embedder::{normalize, BertEmbedder, Embed, Pooling};
 pub use error::{Error, ErrorKind, Result};
 pub use exchange::{Export, ExportedMemory, ImportReport, EXPORT_FORMAT, EXPORT_VERSION};
-pub use index::{dot, CosineDistance, VectorIndex};
+#[cfg(not(target_os = "ios"))]
+pub use index::CosineDistance;
+pub use index::{dot, VectorIndex};
 pub use key::EncryptionKey;
 pub use retrieval::RRF_K;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
