@@ -19,6 +19,9 @@ if command -v aarch64-linux-gnu-gcc >/dev/null && command -v qemu-aarch64 >/dev/
     if rustup target list --installed 2>/dev/null | grep -q aarch64-linux-android; then
         bash ffi/ci/check-mobile.sh android
     fi
+    if rustup target list --installed 2>/dev/null | grep -q aarch64-apple-ios; then
+        bash ffi/ci/check-mobile.sh ios
+    fi
 else
     echo "NOTICE: ARM64 kernel tests skipped (needs gcc-aarch64-linux-gnu, libc6-dev-arm64-cross, qemu-user and the rustup target aarch64-unknown-linux-gnu; .ci/run installs them)" >&2
 fi
