@@ -8,8 +8,8 @@
 #
 #   bash ffi/ci/check-mobile.sh [android] [ios]     (default: both)
 #
-# Known: iOS stops in mmap-rs 0.7.0 (a dependency of hnsw_rs, used by tailor-memory), which
-# imports `libc::proc_regionfilename`, declared by libc for macOS only.
+# On iOS tailor-memory builds without hnsw_rs (its mmap-rs 0.7.0 imports
+# `libc::proc_regionfilename`, declared by libc for macOS only) and searches exactly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
