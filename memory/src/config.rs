@@ -36,7 +36,8 @@ impl Default for MemoryConfig {
     }
 }
 
-/// The HNSW index and when it is used.
+/// The HNSW index and when it is used. (On iOS the index is a flat exact scan: only
+/// `compact_fraction` applies there, and nothing is saved.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
