@@ -45,8 +45,9 @@ use crate::personal::{self, adapters_dir, lock_store, Decision, Error, Outcome, 
 use crate::{Progress, StopReason};
 
 /// A profile opened for use: see the [module docs](self). `Send + Sync`; share it as the
-/// `Arc` [`PersonalModel::open`] returns. It must not outlive nothing in particular: it owns
-/// clones of the engine and registry (cheap handles) and the store.
+/// `Arc` [`PersonalModel::open`] returns. It depends on nothing outliving it: it holds clones
+/// of the engine and registry handles and owns the store. Open one per profile file at a
+/// time (two would each run their own training and registry).
 pub struct PersonalModel {
     engine: Engine,
     registry: Arc<AdapterRegistry>,
