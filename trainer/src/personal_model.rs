@@ -86,7 +86,7 @@ impl PersonalModel {
             memory_prompt: Mutex::new(MemoryPromptConfig::default()),
             job: Mutex::new(None),
         };
-        me.sync()?;
+        me.refresh()?;
         Ok(Arc::new(me))
     }
 
@@ -140,8 +140,9 @@ impl PersonalModel {
         Ok(personal::active_adapter(&lock_store(&self.store), &self.adapters_dir)?.map(|(v, _)| v))
     }
 
-    /// Makes the registry run the profile's active version.
-    fn sync(&self) -> Result<Option<String>> {
+    /// Makes the registry run the profile's active version (as the profile file says now, so
+    /// a version another process promoted or rolled back is picked up) and returns it.
+    pub fn refresh(&self) -> Result<Option<String>> {
         personal::sync_registry(&self.registry, &lock_store(&self.store), &self.adapters_dir, Self::ADAPTER_NAME)
     }
 
@@ -163,14 +164,14 @@ impl PersonalModel {
             f(&mut store)?;
             personal::purge_tainted(&store, &self.adapters_dir)?
         };
-        self.sync()?;
+        self.refresh()?;
         Ok(removed)
     }
 
     /// Makes the active version's parent active (or the base) and swaps it in.
     pub fn rollback(&self) -> Result<Option<String>> {
         personal::rollback(&lock_store(&self.store), &self.adapters_dir)?;
-        self.sync()
+        self.refresh()
     }
 
     /// Trains a new version on the calling thread ([`personal::train_shared`]: the store is
@@ -178,7 +179,7 @@ impl PersonalModel {
     pub fn train(&self, options: &PersonalOptions, progress: &mut dyn FnMut(&Progress) -> Flow) -> Result<Outcome> {
         let outcome = personal::train_shared(&self.engine, &self.store, &self.adapters_dir, options, progress)?;
         if outcome.promoted() {
-            self.sync()?;
+            self.refresh()?;
         }
         Ok(outcome)
     }
@@ -379,7 +380,7 @@ impl TrainingJob {
 
     /// Whether the job has ended.
     pub fn is_finished(&self) -> bool {
-        self.status().state != JobState::Running
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).state != JobState::Running
     }
 
     /// Blocks until the job ends and returns its final status.

@@ -387,10 +387,7 @@ impl Tools {
         let question = nonempty_text("question", &args.question)?;
         // A version promoted or rolled back by another process (`tailor train`) since the
         // last question is picked up here.
-        let version = {
-            let store = self.pm.store().lock().unwrap_or_else(|e| e.into_inner());
-            personal::sync_registry(self.pm.registry(), &store, self.pm.adapters_dir(), PersonalModel::ADAPTER_NAME)?
-        };
+        let version = self.pm.refresh()?;
         let mut params = GenerateParams::default();
         params.max_tokens = max_tokens;
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
