@@ -45,6 +45,10 @@ pub(crate) struct Inner {
     pub(crate) config: EngineConfig,
     threads: usize,
     load_time: Duration,
+    /// The memory-reading adapter, prepared on first use (`None`: not trained for this base).
+    pub(crate) reader: std::sync::OnceLock<Option<Arc<crate::lora::PreparedLora>>>,
+    /// Generations running now on any session of this engine.
+    pub(crate) generating: std::sync::atomic::AtomicUsize,
 }
 
 /// A loaded model. Cheap to clone (shared weights), `Send + Sync`: any number of
@@ -91,8 +95,31 @@ impl Engine {
         let team = Team::new(threads).map_err(|e| Error::invalid(format!("cannot start {threads} worker threads: {e}")))?;
         let model = Transformer::new(cfg, weights);
         Ok(Self {
-            inner: Arc::new(Inner { model, tokenizer, template, team: std::sync::Mutex::new(team), config, threads, load_time: start.elapsed() }),
+            inner: Arc::new(Inner {
+                model,
+                tokenizer,
+                template,
+                team: std::sync::Mutex::new(team),
+                config,
+                threads,
+                load_time: start.elapsed(),
+                reader: std::sync::OnceLock::new(),
+                generating: std::sync::atomic::AtomicUsize::new(0),
+            }),
         })
+    }
+
+    /// The memory-reading adapter that sessions run while memories are in the prompt
+    /// ([`crate::memory_reader`]), if one was trained for this base (SmolLM2-135M-Instruct
+    /// Q4_1); prepared on the first call.
+    pub fn memory_reader(&self) -> Option<Arc<crate::lora::PreparedLora>> {
+        self.inner.reader.get_or_init(|| crate::memory_reader::load(self)).clone()
+    }
+
+    /// How many generations are running now on sessions of this engine (background work such
+    /// as training pauses while this is non-zero, so a user's request gets the cores).
+    pub fn generations_running(&self) -> usize {
+        self.inner.generating.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The model's hyper-parameters.

@@ -29,6 +29,7 @@ mod error;
 pub mod kernels;
 pub mod lora;
 pub mod memory;
+pub mod memory_reader;
 pub mod model;
 pub mod model_files;
 pub mod registry;

@@ -34,6 +34,9 @@ pub struct MemoryPromptConfig {
     pub min_similarity: Option<f32>,
     /// The line that introduces the memories.
     pub header: String,
+    /// Run the memory-reading adapter ([`crate::memory_reader`]) on top of the session's
+    /// adapters for generations with memories in the prompt, when the engine has one.
+    pub reader: bool,
 }
 
 impl Default for MemoryPromptConfig {
@@ -44,6 +47,7 @@ impl Default for MemoryPromptConfig {
             token_budget: 256,
             min_similarity: Some(0.2),
             header: "Facts the user told you earlier (use them when relevant):".into(),
+            reader: true,
         }
     }
 }
@@ -57,6 +61,21 @@ pub struct RecalledMemory {
     pub text: String,
     /// Its retrieval score.
     pub score: f32,
+}
+
+fn memory_line(text: &str) -> String {
+    format!("\n- {}", text.trim())
+}
+
+/// The block of memories as it goes into the system prompt: `header`, then one `- text` line
+/// per memory. Training data that shows memories to the model renders them with this, so that
+/// it sees what inference shows.
+pub fn memory_block(header: &str, texts: &[&str]) -> String {
+    let mut block = header.to_string();
+    for t in texts {
+        block.push_str(&memory_line(t));
+    }
+    block
 }
 
 /// `messages` with the memories relevant to the last user message added to the system
@@ -77,21 +96,25 @@ pub(crate) fn augment(
     q.min_similarity = cfg.min_similarity;
     let hits = store.lock().unwrap_or_else(|e| e.into_inner()).search(&q)?;
     let mut used = Vec::new();
-    let mut block = cfg.header.clone();
     let mut spent = 0;
     for h in hits {
-        let line = format!("\n- {}", h.memory.text.trim());
-        let cost = tokenizer.encode(&line, false)?.len();
+        let cost = tokenizer.encode(&memory_line(&h.memory.text), false)?.len();
         if spent + cost > cfg.token_budget {
             continue;
         }
         spent += cost;
-        block.push_str(&line);
         used.push(RecalledMemory { id: h.memory.id, text: h.memory.text, score: h.score });
     }
     if used.is_empty() {
         return Ok((messages.to_vec(), used));
     }
+    let texts: Vec<&str> = used.iter().map(|m| m.text.as_str()).collect();
+    Ok((with_memories(messages, &memory_block(&cfg.header, &texts)), used))
+}
+
+/// `messages` with a [`memory_block`] appended to the first system message (or made the system
+/// message when there is none), as every chat generation with memories is prompted.
+pub fn with_memories(messages: &[ChatMessage], block: &str) -> Vec<ChatMessage> {
     let mut out = messages.to_vec();
     match out.first_mut() {
         Some(m) if m.role == "system" => {
@@ -99,5 +122,5 @@ pub(crate) fn augment(
         }
         _ => out.insert(0, ChatMessage::system(block)),
     }
-    Ok((out, used))
+    out
 }

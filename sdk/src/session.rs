@@ -223,6 +223,9 @@ pub struct Session {
     cancel: CancelHandle,
     history: Vec<ChatMessage>,
     memory: Option<(SharedMemory, MemoryPromptConfig)>,
+    /// The hooks plus the memory reader, while the cache holds a prompt with memories that
+    /// was run with them (`None`: the cache was built with `hooks` alone).
+    with_reader: Option<Hooks>,
 }
 
 impl std::fmt::Debug for Session {
@@ -236,7 +239,7 @@ impl Session {
         let ctx = engine.context_for(config.context_length);
         let c = &engine.inner.model.cfg;
         let cache = KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, ctx);
-        Self { engine, cache, cached: Vec::new(), scratch: Scratch::default(), hooks: Hooks::none(), source: None, cancel: CancelHandle::default(), history: Vec::new(), memory: None }
+        Self { engine, cache, cached: Vec::new(), scratch: Scratch::default(), hooks: Hooks::none(), source: None, cancel: CancelHandle::default(), history: Vec::new(), memory: None, with_reader: None }
     }
 
     /// The engine this session runs on.
@@ -289,6 +292,7 @@ impl Session {
                 self.hooks = hooks;
                 self.cache.truncate(0);
                 self.cached.clear();
+                self.with_reader = None;
             }
         }
     }
@@ -297,6 +301,21 @@ impl Session {
     pub fn clear_cache(&mut self) {
         self.cache.truncate(0);
         self.cached.clear();
+        self.with_reader = None;
+    }
+
+    /// Switches the memory reader on or off for what runs next; the cache, built with the
+    /// other setting, is cleared when it changes.
+    fn use_reader(&mut self, on: bool) {
+        if on == self.with_reader.is_some() {
+            return;
+        }
+        let stacked = match (on, self.engine.memory_reader()) {
+            (true, Some(r)) => Some(crate::memory_reader::stack(&self.engine, &self.hooks, &r)),
+            _ => None,
+        };
+        self.clear_cache();
+        self.with_reader = stacked;
     }
 
     /// Retrieves from `store` into the system prompt of every [`Prompt::Chat`] generation
@@ -353,6 +372,7 @@ impl Session {
     /// Runs `tokens` after what the cache holds and returns the last position's logits.
     pub fn feed(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.refresh_hooks();
+        self.use_reader(false);
         self.run(tokens, Logits::Last)?;
         Ok(self.scratch.logits.clone())
     }
@@ -382,7 +402,8 @@ impl Session {
                 // sessions busy, the cores are busy anyway).
                 Err(_) => Par::Serial,
             };
-            inner.model.forward(piece, &mut self.cache, &self.hooks, &mut self.scratch, w, par)?;
+            let hooks = self.with_reader.as_ref().unwrap_or(&self.hooks);
+            inner.model.forward(piece, &mut self.cache, hooks, &mut self.scratch, w, par)?;
             drop(team);
             self.cached.extend_from_slice(piece);
             if want == Logits::All {
@@ -407,6 +428,7 @@ impl Session {
         on_token: &mut dyn FnMut(&TokenEvent<'_>) -> Flow,
     ) -> Result<Generation> {
         let start = Instant::now();
+        let _running = Running::start(&self.engine);
         self.cancel.0.store(false, Ordering::SeqCst);
         self.refresh_hooks();
         params.sampling.validate().map_err(Error::invalid)?;
@@ -417,6 +439,8 @@ impl Session {
             }
             _ => (None, Vec::new()),
         };
+        let reader = !memories.is_empty() && self.memory.as_ref().is_some_and(|(_, c)| c.reader);
+        self.use_reader(reader && self.engine.memory_reader().is_some());
         let tokens = self.prompt_tokens(augmented.as_ref().unwrap_or(prompt))?;
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
@@ -542,6 +566,22 @@ impl Session {
         out.finish_reason = reason;
         out.timings = timings;
         Ok(out)
+    }
+}
+
+/// Counts a generation in [`Engine::generations_running`] while it lives.
+struct Running(Arc<crate::engine::Inner>);
+
+impl Running {
+    fn start(engine: &Engine) -> Self {
+        engine.inner.generating.fetch_add(1, Ordering::SeqCst);
+        Running(engine.inner.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.generating.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
