@@ -344,7 +344,8 @@ void tailor_profile_free(struct TailorProfile *profile);
 // A new session on the profile: it follows the engine's registry (with the profile's
 // adapter) and retrieves the profile's memories into each chat prompt
 // (`tailor_session_chat`, `tailor_session_generate_chat`; the memories used are listed in the
-// result's `"memories"`). `options_json` as in `tailor_session_new`.
+// result's `"memories"`). `options_json` as in `tailor_session_new`; `"memory": false` starts
+// it with memories off (`tailor_session_set_memory_enabled` switches them later).
 //
 // # Safety
 // Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
@@ -483,7 +484,9 @@ TailorStatus tailor_memory_count(const struct TailorProfile *profile, size_t *ou
 // A new session on `engine`, following the engine's adapter registry (adapters and steering
 // vectors activated there apply from the session's next generation).
 //
-// - `options_json`: NULL or `{"context_length": N, "system": "...", "no_adapters": false}`.
+// - `options_json`: NULL or `{"context_length": N, "system": "...", "no_adapters": false,
+//   "memory": false}` (`"memory": true` is `TAILOR_ERR_INVALID_ARGUMENT`: memories need a
+//   profile session, `tailor_profile_session_new`).
 // - `out_session`: receives the session; free it with `tailor_session_free`.
 //
 // # Safety
@@ -591,6 +594,18 @@ TailorStatus tailor_session_history(const struct TailorSession *session, char **
 // Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
 TailorStatus tailor_session_set_history(const struct TailorSession *session,
                                         const char *messages_json);
+
+// Turns a profile session's memories on (`enabled` non-zero: the memories relevant to the
+// last user message go into the system prompt of its chat generations, with the profile's
+// `memory_prompt` settings) or off (0: the adapter answers alone), from its next generation.
+// A profile session starts with them on (unless the profile's or the session's options say
+// otherwise). Turning memories on for an engine session is `TAILOR_ERR_INVALID_ARGUMENT`
+// (off is a no-op); `TAILOR_ERR_BUSY` while the session is generating.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_session_set_memory_enabled(const struct TailorSession *session,
+                                               int32_t enabled);
 
 // Tokens currently held in the session's KV cache.
 //

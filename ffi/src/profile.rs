@@ -173,7 +173,8 @@ pub unsafe extern "C" fn tailor_profile_free(profile: *mut TailorProfile) {
 /// A new session on the profile: it follows the engine's registry (with the profile's
 /// adapter) and retrieves the profile's memories into each chat prompt
 /// (`tailor_session_chat`, `tailor_session_generate_chat`; the memories used are listed in the
-/// result's `"memories"`). `options_json` as in `tailor_session_new`.
+/// result's `"memories"`). `options_json` as in `tailor_session_new`; `"memory": false` starts
+/// it with memories off (`tailor_session_set_memory_enabled` switches them later).
 ///
 /// # Safety
 /// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
@@ -195,7 +196,11 @@ pub unsafe extern "C" fn tailor_profile_session_new(
         if let Some(system) = &options.system {
             session.set_history(vec![tailor::ChatMessage::system(system.clone())]);
         }
-        *out = Box::into_raw(Box::new(TailorSession::new(session)));
+        let mut memory = p.model.memory_prompt();
+        if let Some(on) = options.memory {
+            memory.enabled = on;
+        }
+        *out = Box::into_raw(Box::new(TailorSession::with_memory(session, p.model.store().clone(), memory)));
         Ok(())
     })
 }

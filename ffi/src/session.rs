@@ -4,7 +4,10 @@ use std::ffi::{c_char, c_void};
 use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use serde::Deserialize;
-use tailor::{CancelHandle, ChatMessage, FinishReason, Flow, GenerateParams, Generation, HookSource, Prompt, Session, SessionConfig};
+use tailor::{
+    CancelHandle, ChatMessage, FinishReason, Flow, GenerateParams, Generation, HookSource, MemoryPromptConfig, Prompt, Session, SessionConfig,
+    SharedMemory,
+};
 
 use crate::args::{handle, json_arg, json_out, opt_out_ptr, out_ptr, str_arg};
 use crate::engine::TailorEngine;
@@ -21,12 +24,24 @@ use crate::error::{guard, guard_value, FfiError, FfiResult, TailorStatus, TAILOR
 pub struct TailorSession {
     session: Mutex<Session>,
     cancel: CancelHandle,
+    /// A profile session's store and memory settings, for `tailor_session_set_memory_enabled`.
+    memory: Option<(SharedMemory, MemoryPromptConfig)>,
 }
 
 impl TailorSession {
+    /// An engine session (no memories).
     pub(crate) fn new(session: Session) -> Self {
         let cancel = session.cancel_handle();
-        TailorSession { session: Mutex::new(session), cancel }
+        TailorSession { session: Mutex::new(session), cancel, memory: None }
+    }
+
+    /// A profile session retrieving from `store` with `config` (`enabled` says whether it
+    /// starts on).
+    pub(crate) fn with_memory(mut session: Session, store: SharedMemory, config: MemoryPromptConfig) -> Self {
+        session.set_memory(Some(store.clone()), config.clone());
+        let mut s = TailorSession::new(session);
+        s.memory = Some((store, config));
+        s
     }
 
     fn lock(&self) -> FfiResult<MutexGuard<'_, Session>> {
@@ -58,6 +73,9 @@ pub(crate) struct SessionOptions {
     pub system: Option<String>,
     /// Run without the registry's adapters and steering.
     pub no_adapters: bool,
+    /// Profile sessions: retrieve memories into chat prompts (default: the profile's
+    /// `memory_prompt.enabled`, true unless set). An engine session has no memories to turn on.
+    pub memory: Option<bool>,
 }
 
 impl SessionOptions {
@@ -81,7 +99,9 @@ impl SessionOptions {
 /// A new session on `engine`, following the engine's adapter registry (adapters and steering
 /// vectors activated there apply from the session's next generation).
 ///
-/// - `options_json`: NULL or `{"context_length": N, "system": "...", "no_adapters": false}`.
+/// - `options_json`: NULL or `{"context_length": N, "system": "...", "no_adapters": false,
+///   "memory": false}` (`"memory": true` is `TAILOR_ERR_INVALID_ARGUMENT`: memories need a
+///   profile session, `tailor_profile_session_new`).
 /// - `out_session`: receives the session; free it with `tailor_session_free`.
 ///
 /// # Safety
@@ -97,6 +117,9 @@ pub unsafe extern "C" fn tailor_session_new(
         let (out, e, options) = unsafe {
             (out_ptr(out_session, "out_session")?, handle(engine, "engine")?, json_arg::<SessionOptions>(options_json, "options_json")?)
         };
+        if options.memory == Some(true) {
+            return Err(FfiError::invalid("`memory`: an engine session has no memories (open a profile and use tailor_profile_session_new)"));
+        }
         let mut session = e.engine.session_with(options.config());
         options.apply(&mut session, e.registry.clone());
         *out = Box::into_raw(Box::new(TailorSession::new(session)));
@@ -348,6 +371,34 @@ pub unsafe extern "C" fn tailor_session_set_history(session: *const TailorSessio
         let (s, json) = unsafe { (handle(session, "session")?, str_arg(messages_json, "messages_json")?) };
         let messages = parse_messages(json)?;
         s.lock()?.set_history(messages);
+        Ok(())
+    })
+}
+
+/// Turns a profile session's memories on (`enabled` non-zero: the memories relevant to the
+/// last user message go into the system prompt of its chat generations, with the profile's
+/// `memory_prompt` settings) or off (0: the adapter answers alone), from its next generation.
+/// A profile session starts with them on (unless the profile's or the session's options say
+/// otherwise). Turning memories on for an engine session is `TAILOR_ERR_INVALID_ARGUMENT`
+/// (off is a no-op); `TAILOR_ERR_BUSY` while the session is generating.
+///
+/// # Safety
+/// Pointer arguments are NULL or valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_session_set_memory_enabled(session: *const TailorSession, enabled: i32) -> TailorStatus {
+    guard("tailor_session_set_memory_enabled", || {
+        // SAFETY: argument contract forwarded from the caller.
+        let s = unsafe { handle(session, "session") }?;
+        let mut session = s.lock()?;
+        match (&s.memory, enabled != 0) {
+            (Some((store, config)), on) => {
+                let mut config = config.clone();
+                config.enabled = on;
+                session.set_memory(Some(store.clone()), config);
+            }
+            (None, true) => return Err(FfiError::invalid("an engine session has no memories (use tailor_profile_session_new)")),
+            (None, false) => {}
+        }
         Ok(())
     })
 }

@@ -120,6 +120,11 @@ impl PersonalModel {
         *self.memory_prompt.lock().unwrap_or_else(|e| e.into_inner()) = config;
     }
 
+    /// How memories go into prompts of new sessions ([`PersonalModel::set_memory_prompt`]).
+    pub fn memory_prompt(&self) -> MemoryPromptConfig {
+        self.memory_prompt.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// A session with the engine's default context that follows the registry (the profile's
     /// adapter, other active adapters, steering) and retrieves memories into chat prompts.
     pub fn new_session(&self) -> Session {
@@ -130,8 +135,7 @@ impl PersonalModel {
     pub fn session_with(&self, config: SessionConfig) -> Session {
         let mut s = self.engine.session_with(config);
         s.follow(self.registry.clone());
-        let prompt = self.memory_prompt.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        s.set_memory(Some(self.store.clone()), prompt);
+        s.set_memory(Some(self.store.clone()), self.memory_prompt());
         s
     }
 

@@ -233,6 +233,22 @@ int main(int argc, char **argv) {
     printf("with memory: %s\n", result);
     ASSERT_CONTAINS(result, "\"memories\":[{\"id\":");
     tailor_string_free(result);
+    /* Memories off: the adapter answers alone; on again: retrieved again. */
+    const char *dog_q = "[{\"role\": \"user\", \"content\": \"What is my dog called?\"}]";
+    CHECK(tailor_session_set_memory_enabled(me, 0));
+    CHECK(tailor_session_generate_chat(me, dog_q, "{\"max_tokens\": 1}", NULL, NULL, &result));
+    ASSERT_CONTAINS(result, "\"memories\":[]");
+    tailor_string_free(result);
+    CHECK(tailor_session_set_memory_enabled(me, 1));
+    CHECK(tailor_session_generate_chat(me, dog_q, "{\"max_tokens\": 1}", NULL, NULL, &result));
+    ASSERT_CONTAINS(result, "\"memories\":[{\"id\":");
+    tailor_string_free(result);
+    TailorSession *alone = NULL;
+    CHECK(tailor_profile_session_new(profile, "{\"memory\": false}", &alone));
+    CHECK(tailor_session_generate_chat(alone, dog_q, "{\"max_tokens\": 1}", NULL, NULL, &result));
+    ASSERT_CONTAINS(result, "\"memories\":[]");
+    tailor_string_free(result);
+    tailor_session_free(alone);
 
     /* 5. Feedback, and a short training run with progress; the promoted version is swapped
      *    into the registry. */

@@ -206,6 +206,12 @@ int main(int argc, char **argv) {
     EXPECT_INVALID(tailor_session_cached_tokens(NULL, &n));
     EXPECT_INVALID(tailor_session_cached_tokens(session, NULL));
     EXPECT_INVALID(tailor_session_reset(NULL));
+    EXPECT_INVALID(tailor_session_set_memory_enabled(NULL, 0));
+    EXPECT_INVALID(tailor_session_set_memory_enabled(session, 1)); /* an engine session has no memories */
+    CHECK(tailor_session_set_memory_enabled(session, 0));
+    TailorSession *with_memory = NULL;
+    EXPECT_INVALID(tailor_session_new(engine, "{\"memory\": true}", &with_memory));
+    ASSERT(with_memory == NULL);
     /* A prompt longer than the 64-token window. */
     char longp[4096];
     memset(longp, 0, sizeof longp);
