@@ -53,9 +53,13 @@ enum Command {
         /// With --json: the top-K log-probabilities at each generated position.
         #[arg(long, value_name = "K")]
         logprobs: Option<usize>,
-        /// Run this profile's active adapter (see `tailor train`).
+        /// Run this profile's active adapter (see `tailor train`) with its relevant memories
+        /// in the system prompt (not with --raw).
         #[arg(long, value_name = "PATH")]
         profile: Option<PathBuf>,
+        /// With --profile: leave the memories out (the adapter still runs).
+        #[arg(long)]
+        no_memory: bool,
         #[command(flatten)]
         gen: GenArgs,
         #[command(flatten)]
@@ -66,17 +70,20 @@ enum Command {
         /// A system message.
         #[arg(long)]
         system: Option<String>,
-        /// Use this profile's memories (see `tailor memory`): the relevant ones go into the
-        /// system prompt each turn.
+        /// Use this profile: its active adapter runs, and its memories relevant to each turn
+        /// (see `tailor memory`) go into the system prompt.
         #[arg(long, value_name = "PATH")]
         profile: Option<PathBuf>,
+        /// With --profile: leave the memories out (the adapter still runs).
+        #[arg(long)]
+        no_memory: bool,
         #[command(flatten)]
         gen: GenArgs,
         #[command(flatten)]
         model: ModelArgs,
     },
     /// Train a new adapter version from the profile's feedback; promoted only if it passes the
-    /// gate (held-out loss improves, general-text loss rises < 5%).
+    /// gate (held-out paraphrases of the corrections answered better, unrelated answers kept, general-text loss rises < 3%).
     Train(train_cmd::TrainArgs),
     /// Feedback on answers (what the trainer learns from): add, list, forget.
     Feedback {
@@ -364,16 +371,24 @@ fn run(cli: Cli) -> Result<()> {
             println!("{}", serde_json::to_string(&engine.tokenize(&text)?)?);
             Ok(())
         }
-        Command::Generate { prompt, raw, system, json, logprobs, profile, gen, mut model } => {
+        Command::Generate { prompt, raw, system, json, logprobs, profile, no_memory, gen, mut model } => {
             if logprobs.is_some() && !json {
                 bail!("--logprobs needs --json");
             }
-            if let Some(p) = profile {
-                let store = memory_cmd::ProfileArgs { profile: Some(p.clone()) }.open()?;
-                model.add_profile_adapter(&p, &store)?;
-            }
+            let store = match profile {
+                Some(p) => {
+                    let store = memory_cmd::ProfileArgs { profile: Some(p.clone()) }.open()?;
+                    model.add_profile_adapter(&p, &store)?;
+                    Some(store)
+                }
+                None => None,
+            };
             let engine = model.load()?;
             let mut session = model.session(&engine)?;
+            // A raw prompt has no system message to put memories in.
+            if let (Some(store), false, false) = (store, no_memory, raw) {
+                session.set_memory(Some(std::sync::Arc::new(std::sync::Mutex::new(store))), tailor::MemoryPromptConfig::default());
+            }
             let prompt = if raw {
                 Prompt::Text(prompt)
             } else {
@@ -404,6 +419,7 @@ fn run(cli: Cli) -> Result<()> {
                     "decode_tok_per_s": g.timings.decode_tok_per_s(),
                     "ttft_ms": g.timings.ttft_ms,
                     "timings": g.timings,
+                    "memories": g.memories,
                 });
                 if let Some(lp) = g.logprobs {
                     v["logprobs"] = serde_json::json!({ "content": lp });
@@ -411,10 +427,13 @@ fn run(cli: Cli) -> Result<()> {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
                 println!();
+                if let Some(line) = memories_line(&g.memories) {
+                    eprintln!("{line}");
+                }
             }
             Ok(())
         }
-        Command::Chat { system, profile, gen, model } => chat(system, profile, gen, model),
+        Command::Chat { system, profile, no_memory, gen, model } => chat(system, profile, no_memory, gen, model),
         Command::Memory { command } => memory_cmd::run(command),
         Command::Train(args) => train_cmd::train(args),
         Command::Feedback { command } => memory_cmd::run_feedback(command),
@@ -449,7 +468,16 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn chat(system: Option<String>, profile: Option<PathBuf>, gen: GenArgs, mut model: ModelArgs) -> Result<()> {
+/// `[memories: #3, #7]`: the memories a generation was given, for stderr (`None` when none).
+fn memories_line(memories: &[tailor::RecalledMemory]) -> Option<String> {
+    if memories.is_empty() {
+        return None;
+    }
+    let ids: Vec<String> = memories.iter().map(|m| format!("#{}", m.id)).collect();
+    Some(format!("[memories: {}]", ids.join(", ")))
+}
+
+fn chat(system: Option<String>, profile: Option<PathBuf>, no_memory: bool, gen: GenArgs, mut model: ModelArgs) -> Result<()> {
     let store = match &profile {
         Some(p) => {
             let store = memory_cmd::ProfileArgs { profile: Some(p.clone()) }.open()?;
@@ -460,8 +488,7 @@ fn chat(system: Option<String>, profile: Option<PathBuf>, gen: GenArgs, mut mode
     };
     let engine = model.load()?;
     let mut session = model.session(&engine)?;
-    let with_memory = store.is_some();
-    if let Some(store) = store {
+    if let (Some(store), false) = (store, no_memory) {
         session.set_memory(Some(std::sync::Arc::new(std::sync::Mutex::new(store))), tailor::MemoryPromptConfig::default());
     }
     let start: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
@@ -495,9 +522,8 @@ fn chat(system: Option<String>, profile: Option<PathBuf>, gen: GenArgs, mut mode
         });
         match g {
             Ok(g) => {
-                if with_memory && !g.memories.is_empty() {
-                    let ids: Vec<String> = g.memories.iter().map(|m| m.id.to_string()).collect();
-                    eprint!("\n[memories used: {}]", ids.join(", "));
+                if let Some(line) = memories_line(&g.memories) {
+                    eprint!("\n{line}");
                 }
                 eprintln!(
                     "\n[{} tokens · prompt {} ({} reused) · {:.0} tok/s]",

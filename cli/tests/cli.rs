@@ -234,6 +234,33 @@ fn memory_add_search_forget_export_import() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `generate --profile` puts the relevant memories in the prompt and reports them (`--json`,
+/// or a line on stderr); `--no-memory` leaves them out.
+#[test]
+fn generate_uses_the_profiles_memories() {
+    let (dir, model) = tiny();
+    let (m, p) = (model.to_str().unwrap(), dir.join("profile.db"));
+    let p = p.to_str().unwrap();
+    let out = tailor(&["memory", "add", "I have a golden retriever called Biscuit.", "--profile", p]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dog = serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()["id"].as_i64().unwrap();
+    let used = |extra: &[&str]| -> Vec<i64> {
+        let mut a = vec!["generate", "What is my dog called?", "--profile", p, "--model", m, "--json", "--max-tokens", "2", "--threads", "2"];
+        a.extend(extra);
+        let out = tailor(&a);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["memories"].as_array().unwrap().iter().map(|x| x["id"].as_i64().unwrap()).collect()
+    };
+    assert_eq!(used(&[]), [dog]);
+    assert!(used(&["--no-memory"]).is_empty());
+    let out = tailor(&["generate", "What is my dog called?", "--profile", p, "--model", m, "--max-tokens", "2"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("[memories: #{dog}]")), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = tailor(&["generate", "What is my dog called?", "--profile", p, "--model", m, "--max-tokens", "2", "--no-memory"]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("[memories:"), "{}", String::from_utf8_lossy(&out.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `tailor train` on a tiny model: three feedback events, three steps, an outcome printed
 /// (promoted or refused); then `generate --profile`, `adapter rollback` and `feedback forget`.
 #[test]

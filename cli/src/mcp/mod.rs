@@ -180,7 +180,7 @@ impl TailorMcp {
     }
 
     #[tool(
-        description = "Ask the user's personal on-device model (a small local model with the adapter trained on their feedback, given the memories relevant to the question). Returns its answer and the ids of the memories it was given.",
+        description = "Ask the user's personal on-device model (a small local model with the adapter trained on their feedback, given the memories relevant to the question unless use_memory is false). Returns its answer and the memories it was given.",
         annotations(title = "Ask the personal model", read_only_hint = true, open_world_hint = false)
     )]
     async fn ask_personal_model(&self, Parameters(args): Parameters<AskArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<Answer>, String> {

@@ -248,6 +248,10 @@ pub(crate) struct AskArgs {
     /// At most this many new tokens (default 256, at most 1024).
     #[serde(default)]
     pub(crate) max_tokens: Option<u32>,
+    /// Give the model the user's memories relevant to the question (default true); false
+    /// asks the personal adapter alone.
+    #[serde(default)]
+    pub(crate) use_memory: Option<bool>,
 }
 
 impl AskArgs {
@@ -381,7 +385,8 @@ impl Tools {
     }
 
     /// `ask_personal_model`: the profile's active adapter answers, with the memories relevant
-    /// to the question in its system prompt. `cancelled` is polled between tokens.
+    /// to the question in its system prompt (unless `use_memory: false`). `cancelled` is
+    /// polled between tokens.
     pub(crate) fn ask(&self, args: AskArgs, cancelled: &dyn Fn() -> bool) -> ToolResult<Answer> {
         let max_tokens = args.max_tokens()?;
         let question = nonempty_text("question", &args.question)?;
@@ -391,6 +396,9 @@ impl Tools {
         let mut params = GenerateParams::default();
         params.max_tokens = max_tokens;
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut memory = self.pm.memory_prompt();
+        memory.enabled &= args.use_memory.unwrap_or(true);
+        session.set_memory(Some(self.pm.store().clone()), memory);
         let g = session.generate(&Prompt::Chat(vec![ChatMessage::user(question)]), &params, &mut |_| {
             if cancelled() {
                 Flow::Stop
@@ -570,6 +578,10 @@ mod tests {
         assert!(a.tokens <= 4);
         assert_eq!(a.adapter_version, None);
         assert!(a.memories_used.iter().any(|m| m.id == dog.id), "{a:?}");
+        let alone = tools.ask(args(serde_json::json!({"question": "My dog is called Biscuit.", "max_tokens": 4, "use_memory": false})), &|| false).unwrap();
+        assert!(alone.memories_used.is_empty(), "{alone:?}");
+        let again = tools.ask(args(serde_json::json!({"question": "My dog is called Biscuit.", "max_tokens": 4, "use_memory": true})), &|| false).unwrap();
+        assert!(again.memories_used.iter().any(|m| m.id == dog.id), "{again:?}");
         let stopped = tools.ask(args(serde_json::json!({"question": "Tell me a story.", "max_tokens": 50})), &|| true).unwrap();
         assert_eq!(stopped.finish_reason, "cancelled");
         assert!(stopped.tokens <= 1, "{stopped:?}");

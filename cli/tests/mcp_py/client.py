@@ -180,6 +180,8 @@ async def main():
             found["answer"] = ans
             assert dog["id"] in [m["id"] for m in ans["memories_used"]], ans
             assert "Biscuit" in ans["answer"], ans
+            alone = await call_ok(client, "ask_personal_model", {"question": "What is my dog called?", "max_tokens": 4, "use_memory": False})
+            assert alone["memories_used"] == [], alone
 
         # Forget one, then the rest.
         await reset_changes()
