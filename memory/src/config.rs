@@ -21,6 +21,13 @@ pub struct MemoryConfig {
     /// Run `VACUUM` after [`crate::MemoryStore::forget_all`] so the file shrinks and no freed
     /// page survives (secure_delete already zeroes them).
     pub vacuum_on_forget_all: bool,
+    /// Mirror every correction recorded with [`crate::MemoryStore::add_feedback`] into a
+    /// memory `Q: <prompt> A: <corrected>` in the same transaction, so the next prompt can
+    /// retrieve it before any training. A later correction of the same question (equal after
+    /// lowercasing, collapsing whitespace and dropping trailing punctuation, or prompt
+    /// embeddings with cosine ≥ 0.9) updates that memory instead; forgetting the feedback
+    /// forgets the memory. Default true.
+    pub mirror_corrections: bool,
 }
 
 impl Default for MemoryConfig {
@@ -32,6 +39,7 @@ impl Default for MemoryConfig {
             index: IndexConfig::default(),
             busy_timeout_ms: 5_000,
             vacuum_on_forget_all: true,
+            mirror_corrections: true,
         }
     }
 }

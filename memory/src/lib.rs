@@ -7,6 +7,11 @@
 //! again by hybrid search (vector + FTS5 BM25, fused by reciprocal rank). Forgetting removes
 //! a memory from the file, the full-text index and the graph, for good.
 //!
+//! A correction recorded as feedback is mirrored into a memory in the same transaction
+//! ([`MemoryStore::add_feedback_mirrored`]), so the next prompt can use it before any adapter
+//! has learned it; a later correction of the same question updates that memory, and
+//! forgetting the feedback forgets it.
+//!
 //! On iOS, where `hnsw_rs` does not build, the vector index is a flat list instead: search is
 //! always exact (O(n) dot products, fine for one person's memories) and the index is not saved
 //! beside the database but rebuilt from SQLite at every open (see [`VectorIndex`]).
@@ -38,6 +43,7 @@ mod error;
 mod exchange;
 mod index;
 mod key;
+mod mirror;
 mod records;
 mod retrieval;
 mod schema;
@@ -57,7 +63,7 @@ pub use retrieval::RRF_K;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use store::MemoryStore;
 pub use types::{
-    now_millis, AddAction, AddOutcome, AdapterRecord, Feedback, FeedbackKind, FeedbackQuery, Filter, HistoryEntry,
+    now_millis, AddAction, AddOutcome, AdapterRecord, Feedback, FeedbackAdded, FeedbackKind, FeedbackQuery, Filter, HistoryEntry,
     Memory, MemoryId, MemoryUpdate, Millis, NewFeedback, NewMemory, Page, SearchHit, SearchMode, SearchQuery,
 };
 

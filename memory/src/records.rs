@@ -3,8 +3,10 @@
 use rusqlite::{params, OptionalExtension, TransactionBehavior};
 
 use crate::error::{Error, Result};
-use crate::store::{json_col, MemoryStore};
-use crate::types::{now_millis, AdapterRecord, Feedback, FeedbackKind, FeedbackQuery, NewFeedback};
+use crate::store::{json_col, MemoryStore, Write};
+use crate::types::{
+    now_millis, AdapterRecord, Feedback, FeedbackAdded, FeedbackKind, FeedbackQuery, MemoryId, NewFeedback,
+};
 
 const FEEDBACK_COLUMNS: &str =
     "id, turn_id, prompt, answer, kind, corrected, chosen, rejected, created_at, consumed_by, consumed_at";
@@ -44,8 +46,30 @@ pub(crate) fn feedback_params(kind: &FeedbackKind) -> (&'static str, Option<&Str
 }
 
 impl MemoryStore {
-    /// Records a feedback event; returns its id.
+    /// Records a feedback event; returns its id. A correction is also mirrored into a memory
+    /// (see [`add_feedback_mirrored`](Self::add_feedback_mirrored)).
     pub fn add_feedback(&mut self, feedback: NewFeedback) -> Result<i64> {
+        Ok(self.add_feedback_mirrored(feedback)?.id)
+    }
+
+    /// Records a feedback event and, for a [`FeedbackKind::Correction`] (with
+    /// [`MemoryConfig::mirror_corrections`](crate::MemoryConfig::mirror_corrections), the
+    /// default), a memory of it, in one transaction: both or neither (a memory that cannot be
+    /// stored, e.g. longer than [`MemoryConfig::max_text_bytes`](crate::MemoryConfig::max_text_bytes),
+    /// fails the whole call).
+    ///
+    /// The memory's text is `Q: {prompt} A: {corrected}` (both trimmed), its metadata
+    /// `{"source": "correction", "feedback_id": <id>, "prompt": <prompt>}`. If an earlier
+    /// mirrored correction asked the same question (its prompt equal after lowercasing,
+    /// collapsing whitespace and dropping trailing punctuation, or the two prompts' embeddings
+    /// with cosine ≥ 0.9), that memory is updated instead (the newest correction wins, the
+    /// older text stays in its [`history`](Self::history)) and linked to this event too. The
+    /// generic near-duplicate merge ([`MemoryConfig::dedup_threshold`](crate::MemoryConfig::dedup_threshold))
+    /// does not apply to mirrored memories, so corrections of different questions stay apart.
+    ///
+    /// [`forget_feedback`](Self::forget_feedback) of any event a memory is linked to forgets
+    /// the memory; [`forget`](Self::forget) of the memory keeps the events.
+    pub fn add_feedback_mirrored(&mut self, feedback: NewFeedback) -> Result<FeedbackAdded> {
         let max = self.config.max_text_bytes * 4;
         let (kind, corrected, chosen, rejected) = feedback_params(&feedback.kind);
         let texts = [Some(&feedback.prompt), Some(&feedback.answer), corrected, chosen, rejected];
@@ -56,15 +80,37 @@ impl MemoryStore {
         if let Some(t) = texts.iter().find(|t| t.len() > max) {
             return Err(Error::TextTooLong { len: t.len(), max });
         }
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        tx.execute(
+        let mirror = match (&feedback.kind, self.config.mirror_corrections) {
+            (FeedbackKind::Correction { corrected }, true) => self.prepare_mirror(&feedback.prompt, corrected)?,
+            _ => None,
+        };
+        let mut w = Write::begin(&mut self.conn, &*self.embedder, &self.index)?;
+        w.tx.execute(
             "INSERT INTO feedback (turn_id, prompt, answer, kind, corrected, chosen, rejected, created_at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-            params![feedback.turn_id, feedback.prompt, feedback.answer, kind, corrected, chosen, rejected, now_millis()],
+            params![feedback.turn_id, feedback.prompt, feedback.answer, kind, corrected, chosen, rejected, w.now],
         )?;
-        let id = tx.last_insert_rowid();
-        tx.commit()?;
-        Ok(id)
+        let id = w.tx.last_insert_rowid();
+        let memory = match &mirror {
+            Some(m) => Some(w.mirror(m, id, &self.prompt_vectors)?),
+            None => None,
+        };
+        let changes = w.commit()?;
+        self.apply(changes)?;
+        if let Some(m) = mirror {
+            self.mirrored(m);
+        }
+        Ok(FeedbackAdded { id, memory })
+    }
+
+    /// The memories mirrored from a feedback event (see
+    /// [`add_feedback_mirrored`](Self::add_feedback_mirrored)), in id order; empty for an
+    /// event that was not mirrored or is unknown.
+    pub fn feedback_memories(&self, feedback_id: i64) -> Result<Vec<MemoryId>> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT memory_id FROM memory_feedback WHERE feedback_id = ?1 ORDER BY memory_id")?;
+        let rows = stmt.query_map([feedback_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
     /// One feedback event.
@@ -175,23 +221,29 @@ impl MemoryStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Forgets feedback events: their rows (prompt, answer, corrections) are deleted, and
-    /// every adapter version that learned from one of them is marked tainted, in one
-    /// transaction; the WAL is checkpointed so the text leaves it too. Unknown ids are
-    /// skipped. Returns the versions newly tainted (the app deletes their weight files and
-    /// falls back to [`newest_clean_adapter`](Self::newest_clean_adapter); the next training
-    /// run no longer sees the events).
+    /// Forgets feedback events: their rows (prompt, answer, corrections) are deleted, every
+    /// memory mirrored from one of them is forgotten (with its history, full-text entry and
+    /// graph node, as by [`forget`](Self::forget)), and every adapter version that learned
+    /// from one of them is marked tainted, all in one transaction; the WAL is checkpointed so
+    /// the text leaves it too. A memory updated by several corrections goes when any of them
+    /// is forgotten (its history holds them all). Unknown ids are skipped. Returns the
+    /// versions newly tainted (the app deletes their weight files and falls back to
+    /// [`newest_clean_adapter`](Self::newest_clean_adapter); the next training run no longer
+    /// sees the events).
     pub fn forget_feedback(&mut self, ids: &[i64]) -> Result<Vec<String>> {
-        let now = now_millis();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut w = Write::begin(&mut self.conn, &*self.embedder, &self.index)?;
+        let now = w.now;
         let mut tainted = Vec::new();
+        let mut memories: Vec<MemoryId> = Vec::new();
         {
+            let tx = &w.tx;
             let mut del = tx.prepare_cached("DELETE FROM feedback WHERE id = ?1")?;
             let mut who = tx.prepare_cached(
                 "SELECT a.version FROM adapter_feedback f JOIN adapters a ON a.version = f.version
                  WHERE f.feedback_id = ?1 AND a.tainted_at IS NULL",
             )?;
             let mut mark = tx.prepare_cached("UPDATE adapters SET tainted_at = ?2 WHERE version = ?1 AND tainted_at IS NULL")?;
+            let mut linked = tx.prepare_cached("SELECT memory_id FROM memory_feedback WHERE feedback_id = ?1")?;
             for &id in ids {
                 del.execute([id])?;
                 let versions: Vec<String> = who.query_map([id], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
@@ -200,14 +252,21 @@ impl MemoryStore {
                         tainted.push(v);
                     }
                 }
+                for m in linked.query_map([id], |r| r.get(0))? {
+                    memories.push(m?);
+                }
             }
         }
-        tx.commit()?;
-        self.checkpoint()?;
+        memories.sort_unstable();
+        memories.dedup();
+        w.delete(&memories)?;
+        let changes = w.commit()?;
+        self.forgotten(changes, true)?;
         Ok(tainted)
     }
 
-    /// Forgets every feedback event ([`forget_feedback`](Self::forget_feedback) of all).
+    /// Forgets every feedback event and every memory mirrored from one
+    /// ([`forget_feedback`](Self::forget_feedback) of all).
     pub fn forget_all_feedback(&mut self) -> Result<Vec<String>> {
         let ids: Vec<i64> = {
             let mut stmt = self.conn.prepare("SELECT id FROM feedback")?;
@@ -221,8 +280,15 @@ impl MemoryStore {
             let rows = stmt.query_map([], |r| r.get(0))?;
             rows.collect::<rusqlite::Result<_>>()?
         };
+        // And memories mirrored from events whose row is gone some other way (none should be).
+        let mirrored: Vec<i64> = {
+            let mut stmt = self.conn.prepare("SELECT DISTINCT feedback_id FROM memory_feedback")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            rows.collect::<rusqlite::Result<_>>()?
+        };
         let mut all = ids;
         all.extend(linked);
+        all.extend(mirrored);
         all.sort_unstable();
         all.dedup();
         self.forget_feedback(&all)

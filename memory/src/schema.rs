@@ -103,6 +103,18 @@ const MIGRATIONS: &[&str] = &[
     INSERT OR IGNORE INTO adapter_feedback (version, feedback_id)
         SELECT consumed_by, id FROM feedback WHERE consumed_by IN (SELECT version FROM adapters);
     "#,
+    // 3: the memories mirrored from feedback (a correction becomes a memory at once), linked
+    // to every event they came from so that forgetting an event forgets them too. No foreign
+    // key to `feedback`, like `adapter_feedback`: the store deletes the memory with the event.
+    // Corrections recorded before this version are not mirrored retroactively.
+    r#"
+    CREATE TABLE memory_feedback (
+        memory_id   INTEGER NOT NULL REFERENCES memories(id) ON DELETE CASCADE,
+        feedback_id INTEGER NOT NULL,
+        PRIMARY KEY (memory_id, feedback_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX memory_feedback_by_feedback ON memory_feedback(feedback_id);
+    "#,
 ];
 
 /// The schema version this build writes.
@@ -162,11 +174,12 @@ pub(crate) fn open(path: &Path, key: Key<'_>, busy_timeout_ms: u64) -> Result<Co
          PRAGMA synchronous = NORMAL;
          PRAGMA secure_delete = ON;",
     )?;
-    migrate(conn, path, version)
+    migrate_to(conn, version, SCHEMA_VERSION)
 }
 
-fn migrate(mut conn: Connection, path: &Path, from: i64) -> Result<Connection> {
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+/// Runs the migrations that take the schema from version `from` to `to`.
+fn migrate_to(mut conn: Connection, from: i64, to: i64) -> Result<Connection> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().take(to as usize).skip(from as usize) {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         // Someone else may have migrated while we waited for the lock.
         let now: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
@@ -185,7 +198,6 @@ fn migrate(mut conn: Connection, path: &Path, from: i64) -> Result<Connection> {
         tx.execute_batch(&format!("PRAGMA user_version = {};", i + 1))?;
         tx.commit()?;
     }
-    let _ = path;
     Ok(conn)
 }
 
@@ -274,6 +286,53 @@ mod tests {
         drop(c);
         let c = open(&p, Key::None, 1000).unwrap();
         integrity_check(&c).unwrap();
+    }
+
+    /// A profile written by the previous build (schema 2, no `memory_feedback`) opens,
+    /// migrates to the current version keeping its data, and mirrors corrections from then on.
+    #[test]
+    fn previous_schema_version_opens_and_migrates() {
+        use crate::{FeedbackKind, MemoryConfig, MemoryStore, NewFeedback, SearchMode, SearchQuery};
+        let p = tmp("previous");
+        {
+            let c = Connection::open(&p).unwrap();
+            let c = migrate_to(c, 0, 2).unwrap();
+            c.execute(
+                "INSERT INTO memories (text, created_at, updated_at) VALUES ('My sister Anna lives in Lisbon.', 1, 1)",
+                [],
+            )
+            .unwrap();
+            c.execute(
+                "INSERT INTO feedback (prompt, answer, kind, corrected, created_at)
+                 VALUES ('What is my cat''s name?', 'Tom', 'correction', 'Zorblax', 1)",
+                [],
+            )
+            .unwrap();
+            let v: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+            assert_eq!(v, 2);
+            let t: i64 = c
+                .query_row("SELECT count(*) FROM sqlite_schema WHERE name = 'memory_feedback'", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(t, 0);
+        }
+        let embedder = std::sync::Arc::new(crate::testing::HashEmbedder::new(16, 1));
+        let mut s = MemoryStore::open(&p, embedder, MemoryConfig::default()).unwrap();
+        let v: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(v, SCHEMA_VERSION);
+        integrity_check(&s.conn).unwrap();
+        // The old memory is there and embedded (it had no vector); the old correction was
+        // not mirrored retroactively.
+        let hit = &s.search(&SearchQuery::new("My sister Anna lives in Lisbon.", 1).mode(SearchMode::Vector)).unwrap()[0];
+        assert!(hit.memory.id == 1 && hit.similarity > 0.999);
+        assert_eq!(s.len().unwrap(), 1);
+        assert!(s.feedback_memories(1).unwrap().is_empty());
+        let f = s.add_feedback_mirrored(NewFeedback::new("What is my cat's name?", "Tom", FeedbackKind::Correction { corrected: "Zorblax".into() })).unwrap();
+        assert_eq!(f.id, 2);
+        assert_eq!(s.feedback_memories(2).unwrap(), vec![f.memory.unwrap().id]);
+        drop(s);
+        let c = open(&p, Key::None, 1000).unwrap();
+        let links: i64 = c.query_row("SELECT count(*) FROM memory_feedback", [], |r| r.get(0)).unwrap();
+        assert_eq!(links, 1);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! [`MemoryStore`]: opening a profile, adding, updating and forgetting memories.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,7 +13,7 @@ use crate::index::{dot, VectorIndex};
 use crate::key::EncryptionKey;
 use crate::schema::{self, Key};
 use crate::types::{
-    now_millis, AddAction, AddOutcome, HistoryEntry, Memory, MemoryId, MemoryUpdate, NewMemory, Page,
+    now_millis, AddAction, AddOutcome, HistoryEntry, Memory, MemoryId, MemoryUpdate, Millis, NewMemory, Page,
 };
 
 /// One user's profile: memories (with history, full-text and vector index), feedback events
@@ -31,6 +31,9 @@ pub struct MemoryStore {
     pub(crate) profile_id: String,
     /// A saved graph exists on disk for the current generation.
     saved: bool,
+    /// Embeddings of the prompts of mirrored corrections, by prompt text (derived data for
+    /// matching a new correction to an earlier one; cleared whenever something is forgotten).
+    pub(crate) prompt_vectors: HashMap<String, Vec<f32>>,
 }
 
 /// Index changes made inside a transaction, applied to the graph after it commits.
@@ -81,6 +84,7 @@ impl MemoryStore {
             index: empty,
             profile_id,
             saved: false,
+            prompt_vectors: HashMap::new(),
         };
         store.reembed_stale()?;
         let generation = meta_i64(&store.conn, "index_generation")?;
@@ -144,6 +148,18 @@ impl MemoryStore {
 
     /// Adds several memories in one transaction (all or none), embedding them in batches.
     pub fn add_many(&mut self, memories: Vec<NewMemory>) -> Result<Vec<AddOutcome>> {
+        let prepared = self.prepare(memories)?;
+        let dedup = self.config.dedup_threshold;
+        let mut w = Write::begin(&mut self.conn, &*self.embedder, &self.index)?;
+        let outcomes = prepared.iter().map(|m| w.add(m, dedup)).collect::<Result<Vec<_>>>()?;
+        let changes = w.commit()?;
+        self.apply(changes)?;
+        Ok(outcomes)
+    }
+
+    /// Checks and embeds memories before a write (embedding is the slow part; it is done
+    /// before the write lock is taken).
+    pub(crate) fn prepare(&self, memories: Vec<NewMemory>) -> Result<Vec<Prepared>> {
         let mut metas = Vec::with_capacity(memories.len());
         for m in &memories {
             self.check_text(&m.text)?;
@@ -151,63 +167,18 @@ impl MemoryStore {
         }
         let texts: Vec<&str> = memories.iter().map(|m| m.text.as_str()).collect();
         let vectors = self.embed(&texts)?;
-        let threshold = self.config.dedup_threshold;
-        let now = now_millis();
-        let mut changes = Changes::default();
-        let mut outcomes = Vec::with_capacity(memories.len());
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for ((m, meta), v) in memories.iter().zip(metas).zip(vectors) {
-            let dup = match threshold {
-                Some(t) => nearest(&tx, &self.index, &changes, &v)?.filter(|(_, s)| *s >= t),
-                None => None,
-            };
-            let importance = m.importance.map(|i| i.clamp(0.0, 1.0));
-            let outcome = match dup {
-                Some((id, sim)) => {
-                    let old_text: String = tx.query_row("SELECT text FROM memories WHERE id = ?1", [id], |r| r.get(0))?;
-                    if old_text == m.text {
-                        tx.execute("UPDATE memories SET updated_at = ?2 WHERE id = ?1", params![id, now])?;
-                        if let Some(i) = importance {
-                            tx.execute("UPDATE memories SET importance = ?2 WHERE id = ?1", params![id, i])?;
-                        }
-                        AddOutcome { id, action: AddAction::Unchanged, similarity: Some(sim) }
-                    } else {
-                        let meta = if m.metadata.is_null() { None } else { Some(meta) };
-                        update_row(&tx, &*self.embedder, &mut changes, id, Some((&m.text, v)), meta, importance, now)?;
-                        AddOutcome { id, action: AddAction::Updated, similarity: Some(sim) }
-                    }
-                }
-                None => {
-                    let vec_id = alloc_vec_id(&tx)?;
-                    let created = m.created_at.unwrap_or(now);
-                    tx.execute(
-                        "INSERT INTO memories (text, metadata, created_at, updated_at, importance,
-                                               embedding, embedding_model, embedding_dim, vec_id)
-                         VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
-                        params![
-                            m.text,
-                            meta,
-                            created,
-                            importance.unwrap_or(0.5),
-                            to_blob(&v),
-                            self.embedder.model_id(),
-                            v.len() as i64,
-                            vec_id as i64
-                        ],
-                    )?;
-                    let id = tx.last_insert_rowid();
-                    changes.inserts.push((vec_id, v));
-                    AddOutcome { id, action: AddAction::Inserted, similarity: None }
-                }
-            };
-            outcomes.push(outcome);
-        }
-        if changes.touches_vectors() {
-            bump_generation(&tx, &mut changes)?;
-        }
-        tx.commit()?;
-        self.apply(changes)?;
-        Ok(outcomes)
+        Ok(memories
+            .into_iter()
+            .zip(metas)
+            .zip(vectors)
+            .map(|((m, meta), vector)| Prepared {
+                metadata: if m.metadata.is_null() { None } else { Some(meta) },
+                text: m.text,
+                importance: m.importance.map(|i| i.clamp(0.0, 1.0)),
+                created_at: m.created_at,
+                vector,
+            })
+            .collect())
     }
 
     /// The memory with this id.
@@ -229,18 +200,14 @@ impl MemoryStore {
             Some(t) => Some(self.embed(&[t.as_str()])?.remove(0)),
             None => None,
         };
-        let mut changes = Changes::default();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let exists: bool = tx.query_row("SELECT count(*) FROM memories WHERE id = ?1", [id], |r| r.get::<_, i64>(0))? > 0;
+        let mut w = Write::begin(&mut self.conn, &*self.embedder, &self.index)?;
+        let exists: bool = w.tx.query_row("SELECT count(*) FROM memories WHERE id = ?1", [id], |r| r.get::<_, i64>(0))? > 0;
         if !exists {
             return Err(Error::MemoryNotFound { id });
         }
         let text = update.text.as_deref().zip(vector);
-        update_row(&tx, &*self.embedder, &mut changes, id, text, meta, update.importance.map(|i| i.clamp(0.0, 1.0)), now_millis())?;
-        if changes.touches_vectors() {
-            bump_generation(&tx, &mut changes)?;
-        }
-        tx.commit()?;
+        w.update(id, text, meta, update.importance.map(|i| i.clamp(0.0, 1.0)))?;
+        let changes = w.commit()?;
         self.apply(changes)?;
         self.get(id)
     }
@@ -300,6 +267,7 @@ impl MemoryStore {
         let n = tx.execute("DELETE FROM memories", [])?;
         bump_generation(&tx, &mut changes)?;
         tx.commit()?;
+        self.prompt_vectors.clear();
         self.index = VectorIndex::build(self.embedder.dim(), self.config.index.clone(), -1, &[]);
         self.index.generation = changes.generation.map(|g| g.1).unwrap_or(-1);
         VectorIndex::remove_saved(&self.index_dir());
@@ -313,32 +281,23 @@ impl MemoryStore {
     }
 
     pub(crate) fn forget_ids(&mut self, ids: &[MemoryId]) -> Result<usize> {
-        let mut changes = Changes::default();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let mut n = 0;
-        {
-            let mut sel = tx.prepare_cached("SELECT vec_id FROM memories WHERE id = ?1")?;
-            let mut del = tx.prepare_cached("DELETE FROM memories WHERE id = ?1")?;
-            for &id in ids {
-                let vec_id: Option<Option<i64>> = sel.query_row([id], |r| r.get(0)).optional()?;
-                if let Some(v) = vec_id {
-                    del.execute([id])?;
-                    n += 1;
-                    if let Some(v) = v {
-                        changes.removes.push(v as usize);
-                    }
-                }
-            }
-        }
-        if n > 0 {
-            bump_generation(&tx, &mut changes)?;
-        }
-        tx.commit()?;
+        let mut w = Write::begin(&mut self.conn, &*self.embedder, &self.index)?;
+        let n = w.delete(ids)?;
+        let changes = w.commit()?;
+        self.forgotten(changes, n > 0)?;
+        Ok(n)
+    }
+
+    /// After a committed write that forgot something: applies its index changes, drops the
+    /// cached prompt vectors (derived from what may be forgotten now) and, with `checkpoint`,
+    /// checkpoints the WAL so the deleted text leaves it.
+    pub(crate) fn forgotten(&mut self, changes: Changes, checkpoint: bool) -> Result<()> {
+        self.prompt_vectors.clear();
         self.apply(changes)?;
-        if n > 0 {
+        if checkpoint {
             self.checkpoint()?;
         }
-        Ok(n)
+        Ok(())
     }
 
     /// Saves the vector graph beside the database so the next open loads it instead of
@@ -511,13 +470,181 @@ impl Drop for MemoryStore {
     }
 }
 
+/// A memory checked and embedded by [`MemoryStore::prepare`], ready to be written.
+pub(crate) struct Prepared {
+    pub(crate) text: String,
+    /// The metadata JSON; `None` when none was given (an update then keeps the old one).
+    pub(crate) metadata: Option<String>,
+    pub(crate) importance: Option<f32>,
+    pub(crate) created_at: Option<Millis>,
+    pub(crate) vector: Vec<f32>,
+}
+
+/// One write transaction (`BEGIN IMMEDIATE`) on the memory tables, and the index changes it
+/// makes. Other writes (feedback rows, links) go through [`Write::tx`] in the same
+/// transaction. [`Write::commit`] hands back the changes for [`MemoryStore::apply`], which the
+/// caller runs after the commit; dropped uncommitted, everything rolls back and the graph is
+/// as it was.
+///
+/// It borrows the store's fields separately (not the store) so the caller can still read its
+/// configuration while the transaction is open.
+pub(crate) struct Write<'a> {
+    pub(crate) tx: Transaction<'a>,
+    embedder: &'a dyn Embed,
+    index: &'a VectorIndex,
+    changes: Changes,
+    /// One timestamp for everything this transaction writes.
+    pub(crate) now: Millis,
+    /// A deletion happened: the generation moves even if no vector was removed.
+    deleted: bool,
+    /// Graph nodes of memories mirrored from feedback (see [`Write::add`]); loaded when first
+    /// needed, reset by the writes that change the set (a mirror written, a memory deleted).
+    pub(crate) mirrored_vecs: Option<HashSet<usize>>,
+}
+
+impl<'a> Write<'a> {
+    pub(crate) fn begin(conn: &'a mut Connection, embedder: &'a dyn Embed, index: &'a VectorIndex) -> Result<Self> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        Ok(Write { tx, embedder, index, changes: Changes::default(), now: now_millis(), deleted: false, mirrored_vecs: None })
+    }
+
+    /// The store's embedder.
+    pub(crate) fn embedder(&self) -> &dyn Embed {
+        self.embedder
+    }
+
+    /// Adds a plain memory: with `dedup` set, a near-duplicate (cosine ≥ `dedup`) among the
+    /// plain memories is updated instead. Memories mirrored from feedback are never merged
+    /// this way (their own rule is in `MemoryStore::add_feedback_mirrored`), in either
+    /// direction: a plain add must not rewrite a correction, nor tie a user's own memory to a
+    /// feedback event whose forgetting would delete it.
+    pub(crate) fn add(&mut self, m: &Prepared, dedup: Option<f32>) -> Result<AddOutcome> {
+        let dup = match dedup {
+            Some(t) => {
+                if self.mirrored_vecs.is_none() {
+                    self.mirrored_vecs = Some(mirrored_vec_ids(&self.tx)?);
+                }
+                let skip = self.mirrored_vecs.as_ref().expect("loaded above");
+                nearest(&self.tx, self.index, &self.changes, skip, &m.vector)?.filter(|(_, s)| *s >= t)
+            }
+            None => None,
+        };
+        let Some((id, sim)) = dup else {
+            let id = self.insert(m)?;
+            return Ok(AddOutcome { id, action: AddAction::Inserted, similarity: None });
+        };
+        let old_text: String = self.tx.query_row("SELECT text FROM memories WHERE id = ?1", [id], |r| r.get(0))?;
+        if old_text == m.text {
+            self.tx.execute("UPDATE memories SET updated_at = ?2 WHERE id = ?1", params![id, self.now])?;
+            if let Some(i) = m.importance {
+                self.tx.execute("UPDATE memories SET importance = ?2 WHERE id = ?1", params![id, i])?;
+            }
+            Ok(AddOutcome { id, action: AddAction::Unchanged, similarity: Some(sim) })
+        } else {
+            self.update(id, Some((&m.text, m.vector.clone())), m.metadata.clone(), m.importance)?;
+            Ok(AddOutcome { id, action: AddAction::Updated, similarity: Some(sim) })
+        }
+    }
+
+    /// Inserts a new memory row; returns its id.
+    pub(crate) fn insert(&mut self, m: &Prepared) -> Result<MemoryId> {
+        let vec_id = alloc_vec_id(&self.tx)?;
+        let created = m.created_at.unwrap_or(self.now);
+        self.tx.execute(
+            "INSERT INTO memories (text, metadata, created_at, updated_at, importance,
+                                   embedding, embedding_model, embedding_dim, vec_id)
+             VALUES (?1, ?2, ?3, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![
+                m.text,
+                m.metadata.as_deref().unwrap_or("{}"),
+                created,
+                m.importance.unwrap_or(0.5),
+                to_blob(&m.vector),
+                self.embedder.model_id(),
+                m.vector.len() as i64,
+                vec_id as i64
+            ],
+        )?;
+        self.changes.inserts.push((vec_id, m.vector.clone()));
+        Ok(self.tx.last_insert_rowid())
+    }
+
+    /// Updates a memory (which must exist), moving its old text and metadata to history.
+    pub(crate) fn update(
+        &mut self,
+        id: MemoryId,
+        text: Option<(&str, Vec<f32>)>,
+        metadata: Option<String>,
+        importance: Option<f32>,
+    ) -> Result<()> {
+        update_row(&self.tx, self.embedder, &mut self.changes, id, text, metadata, importance, self.now)
+    }
+
+    /// Deletes memories with their history, full-text entries (triggers) and feedback links
+    /// (cascade); their graph nodes go at apply. Unknown ids are skipped. Returns how many.
+    pub(crate) fn delete(&mut self, ids: &[MemoryId]) -> Result<usize> {
+        let mut n = 0;
+        {
+            let mut sel = self.tx.prepare_cached("SELECT vec_id FROM memories WHERE id = ?1")?;
+            let mut del = self.tx.prepare_cached("DELETE FROM memories WHERE id = ?1")?;
+            for &id in ids {
+                let vec_id: Option<Option<i64>> = sel.query_row([id], |r| r.get(0)).optional()?;
+                if let Some(v) = vec_id {
+                    del.execute([id])?;
+                    n += 1;
+                    if let Some(v) = v {
+                        let v = v as usize;
+                        // A node inserted earlier in this transaction never reaches the graph.
+                        match self.changes.inserts.iter().position(|(i, _)| *i == v) {
+                            Some(pos) => {
+                                self.changes.inserts.remove(pos);
+                            }
+                            None => self.changes.removes.push(v),
+                        }
+                    }
+                }
+            }
+        }
+        if n > 0 {
+            self.deleted = true;
+            self.mirrored_vecs = None;
+        }
+        Ok(n)
+    }
+
+    /// Commits (moving the index generation when embeddings changed); the returned changes
+    /// are for [`MemoryStore::apply`].
+    pub(crate) fn commit(mut self) -> Result<Changes> {
+        if self.deleted || self.changes.touches_vectors() {
+            bump_generation(&self.tx, &mut self.changes)?;
+        }
+        self.tx.commit()?;
+        Ok(self.changes)
+    }
+}
+
+/// Graph nodes of the memories linked to feedback events.
+fn mirrored_vec_ids(tx: &Transaction<'_>) -> Result<HashSet<usize>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT vec_id FROM memories WHERE vec_id IS NOT NULL AND id IN (SELECT memory_id FROM memory_feedback)",
+    )?;
+    let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
+    Ok(rows.map(|r| r.map(|v| v as usize)).collect::<rusqlite::Result<_>>()?)
+}
+
 /// The most similar live memory to `v` among the committed graph and this transaction's
-/// pending inserts.
-fn nearest(tx: &Transaction<'_>, index: &VectorIndex, changes: &Changes, v: &[f32]) -> Result<Option<(MemoryId, f32)>> {
+/// pending inserts, leaving out the nodes in `skip`.
+fn nearest(
+    tx: &Transaction<'_>,
+    index: &VectorIndex,
+    changes: &Changes,
+    skip: &HashSet<usize>,
+    v: &[f32],
+) -> Result<Option<(MemoryId, f32)>> {
     let removed: HashSet<usize> = changes.removes.iter().copied().collect();
-    let allow = |id: usize| !removed.contains(&id);
+    let allow = |id: usize| !removed.contains(&id) && !skip.contains(&id);
     let mut best: Option<(usize, f32)> = index.search(v, 1, Some(&allow)).into_iter().next();
-    for (id, pv) in &changes.inserts {
+    for (id, pv) in changes.inserts.iter().filter(|(id, _)| !skip.contains(id)) {
         let s = dot(v, pv);
         if best.is_none_or(|b| s > b.1) {
             best = Some((*id, s));

@@ -334,6 +334,20 @@ impl NewFeedback {
     }
 }
 
+/// What [`crate::MemoryStore::add_feedback_mirrored`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct FeedbackAdded {
+    /// The new feedback event's id.
+    pub id: i64,
+    /// The memory the event was mirrored into, for a correction (with
+    /// [`crate::MemoryConfig::mirror_corrections`] on): [`AddAction::Inserted`] for a new
+    /// question, [`AddAction::Updated`] when an earlier correction of the same question was
+    /// overwritten (its `similarity` is then the cosine between the two prompts' embeddings).
+    /// `None` for other kinds, or a correction whose corrected text is blank.
+    pub memory: Option<AddOutcome>,
+}
+
 /// A stored feedback event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Feedback {

@@ -163,7 +163,8 @@ fn export_import_round_trip() {
     let dir2 = tmp_dir("api-import");
     let mut t = hash_store(&dir2, 16, MemoryConfig::default());
     let r = t.import_json(&json).unwrap();
-    assert_eq!((r.memories, r.feedback, r.adapters), (2, 1, 1));
+    // Two memories and the correction's mirror.
+    assert_eq!((r.memories, r.feedback, r.adapters), (3, 1, 1));
     let e1 = s.export().unwrap();
     let e2 = t.export().unwrap();
     let strip = |e: &tailor_memory::Export| -> Vec<(String, serde_json::Value, i64, Vec<String>)> {

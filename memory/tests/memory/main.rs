@@ -4,6 +4,7 @@ mod common;
 
 mod api;
 mod bad_input;
+mod corrections;
 mod crash;
 mod embedder;
 #[cfg(feature = "encryption")]
