@@ -2,12 +2,14 @@
 //!
 //! Embeddings are not exported (they belong to a model, not to the user); import embeds again.
 
-use rusqlite::{params, TransactionBehavior};
+use std::collections::HashMap;
+
+use rusqlite::params;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::records::feedback_params;
-use crate::store::MemoryStore;
+use crate::store::{MemoryStore, Write};
 use crate::types::{now_millis, AdapterRecord, Feedback, HistoryEntry, Memory, Millis, NewMemory};
 
 /// `format` of an export file.
@@ -43,6 +45,11 @@ pub struct ExportedMemory {
     /// Its history, oldest first.
     #[serde(default)]
     pub history: Vec<HistoryEntry>,
+    /// The feedback events (ids in this export's `feedback`) it was mirrored from; empty for
+    /// a memory of the user's own. Import links the copy to the imported events, so that
+    /// forgetting one forgets the copy.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feedback_ids: Vec<i64>,
 }
 
 /// What an import added.
@@ -65,7 +72,8 @@ impl MemoryStore {
             let page = self.list(after, 1000)?;
             for m in page.memories {
                 let history = self.history(m.id)?;
-                memories.push(ExportedMemory { memory: m, history });
+                let feedback_ids = self.memory_feedback_ids(m.id)?;
+                memories.push(ExportedMemory { memory: m, history, feedback_ids });
             }
             match page.next_after {
                 Some(a) => after = Some(a),
@@ -88,9 +96,11 @@ impl MemoryStore {
         serde_json::to_string_pretty(&self.export()?).map_err(|e| Error::invalid(format!("export: {e}")))
     }
 
-    /// Adds an export's contents to this profile (all or nothing). Memories get new ids, keep
-    /// their timestamps, importance and history, and are embedded with this store's embedder;
-    /// they are not merged with near-duplicates.
+    /// Adds an export's contents to this profile (all or nothing: one transaction). Memories
+    /// get new ids, keep their timestamps, importance, history and links to the imported
+    /// feedback events, and are embedded with this store's embedder; they are not merged with
+    /// near-duplicates. Feedback events get new ids too (a mirrored memory's
+    /// `metadata.feedback_id` follows).
     pub fn import(&mut self, export: &Export) -> Result<ImportReport> {
         if export.format != EXPORT_FORMAT {
             return Err(Error::InvalidExport { reason: format!("format is `{}`, not `{EXPORT_FORMAT}`", export.format) });
@@ -100,53 +110,62 @@ impl MemoryStore {
                 reason: format!("version {} (this build reads 1..={EXPORT_VERSION})", export.version),
             });
         }
-        let mut news = Vec::with_capacity(export.memories.len());
-        for m in &export.memories {
-            self.check_text(&m.memory.text)?;
-            self.metadata_json(&m.memory.metadata)?;
-            news.push(
+        let news: Vec<NewMemory> = export
+            .memories
+            .iter()
+            .map(|m| {
                 NewMemory::new(m.memory.text.clone())
                     .metadata(m.memory.metadata.clone())
                     .importance(m.memory.importance)
-                    .created_at(m.memory.created_at),
-            );
-        }
-        let dedup = self.config.dedup_threshold.take();
-        let added = self.add_many(news);
-        self.config.dedup_threshold = dedup;
-        let added = added?;
-        // Timestamps, access counts and history of the new rows.
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        for (m, out) in export.memories.iter().zip(&added) {
-            tx.execute(
-                "UPDATE memories SET updated_at = ?2, access_count = ?3, last_accessed_at = ?4 WHERE id = ?1",
-                params![out.id, m.memory.updated_at, m.memory.access_count, m.memory.last_accessed_at],
-            )?;
-            for h in &m.history {
-                tx.execute(
-                    "INSERT INTO memory_history (memory_id, text, metadata, superseded_at) VALUES (?1, ?2, ?3, ?4)",
-                    params![out.id, h.text, h.metadata.to_string(), h.superseded_at],
-                )?;
-            }
-        }
+                    .created_at(m.memory.created_at)
+            })
+            .collect();
+        let prepared = self.prepare(news)?;
+        let mut w = Write::begin(&mut self.conn, &*self.embedder, &self.index)?;
+        let mut feedback_ids = HashMap::new();
         for f in &export.feedback {
             let (kind, corrected, chosen, rejected) = feedback_params(&f.kind);
-            tx.execute(
+            w.tx.execute(
                 "INSERT INTO feedback (turn_id, prompt, answer, kind, corrected, chosen, rejected, created_at,
                                        consumed_by, consumed_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
                 params![f.turn_id, f.prompt, f.answer, kind, corrected, chosen, rejected, f.created_at, f.consumed_by, f.consumed_at],
             )?;
+            feedback_ids.insert(f.id, w.tx.last_insert_rowid());
+        }
+        for (m, new) in export.memories.iter().zip(&prepared) {
+            let id = w.insert(new)?;
+            // Timestamps, access counts, history and feedback links of the new row.
+            w.tx.execute(
+                "UPDATE memories SET updated_at = ?2, access_count = ?3, last_accessed_at = ?4 WHERE id = ?1",
+                params![id, m.memory.updated_at, m.memory.access_count, m.memory.last_accessed_at],
+            )?;
+            for h in &m.history {
+                w.tx.execute(
+                    "INSERT INTO memory_history (memory_id, text, metadata, superseded_at) VALUES (?1, ?2, ?3, ?4)",
+                    params![id, h.text, h.metadata.to_string(), h.superseded_at],
+                )?;
+            }
+            for old in &m.feedback_ids {
+                if let Some(new) = feedback_ids.get(old) {
+                    w.tx.execute("INSERT OR IGNORE INTO memory_feedback (memory_id, feedback_id) VALUES (?1, ?2)", params![id, new])?;
+                }
+            }
+            let old = m.memory.metadata.get("feedback_id").and_then(|v| v.as_i64());
+            if let Some(new) = old.filter(|o| m.feedback_ids.contains(o)).and_then(|o| feedback_ids.get(&o)) {
+                w.tx.execute("UPDATE memories SET metadata = json_set(metadata, '$.feedback_id', ?2) WHERE id = ?1", params![id, new])?;
+            }
         }
         let mut adapters = 0;
         for a in &export.adapters {
-            adapters += tx.execute(
+            adapters += w.tx.execute(
                 "INSERT OR IGNORE INTO adapters (version, parent, created_at, metrics) VALUES (?1, ?2, ?3, ?4)",
                 params![a.version, a.parent, a.created_at, a.metrics.to_string()],
             )?;
         }
-        tx.commit()?;
-        Ok(ImportReport { memories: added.len(), feedback: export.feedback.len(), adapters })
+        let changes = w.commit()?;
+        self.apply(changes)?;
+        Ok(ImportReport { memories: prepared.len(), feedback: export.feedback.len(), adapters })
     }
 
     /// [`MemoryStore::import`] from JSON text.

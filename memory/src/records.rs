@@ -161,6 +161,15 @@ impl MemoryStore {
         Ok(ids.len())
     }
 
+    /// The feedback events a memory was mirrored from, in id order (empty for a memory of the
+    /// user's own).
+    pub(crate) fn memory_feedback_ids(&self, memory_id: MemoryId) -> Result<Vec<i64>> {
+        let mut stmt =
+            self.conn.prepare_cached("SELECT feedback_id FROM memory_feedback WHERE memory_id = ?1 ORDER BY feedback_id")?;
+        let rows = stmt.query_map([memory_id], |r| r.get(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Records a trained adapter version in the lineage. `parent` must be recorded already.
     pub fn record_adapter(&mut self, version: &str, parent: Option<&str>, metrics: serde_json::Value) -> Result<AdapterRecord> {
         if version.is_empty() {

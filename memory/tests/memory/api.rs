@@ -173,6 +173,13 @@ fn export_import_round_trip() {
     assert_eq!(strip(&e1), strip(&e2));
     assert_eq!(e1.adapters, e2.adapters);
     assert_eq!(t.search(&SearchQuery::new("second text", 1).mode(SearchMode::Vector)).unwrap()[0].memory.text, "second text");
+    // The mirror is linked to the imported event: forgetting it forgets the copy.
+    let f = t.list_feedback(&FeedbackQuery::default()).unwrap()[0].id;
+    let mirrored = t.feedback_memories(f).unwrap();
+    assert_eq!(mirrored.len(), 1);
+    assert_eq!(t.get(mirrored[0]).unwrap().metadata["feedback_id"], json!(f));
+    t.forget_feedback(&[f]).unwrap();
+    assert_eq!(t.len().unwrap(), 2);
     assert!(matches!(t.import_json("{\"format\": \"x\", \"version\": 1, \"exported_at\": 0, \"memories\": []}"), Err(Error::InvalidExport { .. })));
     assert!(matches!(t.import_json("{\"format\": \"tailor-memory-export\", \"version\": 99, \"exported_at\": 0, \"memories\": []}"), Err(Error::InvalidExport { .. })));
     assert!(matches!(t.import_json("not json"), Err(Error::InvalidExport { .. })));

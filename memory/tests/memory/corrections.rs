@@ -268,3 +268,40 @@ fn a_failed_mirror_writes_neither_row() {
     assert!(v.memory.id == id && v.similarity > 0.999);
     s.integrity_check().unwrap();
 }
+
+/// Export and import keep a mirror tied to its events (under their new ids), so forgetting an
+/// imported event forgets the imported memory too.
+#[test]
+fn export_import_keeps_the_links() {
+    let dir = tmp_dir("corrections-export");
+    let mut s = hash_store(&dir, 16, MemoryConfig::default());
+    s.add_feedback(NewFeedback::new("p", "a", FeedbackKind::ThumbsUp)).unwrap();
+    s.add_feedback(correction("What is my cat's name?", "Zorblax")).unwrap();
+    let last = s.add_feedback(correction("what is my cat's name", "Mittens")).unwrap();
+    s.add(NewMemory::new("My own memory.")).unwrap();
+    let export = s.export().unwrap();
+    assert_eq!(export.memories[0].feedback_ids.len(), 2);
+    assert!(export.memories[1].feedback_ids.is_empty());
+    assert!(!serde_json::to_string(&export.memories[1]).unwrap().contains("feedback_ids"), "old readers see no new field");
+
+    let dir2 = tmp_dir("corrections-import");
+    let mut t = hash_store(&dir2, 16, MemoryConfig::default());
+    t.add_feedback(NewFeedback::new("here before", "a", FeedbackKind::ThumbsDown)).unwrap();
+    let r = t.import(&export).unwrap();
+    assert_eq!((r.memories, r.feedback), (2, 3));
+    let ids: Vec<i64> = t.list_feedback(&FeedbackQuery::default()).unwrap().iter().map(|f| f.id).collect();
+    assert_eq!(ids.len(), 4);
+    let (first, newest) = (ids[2], ids[3]);
+    assert_ne!(newest, last, "the events got new ids");
+    let mirror = t.feedback_memories(newest).unwrap();
+    assert_eq!(t.feedback_memories(first).unwrap(), mirror);
+    let m = t.get(mirror[0]).unwrap();
+    assert_eq!(m.metadata["feedback_id"], json!(newest), "metadata follows the new id");
+    assert_eq!(t.history(m.id).unwrap()[0].text, "Q: What is my cat's name? A: Zorblax");
+    // The imported mirror takes part in the prompt rule like any other.
+    let again = t.add_feedback_mirrored(correction("WHAT IS MY CAT'S NAME?", "Mittens II")).unwrap().memory.unwrap();
+    assert_eq!((again.id, again.action), (m.id, AddAction::Updated));
+    t.forget_feedback(&[first]).unwrap();
+    assert!(t.get(m.id).is_err());
+    assert_eq!(t.len().unwrap(), 1);
+}
