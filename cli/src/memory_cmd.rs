@@ -232,8 +232,14 @@ pub(crate) fn run_feedback(command: FeedbackCommand) -> Result<()> {
                 (None, None, Some(chosen), Some(rejected)) => FeedbackKind::Preference { chosen, rejected },
                 _ => bail!("give exactly one of --thumbs, --correction, or --chosen with --rejected"),
             };
-            let id = profile.open()?.add_feedback(NewFeedback::new(prompt, answer, kind))?;
-            println!("{}", serde_json::json!({ "id": id }));
+            let added = profile.open()?.add_feedback_mirrored(NewFeedback::new(prompt, answer, kind))?;
+            let mut v = serde_json::json!({ "id": added.id });
+            // A correction is also a memory, in the prompt of the next relevant question.
+            if let Some(m) = added.memory {
+                v["memory"] = serde_json::json!({ "id": m.id, "action": format!("{:?}", m.action).to_lowercase() });
+                eprintln!("[memory #{}]", m.id);
+            }
+            println!("{v}");
         }
         FeedbackCommand::List { unconsumed, profile } => {
             let store = profile.open()?;

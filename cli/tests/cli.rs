@@ -235,7 +235,8 @@ fn memory_add_search_forget_export_import() {
 }
 
 /// `generate --profile` puts the relevant memories in the prompt and reports them (`--json`,
-/// or a line on stderr); `--no-memory` leaves them out.
+/// or a line on stderr); `--no-memory` leaves them out; a correction recorded with `feedback
+/// add` is a memory the next answer gets.
 #[test]
 fn generate_uses_the_profiles_memories() {
     let (dir, model) = tiny();
@@ -258,6 +259,19 @@ fn generate_uses_the_profiles_memories() {
     assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("[memories: #{dog}]")), "{}", String::from_utf8_lossy(&out.stderr));
     let out = tailor(&["generate", "What is my dog called?", "--profile", p, "--model", m, "--max-tokens", "2", "--no-memory"]);
     assert!(!String::from_utf8_lossy(&out.stderr).contains("[memories:"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = tailor(&["feedback", "add", "--prompt", "Where do I live?", "--answer", "Paris.", "--correction", "You live in Porto.", "--profile", p]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let fb: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mirrored = fb["memory"]["id"].as_i64().unwrap_or_else(|| panic!("no mirrored memory: {fb}"));
+    let mut a = vec!["generate", "Where do I live?", "--profile", p, "--model", m, "--json", "--max-tokens", "2"];
+    let out = tailor(&a);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let first = &v["memories"][0];
+    assert_eq!((first["id"].as_i64(), first["text"].as_str()), (Some(mirrored), Some("Q: Where do I live? A: You live in Porto.")), "{v}");
+    a.push("--no-memory");
+    let v: serde_json::Value = serde_json::from_slice(&tailor(&a).stdout).unwrap();
+    assert_eq!(v["memories"], serde_json::json!([]));
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -172,11 +172,15 @@ impl TailorMcp {
     }
 
     #[tool(
-        description = "Record the user's feedback on an answer, which the personal model later trains on: thumbs (up|down), a correction (the answer as it should have been), or chosen with rejected (a preference). Returns the feedback id.",
+        description = "Record the user's feedback on an answer, which the personal model later trains on: thumbs (up|down), a correction (the answer as it should have been), or chosen with rejected (a preference). A correction is also remembered at once, so the personal model uses it from its next answer. Returns the feedback id (and the memory id of a correction).",
         annotations(title = "Give feedback", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
     )]
-    async fn give_feedback(&self, Parameters(args): Parameters<FeedbackArgs>) -> Result<Json<FeedbackRecorded>, String> {
-        blocking(&self.tools, move |t| t.give_feedback(args)).await
+    async fn give_feedback(&self, Parameters(args): Parameters<FeedbackArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<FeedbackRecorded>, String> {
+        let out = blocking(&self.tools, move |t| t.give_feedback(args)).await?;
+        if out.0.memory_id.is_some() {
+            self.memories_changed(&ctx).await;
+        }
+        Ok(out)
     }
 
     #[tool(

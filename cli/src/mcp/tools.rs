@@ -237,6 +237,10 @@ impl FeedbackArgs {
 pub(crate) struct FeedbackRecorded {
     /// The feedback event's id.
     pub(crate) id: i64,
+    /// A correction is also stored as a memory (`Q: <prompt> A: <correction>`, in the prompt
+    /// of the next relevant question): its id.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) memory_id: Option<i64>,
 }
 
 /// `ask_personal_model`.
@@ -380,8 +384,8 @@ impl Tools {
         let kind = args.kind()?;
         let prompt = nonempty_text("prompt", &args.prompt)?;
         let answer = nonempty_text("answer", &args.answer)?;
-        let id = self.with_store(|s| Ok(s.add_feedback(NewFeedback::new(prompt, answer, kind))?))?;
-        Ok(FeedbackRecorded { id })
+        let added = self.with_store(|s| Ok(s.add_feedback_mirrored(NewFeedback::new(prompt, answer, kind))?))?;
+        Ok(FeedbackRecorded { id: added.id, memory_id: added.memory.map(|m| m.id) })
     }
 
     /// `ask_personal_model`: the profile's active adapter answers, with the memories relevant
@@ -571,7 +575,7 @@ mod tests {
         assert!(tools.recall(args(serde_json::json!({"query": " "}))).is_err());
 
         let fb = tools.give_feedback(args(serde_json::json!({"prompt": "Hi", "answer": "Hello", "thumbs": "up"}))).unwrap();
-        assert!(fb.id > 0);
+        assert!(fb.id > 0 && fb.memory_id.is_none());
         assert!(tools.give_feedback(args(serde_json::json!({"prompt": "", "answer": "Hello", "thumbs": "up"}))).is_err());
 
         let a = tools.ask(args(serde_json::json!({"question": "My dog is called Biscuit.", "max_tokens": 4})), &|| false).unwrap();

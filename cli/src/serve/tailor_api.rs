@@ -62,12 +62,13 @@ struct FeedbackBody {
 
 /// `POST /v1/tailor/feedback`: `{"model"?, "prompt", "answer", "kind": "thumbs_up" |
 /// "thumbs_down" | "correction" (+ "corrected") | "preference" (+ "chosen", "rejected"),
-/// "turn_id"?}` → `{"id"}`.
+/// "turn_id"?}` → `{"id", "memory_id"}`: a correction is also stored as a memory (in the
+/// prompt of the next relevant question), `memory_id` is its id (`null` for other kinds).
 pub(crate) async fn feedback_add(State(state): St, b: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: FeedbackBody = parse(&body(b)?)?;
     let pm = personal(&state, req.model.as_deref())?;
-    let id = blocking(move || Ok(store(&pm).add_feedback(req.feedback)?)).await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": id}))))
+    let added = blocking(move || Ok(store(&pm).add_feedback_mirrored(req.feedback)?)).await?;
+    Ok((StatusCode::CREATED, Json(json!({"id": added.id, "memory_id": added.memory.map(|m| m.id)}))))
 }
 
 /// `GET /v1/tailor/feedback?model=&after=&limit=`.

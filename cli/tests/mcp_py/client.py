@@ -146,8 +146,12 @@ async def main():
             found["missing_resource_error"] = e.error.code
 
         # Feedback.
+        await reset_changes()
         fb = await call_ok(client, "give_feedback", {"prompt": "What is my dog called?", "answer": "Rex.", "correction": "Biscuit."})
         assert isinstance(fb["id"], int)
+        # The correction is mirrored into a memory (and the resource list changes).
+        assert isinstance(fb.get("memory_id"), int), fb
+        await wait_change("give_feedback")
         fb2 = await call_ok(client, "give_feedback", {"prompt": "Hi", "answer": "Hello!", "thumbs": "up"})
         assert fb2["id"] != fb["id"]
 
@@ -194,7 +198,7 @@ async def main():
         assert f"memory://{dog['id']}" not in uris, uris
         await call_err(client, "forget", {"id": dog["id"]}, str(dog["id"]))
         out = await call_ok(client, "forget", {"all": True, "confirm": True})
-        assert out["forgotten"] == 1, out
+        assert out["forgotten"] == 2, out  # the tea, and the mirrored correction
         every = json.loads((await client.read_resource("memory://all")).contents[0].text)
         assert every == [], every
         tg.cancel_scope.cancel()

@@ -238,6 +238,7 @@ fb = http.post("/tailor/feedback", json={"prompt": "What is my dog called?", "an
                                          "kind": "correction", "corrected": "Your dog is called Biscuit."})
 assert fb.status_code == 201, fb.text
 fid = fb.json()["id"]
+assert isinstance(fb.json()["memory_id"], int), fb.json()  # the correction, mirrored into a memory
 assert [x["id"] for x in http.get("/tailor/feedback").json()["data"]] == [fid]
 assert http.post("/tailor/feedback", json={"prompt": "x", "answer": "y", "kind": "sideways"}).status_code == 400
 job = http.post("/tailor/training", json={"model": personal, "max_steps": 2})
