@@ -67,15 +67,31 @@ pub(crate) fn train(args: TrainArgs) -> Result<()> {
         println!("resumed a stopped run at step {step}");
     }
     println!(
-        "trained {} steps on {} examples ({} held out) · {:.0} tok/s · {:.1}s",
+        "trained {} steps on {} examples + {} replay ({} held out) · {:.0} tok/s · {:.1}s (data {:.0}s, gate {:.0}s)",
         m.steps,
         outcome.train_examples,
+        outcome.replay_examples,
         outcome.held_out_examples,
         m.tokens_per_s,
-        m.elapsed.as_secs_f64()
+        m.elapsed.as_secs_f64(),
+        outcome.prepare_seconds,
+        outcome.gate_seconds
     );
-    let sample = if outcome.held_out_in_sample { " (no held-out example: scored on the training set)" } else { "" };
-    println!("held-out NLL: {:.4} → {:.4}{sample}", outcome.held_out_before, outcome.held_out_after);
+    println!(
+        "held-out paraphrases of your corrections answered right: {} → {} of {} (answer NLL {:.4} → {:.4}{})",
+        outcome.probes_right_before,
+        outcome.probes_right_after,
+        outcome.probes,
+        outcome.held_out_before,
+        outcome.held_out_after,
+        if outcome.held_out_in_sample { ", scored on the training set: no held-out example" } else { "" }
+    );
+    if outcome.specificity_base_right > 0 {
+        println!("unrelated questions the base answers right, now answered wrong: {} of {}", outcome.specificity_lost, outcome.specificity_base_right);
+    }
+    if let (Some(b), Some(a)) = (outcome.margin_before, outcome.margin_after) {
+        println!("held-out preference margin (log p(chosen) − log p(rejected)): {b:+.2} → {a:+.2}");
+    }
     println!(
         "general-text NLL: {:.4} → {:.4} ({:+.2}%)",
         outcome.general_before,

@@ -291,7 +291,7 @@ fn train_from_feedback_then_rollback() {
     let out = tailor(&["train", "--max-steps", "3", "--profile", p, "--model", m, "--threads", "2"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("held-out NLL") && stdout.contains("general-text NLL"), "{stdout}");
+    assert!(stdout.contains("held-out paraphrases") && stdout.contains("answer NLL") && stdout.contains("general-text NLL"), "{stdout}");
     assert!(stdout.contains("promoted") || stdout.contains("refused"), "{stdout}");
     let out = tailor(&["generate", "hi", "--profile", p, "--model", m, "--max-tokens", "3"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

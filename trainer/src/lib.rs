@@ -49,6 +49,7 @@
 //! `TrainConfig` is `#[non_exhaustive]`: build it from `TrainConfig::default()` and set
 //! fields, or deserialize it.
 
+pub mod augment;
 mod checkpoint;
 mod config;
 mod error;
@@ -58,6 +59,7 @@ mod model;
 mod optim;
 mod params;
 pub mod personal;
+pub mod synth;
 mod personal_model;
 mod rng;
 mod score;
@@ -66,7 +68,7 @@ mod train_loop;
 pub use checkpoint::FILE_NAME as CHECKPOINT_FILE_NAME;
 pub use config::{DpoReference, PreferenceExample, SftExample, TrainConfig, TrainData};
 pub use error::{Error, ErrorKind, Result};
-pub use personal_model::{JobState, PersonalModel, TrainingJob, TrainingStatus};
+pub use personal_model::{AutoTrain, JobState, PersonalModel, TrainingJob, TrainingStatus};
 pub use score::{mean_nll, score_answers, AnswerScore};
 pub use tailor::Flow;
 pub use train_loop::{CancelHandle, Progress, StopReason, TrainJob, TrainMetrics, TrainOutput, Trainer};

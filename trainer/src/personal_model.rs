@@ -38,7 +38,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 
 use serde::Serialize;
-use tailor::profile::MemoryStore;
+use tailor::profile::{FeedbackAdded, FeedbackQuery, MemoryStore, NewFeedback};
 use tailor::{AdapterRegistry, Engine, Flow, MemoryPromptConfig, Session, SessionConfig, SharedMemory};
 
 use crate::personal::{self, adapters_dir, lock_store, Decision, Error, Outcome, PersonalOptions, Result};
@@ -56,6 +56,31 @@ pub struct PersonalModel {
     adapters_dir: PathBuf,
     memory_prompt: Mutex<MemoryPromptConfig>,
     job: Mutex<Option<Arc<TrainingJob>>>,
+    auto: Mutex<AutoTrain>,
+    /// The newest feedback id an automatic run has been started on (it is not started again
+    /// for the same events).
+    auto_seen: Mutex<i64>,
+}
+
+/// When a [`PersonalModel`] trains on its own: after [`PersonalModel::add_feedback`], once at
+/// least `min_new_feedback` events that no version has learned yet have come in since the last
+/// automatic run, a background run starts ([`PersonalModel::start_training`] with `options`),
+/// which pauses between steps while any generation runs on the engine.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct AutoTrain {
+    /// The off switch.
+    pub enabled: bool,
+    /// New (unconsumed) feedback events that start a run.
+    pub min_new_feedback: usize,
+    /// The run's settings.
+    pub options: PersonalOptions,
+}
+
+impl Default for AutoTrain {
+    fn default() -> Self {
+        AutoTrain { enabled: true, min_new_feedback: 3, options: PersonalOptions::default() }
+    }
 }
 
 impl std::fmt::Debug for PersonalModel {
@@ -85,6 +110,8 @@ impl PersonalModel {
             adapters_dir: adapters_dir(profile_path),
             memory_prompt: Mutex::new(MemoryPromptConfig::default()),
             job: Mutex::new(None),
+            auto: Mutex::new(AutoTrain::default()),
+            auto_seen: Mutex::new(0),
         };
         me.refresh()?;
         Ok(Arc::new(me))
@@ -210,6 +237,7 @@ impl PersonalModel {
             state: Mutex::new(TrainingStatus::running()),
             done: Condvar::new(),
             thread: Mutex::new(None),
+            outcome: Mutex::new(None),
         });
         let me = self.clone();
         let j = job.clone();
@@ -226,6 +254,16 @@ impl PersonalModel {
                             s.eta_seconds = p.eta.as_secs_f64();
                             s.elapsed_seconds = p.elapsed.as_secs_f64();
                         });
+                        // A user's request gets the cores: wait between steps while any
+                        // generation runs on the engine.
+                        let mut paused = std::time::Duration::ZERO;
+                        while me.engine.generations_running() > 0 && !j.cancel.load(Ordering::Relaxed) {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                            paused += std::time::Duration::from_millis(5);
+                        }
+                        if !paused.is_zero() {
+                            j.update(|s| s.paused_seconds += paused.as_secs_f64());
+                        }
                         if j.cancel.load(Ordering::Relaxed) {
                             return Flow::Stop;
                         }
@@ -242,6 +280,51 @@ impl PersonalModel {
         *job.thread.lock().unwrap_or_else(|e| e.into_inner()) = Some(handle);
         *slot = Some(job.clone());
         Ok(job)
+    }
+
+    /// When this profile trains on its own ([`AutoTrain`]; on by default).
+    pub fn set_auto_train(&self, auto: AutoTrain) {
+        *self.auto.lock().unwrap_or_else(|e| e.into_inner()) = auto;
+    }
+
+    /// The automatic-training settings.
+    pub fn auto_train(&self) -> AutoTrain {
+        self.auto.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Records a feedback event (a correction is mirrored into a memory at once, see
+    /// `MemoryStore::add_feedback_mirrored`) and then, if [`AutoTrain`] says so, starts a
+    /// background run. Returns what was recorded and the run started, if any.
+    pub fn add_feedback(self: &Arc<Self>, feedback: NewFeedback) -> Result<(FeedbackAdded, Option<Arc<TrainingJob>>)> {
+        let added = lock_store(&self.store).add_feedback_mirrored(feedback)?;
+        Ok((added, self.maybe_train()?))
+    }
+
+    /// Starts a background run if [`AutoTrain`] is on, none is running and enough feedback
+    /// came in that no version has learned and no automatic run was started on yet.
+    pub fn maybe_train(self: &Arc<Self>) -> Result<Option<Arc<TrainingJob>>> {
+        let auto = self.auto_train();
+        if !auto.enabled || self.training_job().is_some_and(|j| !j.is_finished()) {
+            return Ok(None);
+        }
+        let mut seen = self.auto_seen.lock().unwrap_or_else(|e| e.into_inner());
+        let fresh: Vec<i64> = {
+            let mut q = FeedbackQuery::default();
+            q.unconsumed_only = true;
+            q.after = Some(*seen);
+            q.limit = 1_000_000;
+            lock_store(&self.store).list_feedback(&q)?.iter().map(|f| f.id).collect()
+        };
+        if fresh.len() < auto.min_new_feedback.max(1) {
+            return Ok(None);
+        }
+        let job = match self.start_training(auto.options) {
+            Ok(j) => j,
+            Err(Error::Busy) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        *seen = fresh.iter().copied().max().unwrap_or(*seen);
+        Ok(Some(job))
     }
 
     /// The current (or last) background training job.
@@ -300,6 +383,10 @@ pub struct TrainingStatus {
     pub general_before: Option<f64>,
     /// General-text NLL with the new version.
     pub general_after: Option<f64>,
+    /// The gate's figures in one line ([`Outcome::summary`]).
+    pub summary: Option<String>,
+    /// Seconds the run waited for generations to finish.
+    pub paused_seconds: f64,
 }
 
 impl TrainingStatus {
@@ -319,6 +406,8 @@ impl TrainingStatus {
             held_out_after: None,
             general_before: None,
             general_after: None,
+            summary: None,
+            paused_seconds: 0.0,
         }
     }
 }
@@ -331,6 +420,7 @@ pub struct TrainingJob {
     state: Mutex<TrainingStatus>,
     done: Condvar,
     thread: Mutex<Option<JoinHandle<()>>>,
+    outcome: Mutex<Option<Outcome>>,
 }
 
 impl TrainingJob {
@@ -339,6 +429,9 @@ impl TrainingJob {
     }
 
     fn finish(&self, result: Result<Outcome>, cancelled: bool) {
+        if let Ok(o) = &result {
+            *self.outcome.lock().unwrap_or_else(|e| e.into_inner()) = Some(o.clone());
+        }
         self.update(|s| match result {
             Ok(o) => {
                 s.step = o.metrics.steps;
@@ -350,6 +443,7 @@ impl TrainingJob {
                 s.held_out_after = Some(o.held_out_after);
                 s.general_before = Some(o.general_before);
                 s.general_after = Some(o.general_after);
+                s.summary = Some(o.summary());
                 match o.decision {
                     Decision::Promoted { version, .. } => {
                         s.state = JobState::Promoted;
@@ -375,6 +469,11 @@ impl TrainingJob {
     /// on the same feedback resumes); the job then ends [`JobState::Cancelled`].
     pub fn cancel(&self) {
         self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    /// The gate's full figures, once the job has ended with a gate decision.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// A snapshot of the job.

@@ -29,6 +29,12 @@ fn options(steps: usize, lr: f32) -> PersonalOptions {
     o.train.max_steps = Some(steps);
     o.train.seed = 7;
     o.train.threads = 2;
+    // Tiny random models: a few distillation answers, no specificity set (they know nothing),
+    // and the old 5% general-text limit these small runs were tuned for.
+    o.distill = 4;
+    o.distill_tokens = 8;
+    o.max_specificity_loss = None;
+    o.max_general_increase = 0.05;
     o
 }
 
@@ -82,36 +88,65 @@ fn feedback_maps_to_sft_dpo_and_held_out() {
     let dir = TempDir::new("map");
     let mut s = store(&dir);
     let up = add(&mut s, "favourite colour?", "Green.", FeedbackKind::ThumbsUp);
-    let down = add(&mut s, "my cat's name?", "Tom.", FeedbackKind::ThumbsDown);
-    let corr = add(&mut s, "my cat's name?", "Tom.", correction("Zanzibar."));
+    let down = add(&mut s, "What is my cat's name?", "Tom.", FeedbackKind::ThumbsDown);
+    let old = add(&mut s, "What is my cat's name?", "Tom.", correction("Your cat is called Felix."));
+    let corr = add(&mut s, "what is my cat's name", "Tom.", correction("Your cat is called Zanzibar."));
     let _lone = add(&mut s, "weather?", "Sunny.", FeedbackKind::ThumbsDown);
     let pref = add(&mut s, "greet me", "Hi.", FeedbackKind::Preference { chosen: "Hello, Ana!".into(), rejected: "Hi.".into() });
     let fb = s.list_feedback(&Default::default()).unwrap();
-    let d = feedback_to_data(&engine, &fb, 5).unwrap();
+    let d = feedback_to_data(&engine, &fb, &options(1, 1e-3)).unwrap();
     assert_eq!(d.skipped, 1);
-    assert_eq!(d.feedback_ids, [up, down, corr, pref]);
-    // Two SFT examples: the last is held out.
-    assert_eq!(d.train.sft.len(), 1);
-    assert_eq!(d.held_out.len(), 1);
+    assert_eq!(d.feedback_ids, [up, down, old, corr, pref]);
     let p = |t: &str| engine.tokenize(&engine.render_chat(&[tailor::ChatMessage::user(t)]).unwrap()).unwrap();
     let a = |t: &str| engine.tokenize(&format!("{t}<|im_end|>")).unwrap();
+    // The question as asked comes first, then its paraphrases, all with the same answer.
     assert_eq!(d.train.sft[0].prompt_tokens, p("favourite colour?"));
     assert_eq!(d.train.sft[0].answer_tokens, a("Green."));
-    assert_eq!(d.held_out[0].answer_tokens, a("Zanzibar."));
+    let cat: Vec<_> = d.train.sft.iter().filter(|e| e.answer_tokens == a("Your cat is called Zanzibar.")).collect();
+    assert!(cat.len() >= 10, "{} examples", cat.len());
+    assert!(cat.iter().any(|e| e.prompt_tokens == p("What is the name of my cat?")));
+    // The older correction of the same question is replaced by the newer one.
+    assert!(!d.train.sft.iter().any(|e| e.answer_tokens == a("Your cat is called Felix.")));
+    // Some carry the correction's memory in the system prompt.
+    let has = |e: &&&tailor_trainer::SftExample| engine.tokenizer().decode(&e.prompt_tokens, false).contains("- Q: what is my cat's name A: Your cat is called Zanzibar.");
+    assert_eq!(cat.iter().filter(has).count(), 2);
+    // Held out: paraphrases never trained on, with probes for the gate.
+    assert!(!d.held_out.is_empty() && d.held_out.len() == d.probes.len());
+    for h in &d.held_out {
+        assert!(!d.train.sft.iter().any(|t| t.prompt_tokens == h.prompt_tokens));
+    }
+    assert!(d.probes.iter().any(|pr| pr.keywords == ["zanzibar"]));
     // Thumbs down next to a correction: chosen = the correction, rejected = the answer.
     assert_eq!(d.train.preferences.len(), 2);
-    assert_eq!(d.train.preferences[0].chosen_tokens, a("Zanzibar."));
+    assert_eq!(d.train.preferences[0].chosen_tokens, a("Your cat is called Zanzibar."));
     assert_eq!(d.train.preferences[0].rejected_tokens, a("Tom."));
     assert_eq!(d.train.preferences[1].chosen_tokens, a("Hello, Ana!"));
     assert_eq!(d.train.preferences[1].prompt_tokens, p("greet me"));
-    // Every 5th by id; none held out with a single example.
-    let many: Vec<_> = (0..10).map(|i| add(&mut s, &format!("q{i}"), "a", FeedbackKind::ThumbsUp)).collect();
+    assert!(d.held_out_pairs.is_empty());
+    // Without paraphrases: the question alone (plus its memory examples).
+    let mut o = options(1, 1e-3);
+    o.paraphrases = false;
+    o.memory_examples = 0;
+    let plain = feedback_to_data(&engine, &fb, &o).unwrap();
+    assert_eq!(plain.train.sft.len(), 2);
+    assert!(plain.held_out.is_empty());
+    // Every 5th pair is held out, at least one of three.
+    for i in 0..5 {
+        add(&mut s, &format!("q{i}"), "a", FeedbackKind::Preference { chosen: "yes".into(), rejected: "no".into() });
+    }
     let fb = s.list_feedback(&Default::default()).unwrap();
-    let d = feedback_to_data(&engine, &fb, 5).unwrap();
-    assert_eq!((d.train.sft.len(), d.held_out.len()), (10, 2));
-    assert!(many.len() == 10);
-    let one = feedback_to_data(&engine, &fb[..1], 5).unwrap();
-    assert_eq!((one.train.sft.len(), one.held_out.len()), (1, 0));
+    let d = feedback_to_data(&engine, &fb, &options(1, 1e-3)).unwrap();
+    assert_eq!((d.train.preferences.len(), d.held_out_pairs.len()), (6, 1));
+}
+
+#[test]
+fn answer_keywords_pick_what_makes_the_answer_right() {
+    use tailor_trainer::personal::answer_keywords;
+    assert_eq!(answer_keywords("What is my cat's name?", "Your cat is called Zorblax."), ["zorblax"]);
+    assert_eq!(answer_keywords("What is my favourite colour?", "Your favourite colour is teal."), ["teal"]);
+    assert_eq!(answer_keywords("What do I do for a living?", "You are a beekeeper."), ["beekeeper"]);
+    assert_eq!(answer_keywords("How old am I?", "You are 41 years old."), ["41"]);
+    assert_eq!(answer_keywords("Where did I grow up?", "You grew up in Tromsø."), ["tromsø"]);
 }
 
 #[test]
@@ -127,6 +162,7 @@ fn gate_refuses_an_adapter_that_degrades_general_text() {
     // repeated nonsense answer wears the general text down.
     let mut o = options(40, 3e-2);
     o.replay = 0.0;
+    o.distill = 0;
     let out = train(&engine, &mut s, &adapters, &o);
     assert!(matches!(out.decision, Decision::Refused { .. }), "{:?}", out.decision);
     assert!(out.held_out_after < out.held_out_before);

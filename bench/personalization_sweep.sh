@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The sweep that chose PersonalOptions' defaults: the personalization benchmark (10 facts, each
+# corrected once; 30 hand-written paraphrases) at several learning rates and replay mixes.
+# Each run writes bench/results/sweep/<name>.md (table + JSON); the summary of the runs made
+# for the defaults is in bench/results/personalization_sweep.md.
+#   bash bench/personalization_sweep.sh            # the grid below, ~5 min a run on 2 cores
+#   bash bench/personalization_sweep.sh 4e-4:0.25:32   # one point: lr:replay:distill
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo bench -p tailor-trainer --bench personalization --no-run
+bin=$(ls -t target/release/deps/personalization-* | grep -v '\.d$' | head -1)
+grid=("${@:-1e-3:0:24 4e-4:0.25:32 3e-4:0.25:32 4e-4:0.5:32}")
+mkdir -p bench/results/sweep
+for point in ${grid[@]}; do
+    IFS=: read -r lr replay distill <<<"$point"
+    name="lr${lr}-replay${replay}-distill${distill}"
+    echo "== $name"
+    "$bin" --lr "$lr" --replay "$replay" --distill "$distill" --no-prefs --out "bench/results/sweep/$name.md" 2>/dev/null | head -20
+done
