@@ -66,3 +66,41 @@ fn relevant_memories_go_into_the_system_prompt_within_the_budget() {
     let g = s.generate(&Prompt::Chat(question), &greedy(2), &mut |_| Flow::Continue).unwrap();
     assert!(g.memories.iter().all(|m| m.id != ids[0]));
 }
+
+/// The memory-reading adapter runs only on the base it was trained for, only while memories
+/// are in the prompt, and `reader: false` switches it off: then the logits of a prompt with
+/// memories are exactly those of the base on the same tokens.
+#[test]
+fn the_memory_reader_runs_on_its_base_while_memories_are_in_the_prompt() {
+    let (_d, _p, tiny_engine) = tiny(spec(GgmlDType::Q8_0, 64, 12), 1);
+    assert!(tiny_engine.memory_reader().is_none(), "trained for SmolLM2 only");
+    let engine = crate::real_model::engine();
+    assert!(engine.memory_reader().is_some(), "the shipped reader matches the real model's fingerprint");
+
+    let dir = TempDir::new("memory-reader");
+    let mut store = MemoryStore::open(dir.path("profile.db"), embedder(), MemoryConfig::default()).unwrap();
+    store.add(NewMemory::new("Q: What is my cat's name? A: Your cat is called Tavimor.")).unwrap();
+    store.add(NewMemory::new("My sister lives in Bergen.")).unwrap();
+    let shared = Arc::new(Mutex::new(store));
+    let ask = |reader: bool, question: &str| {
+        let mut cfg = MemoryPromptConfig::default();
+        cfg.reader = reader;
+        let mut s = engine.new_session();
+        s.set_memory(Some(shared.clone()), cfg);
+        let mut p = GenerateParams::default();
+        p.max_tokens = 16;
+        let g = s.generate(&Prompt::Chat(vec![ChatMessage::user(question)]), &p, &mut |_| Flow::Continue).unwrap();
+        (g, s)
+    };
+    let (with, mut s) = ask(true, "Do you know what my cat is called?");
+    assert!(!with.memories.is_empty());
+    assert!(with.text.contains("Tavimor"), "{:?}", with.text);
+    // Off: the same prompt runs on the base alone (bit-identical logits).
+    let (without, mut off) = ask(false, "Do you know what my cat is called?");
+    assert_eq!(without.prompt_tokens, with.prompt_tokens);
+    let tokens = off.cached_tokens()[..without.prompt_tokens].to_vec();
+    let base = engine.new_session().logits_all(&tokens).unwrap();
+    assert_eq!(off.logits_all(&tokens).unwrap(), base);
+    // A session that used the reader and then runs tokens directly runs the base again.
+    assert_eq!(s.logits_all(&tokens).unwrap(), base);
+}
