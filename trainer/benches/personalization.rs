@@ -72,10 +72,11 @@ struct Args {
     prefs: bool,
     replay: Option<f32>,
     distill: Option<usize>,
+    paraphrases: Option<usize>,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, prefs: true, replay: None, distill: None };
+    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, prefs: true, replay: None, distill: None, paraphrases: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -89,6 +90,7 @@ fn parse() -> Result<Args> {
             "--no-prefs" => a.prefs = false,
             "--replay" => a.replay = Some(val("--replay")?.parse()?),
             "--distill" => a.distill = Some(val("--distill")?.parse()?),
+            "--paraphrases" => a.paraphrases = Some(val("--paraphrases")?.parse()?),
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -202,6 +204,9 @@ fn main() -> Result<()> {
     if let Some(d) = args.distill {
         options.distill = d;
     }
+    if let Some(p) = args.paraphrases {
+        options.max_paraphrases = p;
+    }
     let t = Instant::now();
     let mut last = Instant::now();
     let outcome = me.train(&options, &mut |p| {
@@ -216,8 +221,18 @@ fn main() -> Result<()> {
     for (q, b, a) in &outcome.specificity_changes {
         eprintln!("  lost: {q}\n    base: {b:?}\n    now:  {a:?}");
     }
+    // A refused version is judged too (its adapter, run by hand), so a sweep sees what the
+    // gate turned down; the table says which it was.
+    let refused = !outcome.promoted();
+    if let (true, Some(a)) = (refused, &outcome.adapter) {
+        me.registry().insert("refused", (**a).clone())?;
+        me.registry().set_weight("refused", Some(1.0))?;
+    }
     let adapter_only = ask(&engine, Some(&me), false, &questions)?;
     let both = ask(&engine, Some(&me), true, &questions)?;
+    if refused && outcome.adapter.is_some() {
+        me.registry().unload("refused")?;
+    }
     for (i, q) in questions.iter().enumerate().take(9) {
         eprintln!("Q: {q}\n  base:    {:?}\n  memory:  {:?}\n  adapter: {:?}\n  both:    {:?}", base[i], mem_only[i], adapter_only[i], both[i]);
     }
@@ -281,7 +296,7 @@ fn main() -> Result<()> {
         "| {n_f} facts, each corrected once; {n} paraphrased questions in no feedback | right | |\n| --- | --- | --- |\n\
          | base model | {b}/{n} ({bp:.0}%) | |\n\
          | memory only (right after `feedback add`, before training) | {mo}/{n} ({mop:.0}%) | target ≥ 85% |\n\
-         | adapter only (memory off), after `train` with defaults | {ao}/{n} ({aop:.0}%) | target ≥ 90% |\n\
+         | adapter only (memory off), after `train` with defaults{rf} | {ao}/{n} ({aop:.0}%) | target ≥ 90% |\n\
          | adapter + memory | {bo}/{n} ({bop:.0}%) | |\n\n\
          | training and gate | | | |\n| --- | --- | --- | --- |\n\
          | decision | {dec} | | |\n\
@@ -302,6 +317,7 @@ fn main() -> Result<()> {
         ao = hits(&adapter_only),
         aop = pct(hits(&adapter_only)),
         bo = hits(&both),
+        rf = if refused { " (the version the gate refused)" } else { "" },
         bop = pct(hits(&both)),
         dec = match &outcome.decision {
             tailor_trainer::personal::Decision::Promoted { version, .. } => format!("promoted {version}"),

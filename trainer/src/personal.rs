@@ -306,7 +306,7 @@ pub fn feedback_to_data(engine: &Engine, feedback: &[Feedback], options: &Person
                 continue;
             }
         };
-        let para = if options.paraphrases {
+        let mut para = if options.paraphrases {
             crate::augment::paraphrase(&f.prompt, answer)
         } else {
             let mut p = crate::augment::Paraphrases::default();
@@ -314,6 +314,7 @@ pub fn feedback_to_data(engine: &Engine, feedback: &[Feedback], options: &Person
             p
         };
         let a = answer_tokens(engine, answer)?;
+        para.train.truncate(options.max_paraphrases.max(1));
         for q in &para.train {
             data.train.sft.push(SftExample { prompt_tokens: prompt_tokens(engine, q)?, answer_tokens: a.clone() });
         }
@@ -351,6 +352,11 @@ pub fn feedback_to_data(engine: &Engine, feedback: &[Feedback], options: &Person
     if every > 0 && data.held_out_pairs.is_empty() && data.train.preferences.len() >= 3 {
         let p = data.train.preferences.pop().expect("three pairs");
         data.held_out_pairs.push(p);
+    }
+    if options.preference_sft {
+        for p in &data.train.preferences {
+            data.train.sft.push(SftExample { prompt_tokens: p.prompt_tokens.clone(), answer_tokens: p.chosen_tokens.clone() });
+        }
     }
     Ok(data)
 }
@@ -505,12 +511,18 @@ pub struct PersonalOptions {
     pub train: TrainConfig,
     /// Rewrite every corrected question into its training paraphrases ([`crate::augment`]).
     pub paraphrases: bool,
+    /// At most this many training phrasings per question (the question itself included).
+    pub max_paraphrases: usize,
     /// Training examples per correction with its memory in the system prompt.
     pub memory_examples: usize,
     /// Held-out paraphrases per corrected question that the gate scores and asks.
     pub held_out_per_question: usize,
     /// Hold out every this-many-th preference pair for the gate's margin.
     pub held_out_every: usize,
+    /// Also train SFT on the chosen answer of every preference pair (DPO plus an NLL term on
+    /// the chosen side, as RPO does): DPO alone on a handful of pairs pushes the chosen answers'
+    /// shared opening up until the model repeats it.
+    pub preference_sft: bool,
     /// Runs shorter than this many optimizer steps (a few pairs, one epoch) are stretched to
     /// it, cycling over the data.
     pub min_steps: usize,
@@ -520,7 +532,7 @@ pub struct PersonalOptions {
     /// Longest base answer used as a distillation target, in tokens.
     pub distill_tokens: usize,
     /// Replay paragraphs ([`REPLAY_TEXT`], cycled) mixed into training, as a fraction of the
-    /// feedback's SFT examples (`0`: none; the distillation replay is the default).
+    /// feedback's SFT examples (`0`: none).
     pub replay: f32,
     /// Largest relative rise of the general-text NLL over the base's that is accepted.
     pub max_general_increase: f64,
@@ -535,17 +547,19 @@ pub struct PersonalOptions {
 
 impl Default for PersonalOptions {
     fn default() -> Self {
-        let train = TrainConfig { learning_rate: 1e-3, epochs: 1, warmup_steps: 4, grad_accum_steps: 2, ..TrainConfig::default() };
+        let train = TrainConfig { learning_rate: 3e-4, epochs: 2, warmup_steps: 4, grad_accum_steps: 2, ..TrainConfig::default() };
         PersonalOptions {
             train,
             paraphrases: true,
+            max_paraphrases: 20,
             memory_examples: 2,
             held_out_per_question: 3,
             held_out_every: 5,
+            preference_sft: true,
             min_steps: 24,
-            distill: 24,
+            distill: 48,
             distill_tokens: 40,
-            replay: 0.0,
+            replay: 0.25,
             max_general_increase: 0.03,
             max_specificity_loss: Some(0.1),
             checkpoint_every: 5,
@@ -618,6 +632,9 @@ pub struct Outcome {
     pub prepare_seconds: f64,
     /// Seconds the gate took.
     pub gate_seconds: f64,
+    /// The trained adapter, promoted or not (to inspect a refused one; `None` when the run
+    /// was stopped).
+    pub adapter: Option<Arc<LoraAdapter>>,
 }
 
 impl Outcome {
@@ -778,11 +795,13 @@ fn train_with(
         metrics: out.metrics.clone(),
         prepare_seconds,
         gate_seconds: 0.0,
+        adapter: None,
     };
     if stopped {
         outcome.decision = Decision::Refused { reason: "the run was stopped (started again on the same feedback, it resumes)".into() };
         return Ok(outcome);
     }
+    outcome.adapter = Some(Arc::new(out.adapter.clone()));
     let gate = gate(engine, &out.adapter, &data, &eval, &general, options, threads, adapters_dir, &mut outcome)?;
     outcome.gate_seconds = gate_start.elapsed().as_secs_f64();
     if let Some(reason) = gate {
