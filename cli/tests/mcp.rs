@@ -1,7 +1,8 @@
 //! `tailor mcp` driven over stdio by the official MCP Python client (PyPI `mcp`, in a venv this
 //! test makes under target/): the tools listed, remember → recall → forget, the memory
 //! resources, feedback, tool errors, and the real SmolLM2 answering with a remembered fact
-//! that was retrieved into its prompt. Needs python3 with venv, the package index, and the
+//! that was retrieved into its prompt; feedback starting a background training run, answers
+//! going on meanwhile. Needs python3 with venv, the package index, and the
 //! fetched models (`tailor models fetch`, which scripts/test.sh runs first).
 
 mod common;
@@ -172,6 +173,39 @@ fn raw_protocol_and_startup_errors() {
         assert!(out.stdout.is_empty(), "{args:?}");
         assert!(stderr.contains(needle) && !stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+/// The default path (`--auto-train-after 3`): the third new feedback event starts a training
+/// run in the background and says so; `ask_personal_model` answers while it goes on (the run
+/// pauses between steps for generations); closing stdin stops the run and the server exits
+/// cleanly. `--auto-train-after 0`: no run by itself.
+#[test]
+fn feedback_starts_background_training() {
+    let dir = tailor::testing::TempDir::new("mcp-auto");
+    let feedback = |raw: &mut Raw, id: i64, i: usize| {
+        let fb = serde_json::json!({"prompt": format!("What is my cat called? ({i})"), "answer": "Tom.", "correction": "Your cat is called Zorblax."});
+        let r = raw.tool(id, "give_feedback", fb);
+        assert_eq!(r["isError"], false, "{r}");
+        r["structuredContent"]["training"]["started"].as_bool().unwrap_or_else(|| panic!("no training.started in {r}"))
+    };
+    let mut raw = Raw::start(&dir.0.join("me.db"), &[]);
+    let started: Vec<bool> = (0..3).map(|i| feedback(&mut raw, 2 + i as i64, i)).collect();
+    assert_eq!(started, [false, false, true]);
+    let t = std::time::Instant::now();
+    let r = raw.tool(10, "ask_personal_model", serde_json::json!({"question": "What is my cat called?", "max_tokens": 16}));
+    assert_eq!(r["isError"], false, "{r}");
+    assert!(!r["structuredContent"]["answer"].as_str().unwrap().is_empty(), "{r}");
+    eprintln!("answered in {:?} while training: {}", t.elapsed(), r["structuredContent"]);
+    assert!(!feedback(&mut raw, 11, 3), "a run going on starts no other");
+    let stderr = raw.finish();
+    assert!(stderr.contains("new feedback started a background training run"), "{stderr}");
+    assert!(stderr.contains("stopping the background training run"), "the run had ended before the client left:\n{stderr}");
+
+    let mut raw = Raw::start(&dir.0.join("off.db"), &["--auto-train-after", "0"]);
+    let started: Vec<bool> = (0..3).map(|i| feedback(&mut raw, 2 + i as i64, i)).collect();
+    assert_eq!(started, [false, false, false]);
+    let stderr = raw.finish();
+    assert!(!stderr.contains("started a background training run"), "{stderr}");
 }
 
 /// `--adapter` runs a PEFT adapter beside the profile's own version: the answer changes, and

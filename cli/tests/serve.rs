@@ -2,7 +2,8 @@
 //! test makes under target/): chat streamed and not, logprobs, completions, embeddings,
 //! OpenAI-shaped errors, 8 concurrent streams, a client disconnect cancelling its generation,
 //! the prefix cache on a follow-up turn, the personal model's memories, feedback, training
-//! jobs, and per-request adapters. Plus raw-HTTP checks of the API key, the body limit and a
+//! jobs (one started by feedback on its own, answers going on meanwhile), and per-request
+//! adapters. Plus raw-HTTP checks of the API key, the body limit and a
 //! graceful SIGTERM. Needs python3 with venv, the package index, and the fetched models
 //! (`tailor models fetch`, which scripts/test.sh runs first).
 
@@ -167,6 +168,24 @@ fn official_openai_python_client() {
     let status = server.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{}", server.log());
     assert!(server.log().contains("tailor serve: stopped"), "{}", server.log());
+}
+
+/// `--auto-train-after 0`: feedback never starts a training run by itself (the default path,
+/// a run started by the third event, is in the Python client's checks).
+#[test]
+fn auto_train_can_be_turned_off() {
+    let dir = tailor::testing::TempDir::new("serve-auto-off");
+    let profile = dir.0.join("me.db");
+    let server = Server::start(&["--profile", profile.to_str().unwrap(), "--auto-train-after", "0"]);
+    for i in 0..4 {
+        let body = serde_json::json!({"prompt": format!("Question {i}?"), "answer": "No idea.", "kind": "correction", "corrected": format!("Answer {i}.")});
+        let (status, body) = server.http("POST", "/v1/tailor/feedback", &["Content-Type: application/json"], body.to_string().as_bytes());
+        assert_eq!(status, 201, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["training"]["started"], false, "{v}");
+    }
+    let (status, body) = server.http("GET", "/v1/tailor/training", &[], b"");
+    assert_eq!(status, 404, "no run should have started: {body}");
 }
 
 #[test]

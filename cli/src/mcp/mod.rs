@@ -5,6 +5,9 @@
 //! each memory as `memory://<id>` (its text) and `memory://all` (every memory, JSON).
 //! The model and the profile are loaded once, at start; answers run the profile's promoted
 //! adapter version, plus any `--adapter`s and `--steer` vector given on the command line.
+//! Feedback starts a background training run by itself once `--auto-train-after` new events
+//! have come in; it pauses while an answer is generated, and a promoted version answers from
+//! the next question.
 //! Standard output carries nothing but JSON-RPC; messages go to standard error. A tool that
 //! fails answers with an MCP tool error (`isError: true`) saying why; nothing a client sends
 //! ends the server.
@@ -25,7 +28,7 @@ use rmcp::model::{
 };
 use rmcp::service::{RequestContext, SubscriptionContext};
 use rmcp::{tool, tool_handler, tool_router, ErrorData, RoleServer, ServerHandler, ServiceExt};
-use tailor_trainer::PersonalModel;
+use tailor_trainer::{AutoTrain, PersonalModel};
 
 use crate::memory_cmd::ProfileArgs;
 use crate::ModelArgs;
@@ -39,6 +42,11 @@ use tools::{
 pub(crate) struct McpArgs {
     #[command(flatten)]
     profile: ProfileArgs,
+    /// Train the profile in the background once this many new feedback events have come in
+    /// through `give_feedback` (0: never by itself; `tailor train` still does). A run pauses
+    /// between steps while the model answers; a promoted version is used from the next answer.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    auto_train_after: usize,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -54,6 +62,10 @@ pub(crate) fn run(args: McpArgs) -> Result<()> {
     let engine = args.model.load()?;
     let registry = registry(&engine, &args.model)?;
     let pm = PersonalModel::with_registry(&engine, registry, store, &path).with_context(|| format!("opening the profile {}", path.display()))?;
+    let mut auto = AutoTrain::default();
+    auto.enabled = args.auto_train_after > 0;
+    auto.min_new_feedback = args.auto_train_after.max(1);
+    pm.set_auto_train(auto);
     let version = pm.active_version()?;
     eprintln!(
         "tailor mcp: profile {} · model {} · adapter {} · serving MCP on stdio",
@@ -61,7 +73,7 @@ pub(crate) fn run(args: McpArgs) -> Result<()> {
         engine.model_config().name.as_deref().unwrap_or("?"),
         version.as_deref().unwrap_or("none (the base model)")
     );
-    let server = TailorMcp::new(Arc::new(Tools::new(pm, args.model.ctx)));
+    let server = TailorMcp::new(Arc::new(Tools::new(pm.clone(), args.model.ctx)));
     // The SDK reports what it drops (oversized lines, failed sends) through `tracing`: to
     // stderr, which assistants keep as the server's log. Stdout stays JSON-RPC only.
     let _ = tracing_subscriber::fmt()
@@ -76,7 +88,23 @@ pub(crate) fn run(args: McpArgs) -> Result<()> {
         anyhow::Ok(())
     })?;
     eprintln!("tailor mcp: the client closed the connection");
+    stop_training(&pm);
     Ok(())
+}
+
+/// Asks a background training run still going to stop after its current step (its
+/// checkpoint stays, so the next run resumes) and gives it a few seconds to.
+fn stop_training(pm: &PersonalModel) {
+    let Some(job) = pm.training_job().filter(|j| !j.is_finished()) else { return };
+    eprintln!("tailor mcp: stopping the background training run");
+    job.cancel();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !job.is_finished() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    if !job.is_finished() {
+        eprintln!("tailor mcp: the training run did not stop in time; it ends with the server (its last checkpoint stays)");
+    }
 }
 
 /// A registry with the `--adapter`s (active with their weights) and the `--steer` vector;
@@ -172,7 +200,7 @@ impl TailorMcp {
     }
 
     #[tool(
-        description = "Record the user's feedback on an answer, which the personal model later trains on: thumbs (up|down), a correction (the answer as it should have been), or chosen with rejected (a preference). A correction is also remembered at once, so the personal model uses it from its next answer. Returns the feedback id (and the memory id of a correction).",
+        description = "Record the user's feedback on an answer, which the personal model later trains on: thumbs (up|down), a correction (the answer as it should have been), or chosen with rejected (a preference). A correction is also remembered at once, so the personal model uses it from its next answer. Once enough new feedback has come in (3 events by default), a training run starts in the background (answers go on meanwhile). Returns the feedback id (and the memory id of a correction) and whether this call started a training run.",
         annotations(title = "Give feedback", read_only_hint = false, destructive_hint = false, idempotent_hint = false, open_world_hint = false)
     )]
     async fn give_feedback(&self, Parameters(args): Parameters<FeedbackArgs>, ctx: RequestContext<RoleServer>) -> Result<Json<FeedbackRecorded>, String> {

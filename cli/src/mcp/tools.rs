@@ -241,6 +241,16 @@ pub(crate) struct FeedbackRecorded {
     /// of the next relevant question): its id.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) memory_id: Option<i64>,
+    /// Background training of the personal model.
+    pub(crate) training: TrainingStarted,
+}
+
+/// Whether a feedback event started training.
+#[derive(Debug, Serialize, JsonSchema)]
+pub(crate) struct TrainingStarted {
+    /// True when this event started a training run in the background (enough new feedback
+    /// had come in); a version it promotes answers from the next question.
+    pub(crate) started: bool,
 }
 
 /// `ask_personal_model`.
@@ -384,8 +394,11 @@ impl Tools {
         let kind = args.kind()?;
         let prompt = nonempty_text("prompt", &args.prompt)?;
         let answer = nonempty_text("answer", &args.answer)?;
-        let added = self.with_store(|s| Ok(s.add_feedback_mirrored(NewFeedback::new(prompt, answer, kind))?))?;
-        Ok(FeedbackRecorded { id: added.id, memory_id: added.memory.map(|m| m.id) })
+        let (added, job) = self.pm.add_feedback(NewFeedback::new(prompt, answer, kind))?;
+        if job.is_some() {
+            eprintln!("tailor mcp: new feedback started a background training run");
+        }
+        Ok(FeedbackRecorded { id: added.id, memory_id: added.memory.map(|m| m.id), training: TrainingStarted { started: job.is_some() } })
     }
 
     /// `ask_personal_model`: the profile's active adapter answers, with the memories relevant
@@ -443,6 +456,7 @@ mod tests {
     use tailor::profile::testing::HashEmbedder;
     use tailor::profile::{MemoryConfig, MemoryStore};
     use tailor::testing::{TempDir, TinyModel};
+    use tailor_trainer::AutoTrain;
 
     fn args<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> T {
         serde_json::from_value(v).unwrap()
@@ -523,7 +537,12 @@ mod tests {
         let engine = tailor::Engine::load(&model, ec).unwrap();
         let path = dir.0.join("me.db");
         let open = || MemoryStore::open(&path, Arc::new(HashEmbedder::new(16, 0)), MemoryConfig::default()).unwrap();
-        let tools = Tools::new(PersonalModel::open(&engine, open(), &path).unwrap(), 256);
+        let pm = PersonalModel::open(&engine, open(), &path).unwrap();
+        // The other process trains here; this one must not start a run of its own.
+        let mut off = AutoTrain::default();
+        off.enabled = false;
+        pm.set_auto_train(off);
+        let tools = Tools::new(pm, 256);
         for i in 0..6 {
             let fb = serde_json::json!({"prompt": format!("what is my cat called? ({i})"), "answer": "Tom.", "correction": "Zorblax."});
             tools.give_feedback(args(fb)).unwrap();
@@ -544,6 +563,39 @@ mod tests {
         assert!(outcome.promoted() && version.is_some(), "{:?}", outcome.decision);
         assert_eq!(ask().adapter_version, version);
         assert_eq!(tools.pm.registry().list()[0].name, PersonalModel::ADAPTER_NAME);
+    }
+
+    /// The default path: the feedback that makes `min_new_feedback` new events starts a
+    /// background run and says so, and the personal model answers while it goes on.
+    #[test]
+    fn feedback_starts_training_and_answers_go_on() {
+        let dir = TempDir::new("mcp-auto");
+        let model = dir.0.join("tiny.gguf");
+        TinyModel::default().write(&model).unwrap();
+        let mut ec = tailor::EngineConfig::default();
+        ec.threads = 2;
+        let engine = tailor::Engine::load(&model, ec).unwrap();
+        let path = dir.0.join("me.db");
+        let store = MemoryStore::open(&path, Arc::new(HashEmbedder::new(16, 0)), MemoryConfig::default()).unwrap();
+        let pm = PersonalModel::open(&engine, store, &path).unwrap();
+        let mut auto = AutoTrain::default();
+        auto.min_new_feedback = 2;
+        auto.options.train.max_steps = Some(100_000); // runs until cancelled
+        auto.options.train.threads = 2;
+        pm.set_auto_train(auto);
+        let tools = Tools::new(pm, 256);
+        let give = |i: usize| tools.give_feedback(args(serde_json::json!({"prompt": format!("what is my cat called? ({i})"), "answer": "Tom.", "correction": "Zorblax."}))).unwrap();
+        assert!(!give(0).training.started);
+        assert!(tools.pm.training_job().is_none());
+        assert!(give(1).training.started);
+        let job = tools.pm.training_job().expect("a background run");
+        let a = tools.ask(args(serde_json::json!({"question": "what is my cat called?", "max_tokens": 8})), &|| false).unwrap();
+        assert!(a.tokens > 0 && a.finish_reason != "cancelled", "{a:?}");
+        assert!(!job.is_finished(), "the run went on during the answer: {:?}", job.status());
+        assert!(!give(2).training.started, "no second run while one goes on");
+        job.cancel();
+        let done = job.wait();
+        assert_eq!(done.state, tailor_trainer::JobState::Cancelled, "{done:?}");
     }
 
     /// The tools over a tiny model and a hashing embedder: what each does to the store, and
@@ -576,6 +628,7 @@ mod tests {
 
         let fb = tools.give_feedback(args(serde_json::json!({"prompt": "Hi", "answer": "Hello", "thumbs": "up"}))).unwrap();
         assert!(fb.id > 0 && fb.memory_id.is_none());
+        assert!(!fb.training.started, "one event is not enough to train on");
         assert!(tools.give_feedback(args(serde_json::json!({"prompt": "", "answer": "Hello", "thumbs": "up"}))).is_err());
 
         let a = tools.ask(args(serde_json::json!({"question": "My dog is called Biscuit.", "max_tokens": 4})), &|| false).unwrap();

@@ -8,7 +8,8 @@
 //! - the prefix cache keeps recent conversations' KV caches so a follow-up turn only prefills
 //!   what is new ([`pool`]); `usage.prompt_tokens_details.cached_tokens` reports the reuse;
 //! - `/v1/tailor/`: stats, feedback, memories, adapters and steering, training
-//!   ([`tailor_api`]).
+//!   ([`tailor_api`]); feedback starts a background training run by itself once
+//!   `--auto-train-after` new events have come in.
 
 mod error;
 mod generate;
@@ -31,7 +32,7 @@ use axum::routing::{delete, get, post};
 use axum::Router;
 use clap::Args;
 use tailor::profile::{BertEmbedder, MemoryConfig, MemoryStore};
-use tailor_trainer::PersonalModel;
+use tailor_trainer::{AutoTrain, PersonalModel};
 
 use crate::ModelArgs;
 use error::ApiError;
@@ -73,6 +74,12 @@ pub(crate) struct ServeArgs {
     /// Largest request body, bytes.
     #[arg(long, default_value_t = 4 << 20)]
     max_body_bytes: usize,
+    /// Train each profile in the background once this many new feedback events have come in
+    /// through `POST /v1/tailor/feedback` (0: never by itself; `POST /v1/tailor/training`
+    /// still starts a run). A run pauses between steps while generations run; a promoted
+    /// version is hot-swapped in.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    auto_train_after: usize,
     #[command(flatten)]
     model: ModelArgs,
 }
@@ -145,6 +152,7 @@ fn build_state(args: &ServeArgs) -> Result<AppState> {
         }
         let store = MemoryStore::open(&path, e.model.clone(), MemoryConfig::default()).with_context(|| format!("opening the profile {}", path.display()))?;
         let pm = PersonalModel::open(&engine, store, &path).with_context(|| format!("opening the personal model of {}", path.display()))?;
+        pm.set_auto_train(auto_train(args.auto_train_after));
         if let Some(v) = pm.active_version().ok().flatten() {
             eprintln!("tailor serve: {id}: adapter version {v}");
         }
@@ -171,6 +179,39 @@ fn build_state(args: &ServeArgs) -> Result<AppState> {
         profiles,
         fingerprint,
     })
+}
+
+/// `--auto-train-after N`: a run after `N` new feedback events, with the profile defaults
+/// (`0`: off).
+fn auto_train(after: usize) -> AutoTrain {
+    let mut auto = AutoTrain::default();
+    auto.enabled = after > 0;
+    auto.min_new_feedback = after.max(1);
+    auto
+}
+
+/// At shutdown: asks the profiles' running training jobs to stop after their current step
+/// (their checkpoints stay, so the next run resumes) and gives them a few seconds to.
+fn stop_training(state: &AppState) {
+    let running: Vec<_> = state
+        .models
+        .values()
+        .filter_map(|m| Some((m.id.as_str(), m.personal_model()?.training_job()?)))
+        .filter(|(_, j)| !j.is_finished())
+        .collect();
+    for (id, job) in &running {
+        eprintln!("tailor serve: {id}: stopping its training run");
+        job.cancel();
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while running.iter().any(|(_, j)| !j.is_finished()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (id, job) in &running {
+        if !job.is_finished() {
+            eprintln!("tailor serve: {id}: the training run did not stop in time; it ends with the server (its last checkpoint stays)");
+        }
+    }
 }
 
 /// Constant-time comparison of the presented key with the configured one.
@@ -247,6 +288,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         .parse()
         .or_else(|_| std::net::ToSocketAddrs::to_socket_addrs(&(args.host.as_str(), args.port)).map_err(anyhow::Error::from)?.next().context("--host resolves to nothing"))?;
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().context("starting the async runtime")?;
+    let served = state.clone();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         let local = listener.local_addr()?;
@@ -258,6 +300,7 @@ pub(crate) fn run(args: ServeArgs) -> Result<()> {
         eprintln!("tailor serve: listening on http://{local}/v1");
         axum::serve(listener, router(state)).with_graceful_shutdown(shutdown_signal()).await.context("serving")
     })?;
+    stop_training(&served);
     eprintln!("tailor serve: stopped");
     Ok(())
 }

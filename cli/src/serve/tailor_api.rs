@@ -62,13 +62,23 @@ struct FeedbackBody {
 
 /// `POST /v1/tailor/feedback`: `{"model"?, "prompt", "answer", "kind": "thumbs_up" |
 /// "thumbs_down" | "correction" (+ "corrected") | "preference" (+ "chosen", "rejected"),
-/// "turn_id"?}` → `{"id", "memory_id"}`: a correction is also stored as a memory (in the
-/// prompt of the next relevant question), `memory_id` is its id (`null` for other kinds).
+/// "turn_id"?}` → `{"id", "memory_id", "training": {"started"}}`: a correction is also stored
+/// as a memory (in the prompt of the next relevant question), `memory_id` is its id (`null`
+/// for other kinds). `training.started` is true when this event started a background training
+/// run (`--auto-train-after` new events came in); `GET /v1/tailor/training` follows it.
 pub(crate) async fn feedback_add(State(state): St, b: Result<Bytes, BytesRejection>) -> Result<(StatusCode, Json<Value>), ApiError> {
     let req: FeedbackBody = parse(&body(b)?)?;
-    let pm = personal(&state, req.model.as_deref())?;
-    let added = blocking(move || Ok(store(&pm).add_feedback_mirrored(req.feedback)?)).await?;
-    Ok((StatusCode::CREATED, Json(json!({"id": added.id, "memory_id": added.memory.map(|m| m.id)}))))
+    let (m, pm) = state.personal(req.model.as_deref())?;
+    let (id, pm) = (m.id.clone(), pm.clone());
+    let (added, started) = blocking(move || {
+        let (added, job) = pm.add_feedback(req.feedback)?;
+        Ok((added, job.is_some()))
+    })
+    .await?;
+    if started {
+        eprintln!("tailor serve: {id}: new feedback started a background training run");
+    }
+    Ok((StatusCode::CREATED, Json(json!({"id": added.id, "memory_id": added.memory.map(|m| m.id), "training": {"started": started}}))))
 }
 
 /// `GET /v1/tailor/feedback?model=&after=&limit=`.

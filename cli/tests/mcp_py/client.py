@@ -154,6 +154,8 @@ async def main():
         await wait_change("give_feedback")
         fb2 = await call_ok(client, "give_feedback", {"prompt": "Hi", "answer": "Hello!", "thumbs": "up"})
         assert fb2["id"] != fb["id"]
+        # Two events are below the default threshold (3): no background run yet.
+        assert fb["training"] == {"started": False} and fb2["training"] == {"started": False}, (fb, fb2)
 
         # Tool errors come back as isError results, and the server keeps serving.
         errors = [

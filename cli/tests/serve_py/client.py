@@ -239,6 +239,7 @@ fb = http.post("/tailor/feedback", json={"prompt": "What is my dog called?", "an
 assert fb.status_code == 201, fb.text
 fid = fb.json()["id"]
 assert isinstance(fb.json()["memory_id"], int), fb.json()  # the correction, mirrored into a memory
+assert fb.json()["training"] == {"started": False}, fb.json()  # one event: no run by itself
 assert [x["id"] for x in http.get("/tailor/feedback").json()["data"]] == [fid]
 assert http.post("/tailor/feedback", json={"prompt": "x", "answer": "y", "kind": "sideways"}).status_code == 400
 job = http.post("/tailor/training", json={"model": personal, "max_steps": 2})
@@ -256,6 +257,42 @@ summary["training"] = st["state"]
 assert http.delete(f"/tailor/feedback/{fid}").json()["deleted"] is True
 r = http.post("/tailor/adapters/rollback", json={"model": personal})
 assert r.status_code == 400 and "roll back" in r.json()["error"]["message"], r.text
+
+# --- automatic training (the server runs with the default --auto-train-after 3) --------------
+# The third new feedback event starts a background run; the personal model answers while it
+# goes on (the run pauses between steps for generations); a run going on starts no other.
+started, ids = [], []
+for prompt, answer, corrected in [("What is my dog called?", "I don't know.", "Your dog is called Biscuit."),
+                                  ("Where do I live?", "I cannot know that.", "You live in Lisbon."),
+                                  ("What do I do for work?", "No idea.", "You work as a nurse.")]:
+    r = http.post("/tailor/feedback", json={"model": personal, "prompt": prompt, "answer": answer,
+                                            "kind": "correction", "corrected": corrected})
+    assert r.status_code == 201, r.text
+    ids.append(r.json()["id"])
+    started.append(r.json()["training"]["started"])
+assert started == [False, False, True], started
+st = http.get("/tailor/training", params={"model": personal}).json()
+assert st["state"] == "running", st
+r = client.chat.completions.create(model=personal, messages=[{"role": "user", "content": "Where do I live?"}],
+                                   max_tokens=16, temperature=0)
+assert r.choices[0].message.content and r.choices[0].finish_reason in ("stop", "length"), r
+st = http.get("/tailor/training", params={"model": personal}).json()
+assert st["state"] == "running", f"the run ended before the answer did: {st}"
+r = http.post("/tailor/feedback", json={"model": personal, "prompt": "Hi", "answer": "Hello!", "kind": "thumbs_up"})
+assert r.status_code == 201 and r.json()["training"] == {"started": False}, r.text
+ids.append(r.json()["id"])
+assert http.post("/tailor/training", json={"model": personal}).status_code == 409
+http.post("/tailor/training/cancel", json={"model": personal}).raise_for_status()
+deadline = time.time() + 300
+while time.time() < deadline:
+    st = http.get("/tailor/training", params={"model": personal}).json()
+    if st["state"] != "running":
+        break
+    time.sleep(0.2)
+assert st["state"] == "cancelled", st
+summary["auto_training"] = {"state": st["state"], "step": st["step"], "paused_seconds": st["paused_seconds"]}
+for i in ids:
+    assert http.delete(f"/tailor/feedback/{i}").json()["deleted"] is True
 
 # --- adapters: load, choose per request, activate -------------------------------------------
 if args.adapter:
