@@ -58,8 +58,9 @@ typedef struct TailorEngine TailorEngine;
 //   briefly (never during a generation or training step).
 // - Lifetime: keeps its engine's model alive. One profile per engine at a time (a second
 //   open returns `TAILOR_ERR_BUSY` until the first is freed and its training job ended).
-// - Freed with `tailor_profile_free`; a training job started from it keeps it alive until
-//   the job ends.
+// - Freed with `tailor_profile_free`; a training job started from it (by
+//   `tailor_training_start`, or by `tailor_feedback_add` on its own) keeps it alive until the
+//   job ends.
 typedef struct TailorProfile TailorProfile;
 
 // One conversation with its own KV cache, on an engine (or a profile).
@@ -76,8 +77,10 @@ typedef struct TailorSession TailorSession;
 //
 // - Threading: `Send + Sync`: status, cancel and wait from any thread.
 // - Lifetime: keeps its profile alive until the run ends.
-// - Freed with `tailor_training_free`, which cancels a run still going and waits for it to
-//   stop, so no progress callback runs after it returns.
+// - Freed with `tailor_training_free`. A handle from `tailor_training_start` owns its run:
+//   freeing it cancels a run still going and waits for it to stop, so no progress callback
+//   runs after it returns. A handle from `tailor_profile_training_job` only looks at the
+//   run: freeing it leaves the run going.
 typedef struct TailorTrainingJob TailorTrainingJob;
 
 // The status every `tailor_*` call returns: `TAILOR_OK` (0) on success, a negative code on
@@ -335,7 +338,8 @@ TailorStatus tailor_profile_open_encrypted(const struct TailorEngine *engine,
                                            struct TailorProfile **out_profile);
 
 // Frees a profile. NULL is ignored. Its adapter stays in the engine's registry; sessions
-// made from it stay usable; a running training job goes on (free the job to stop it).
+// made from it stay usable; a running training job goes on (cancel it first to stop it:
+// `tailor_profile_training_job` gives the handle of one `tailor_feedback_add` started).
 //
 // # Safety
 // `profile` is NULL or a live profile handle not in use by another call.
@@ -440,11 +444,33 @@ TailorStatus tailor_memory_import(const struct TailorProfile *profile,
 // `"kind": "correction", "corrected": "..."`, or `"kind": "preference", "chosen": "...",
 // "rejected": "..."`; optionally `"turn_id"`. `*out_id` (may be NULL) receives its id.
 //
+// A correction is also stored as a memory at once (in the prompt of the next relevant
+// question). When this event brings the feedback no version has learned from to the
+// profile's threshold (`tailor_profile_set_auto_train`; 3 by default), it also starts a
+// background training run, which `tailor_training_running` reports and
+// `tailor_profile_training_job` hands out; this call does not wait for it.
+//
 // # Safety
 // Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
 TailorStatus tailor_feedback_add(const struct TailorProfile *profile,
                                  const char *feedback_json,
                                  int64_t *out_id);
+
+// Sets when the profile trains by itself: once `min_new_feedback` feedback events have come
+// in that no adapter version has learned from and no earlier automatic run started on, the
+// `tailor_feedback_add` that brings the last of them starts a background training run with
+// the default settings (as `tailor_training_start` with NULL options). `0` turns this off;
+// an opened profile has it on with 3 (the setting is not stored in the profile file). The run pauses between its steps while any generation runs on the engine; a
+// version the gate promotes is swapped into the engine's registry. Applies from the next
+// `tailor_feedback_add`; a run already going on is left alone (`tailor_profile_training_job`
+// and `tailor_training_cancel` stop it). `TAILOR_ERR_INVALID_ARGUMENT` for a negative count.
+//
+// Threading: any thread, at any time (as every profile call).
+//
+// # Safety
+// `profile` is NULL or a live profile.
+TailorStatus tailor_profile_set_auto_train(const struct TailorProfile *profile,
+                                           int32_t min_new_feedback);
 
 // Lists feedback events as JSON (`[{"id", "prompt", "answer", "kind", ..., "consumed_by"}]`),
 // oldest first. `options_json`: NULL or `{"unconsumed_only": false, "after": null, "limit":
@@ -645,11 +671,23 @@ TailorStatus tailor_training_start(const struct TailorProfile *profile,
                                    TailorFreeCallback free_user_data,
                                    struct TailorTrainingJob **out_job);
 
+// The profile's current or last training run, whoever started it (`tailor_training_start`,
+// or `tailor_feedback_add` on its own: see `tailor_profile_set_auto_train`), into `*out_job`;
+// NULL when no run has started since the profile was opened. Status, cancel and wait work on
+// it as on the handle `tailor_training_start` returned; freeing it (`tailor_training_free`,
+// required) does not cancel the run.
+//
+// # Safety
+// Pointer arguments are NULL or valid for the call.
+TailorStatus tailor_profile_training_job(const struct TailorProfile *profile,
+                                         struct TailorTrainingJob **out_job);
+
 // The job's state (`TAILOR_JOB_*`) into `*out_state` (may be NULL) and, into `*out_json`
 // (may be NULL), its status: `{"state": "running"|"promoted"|"refused"|"cancelled"|"failed",
 // "step", "total_steps", "loss", "tokens_per_s", "eta_seconds", "elapsed_seconds",
 // "version", "message", "error_kind", "held_out_before", "held_out_after",
-// "general_before", "general_after"}`. Free the JSON with `tailor_string_free`.
+// "general_before", "general_after", "summary", "paused_seconds"}` (`paused_seconds`: time
+// the run waited for generations). Free the JSON with `tailor_string_free`.
 //
 // # Safety
 // Pointer arguments are NULL or valid for the call.
@@ -674,14 +712,16 @@ TailorStatus tailor_training_wait(const struct TailorTrainingJob *job,
                                   int32_t *out_state,
                                   char **out_json);
 
-// Frees a job: a run still going is cancelled and waited for (at most one step), so no
-// progress callback runs after this returns. NULL is ignored.
+// Frees a job. A handle from `tailor_training_start`: a run still going is cancelled and
+// waited for (at most one step), so no progress callback runs after this returns. A handle
+// from `tailor_profile_training_job`: the run goes on. NULL is ignored.
 //
 // # Safety
 // `job` is NULL or a live job not in use by another call.
 void tailor_training_free(struct TailorTrainingJob *job);
 
-// Whether the profile has a training run going on (`*out_running` 1 or 0).
+// Whether the profile has a training run going on (`*out_running` 1 or 0), whoever started
+// it.
 //
 // # Safety
 // Pointer arguments are NULL or valid for the call.

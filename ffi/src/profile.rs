@@ -25,8 +25,9 @@ use crate::session::{SessionOptions, TailorSession};
 ///   briefly (never during a generation or training step).
 /// - Lifetime: keeps its engine's model alive. One profile per engine at a time (a second
 ///   open returns `TAILOR_ERR_BUSY` until the first is freed and its training job ended).
-/// - Freed with `tailor_profile_free`; a training job started from it keeps it alive until
-///   the job ends.
+/// - Freed with `tailor_profile_free`; a training job started from it (by
+///   `tailor_training_start`, or by `tailor_feedback_add` on its own) keeps it alive until the
+///   job ends.
 pub struct TailorProfile {
     pub(crate) model: Arc<PersonalModel>,
 }
@@ -152,7 +153,8 @@ unsafe fn open_profile(
 }
 
 /// Frees a profile. NULL is ignored. Its adapter stays in the engine's registry; sessions
-/// made from it stay usable; a running training job goes on (free the job to stop it).
+/// made from it stay usable; a running training job goes on (cancel it first to stop it:
+/// `tailor_profile_training_job` gives the handle of one `tailor_feedback_add` started).
 ///
 /// # Safety
 /// `profile` is NULL or a live profile handle not in use by another call.
@@ -417,6 +419,12 @@ pub unsafe extern "C" fn tailor_memory_import(
 /// `"kind": "correction", "corrected": "..."`, or `"kind": "preference", "chosen": "...",
 /// "rejected": "..."`; optionally `"turn_id"`. `*out_id` (may be NULL) receives its id.
 ///
+/// A correction is also stored as a memory at once (in the prompt of the next relevant
+/// question). When this event brings the feedback no version has learned from to the
+/// profile's threshold (`tailor_profile_set_auto_train`; 3 by default), it also starts a
+/// background training run, which `tailor_training_running` reports and
+/// `tailor_profile_training_job` hands out; this call does not wait for it.
+///
 /// # Safety
 /// Pointer arguments are NULL or valid for the call; strings are NUL-terminated.
 #[no_mangle]
@@ -430,11 +438,41 @@ pub unsafe extern "C" fn tailor_feedback_add(
         let (p, json) = unsafe { (handle(profile, "profile")?, str_arg(feedback_json, "feedback_json")?) };
         let feedback: NewFeedback =
             serde_json::from_str(json).map_err(|e| FfiError::invalid(format!("`feedback_json`: {e}")))?;
-        let id = p.store().add_feedback(feedback)?;
+        let (added, _job) = p.model.add_feedback(feedback)?;
         // SAFETY: `out_id` is NULL or writable (caller).
         if let Some(out) = unsafe { out_id.as_mut() } {
-            *out = id;
+            *out = added.id;
         }
+        Ok(())
+    })
+}
+
+/// Sets when the profile trains by itself: once `min_new_feedback` feedback events have come
+/// in that no adapter version has learned from and no earlier automatic run started on, the
+/// `tailor_feedback_add` that brings the last of them starts a background training run with
+/// the default settings (as `tailor_training_start` with NULL options). `0` turns this off;
+/// an opened profile has it on with 3 (the setting is not stored in the profile file). The run pauses between its steps while any generation runs on the engine; a
+/// version the gate promotes is swapped into the engine's registry. Applies from the next
+/// `tailor_feedback_add`; a run already going on is left alone (`tailor_profile_training_job`
+/// and `tailor_training_cancel` stop it). `TAILOR_ERR_INVALID_ARGUMENT` for a negative count.
+///
+/// Threading: any thread, at any time (as every profile call).
+///
+/// # Safety
+/// `profile` is NULL or a live profile.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_profile_set_auto_train(profile: *const TailorProfile, min_new_feedback: i32) -> TailorStatus {
+    guard("tailor_profile_set_auto_train", || {
+        // SAFETY: argument contract forwarded from the caller.
+        let p = unsafe { handle(profile, "profile") }?;
+        let n = usize::try_from(min_new_feedback)
+            .map_err(|_| FfiError::invalid(format!("`min_new_feedback` is {min_new_feedback}: give 0 (off) or a positive count")))?;
+        let mut auto = p.model.auto_train();
+        auto.enabled = n > 0;
+        if n > 0 {
+            auto.min_new_feedback = n;
+        }
+        p.model.set_auto_train(auto);
         Ok(())
     })
 }

@@ -29,10 +29,14 @@ pub const TAILOR_JOB_FAILED: i32 = 4;
 ///
 /// - Threading: `Send + Sync`: status, cancel and wait from any thread.
 /// - Lifetime: keeps its profile alive until the run ends.
-/// - Freed with `tailor_training_free`, which cancels a run still going and waits for it to
-///   stop, so no progress callback runs after it returns.
+/// - Freed with `tailor_training_free`. A handle from `tailor_training_start` owns its run:
+///   freeing it cancels a run still going and waits for it to stop, so no progress callback
+///   runs after it returns. A handle from `tailor_profile_training_job` only looks at the
+///   run: freeing it leaves the run going.
 pub struct TailorTrainingJob {
     job: Arc<TrainingJob>,
+    /// Whether freeing the handle cancels the run (the handle started it).
+    owns_run: bool,
 }
 
 /// Progress after each optimizer step (passed to a `TailorProgressCallback`).
@@ -183,7 +187,27 @@ pub unsafe extern "C" fn tailor_training_start(
             unsafe { (out_ptr(out_job, "out_job")?, handle(profile, "profile")?, opt_str_arg(options_json, "options_json")?) };
         let options = personal_options(json)?;
         let job = p.model.start_training_with(options, Box::new(move |progress| sink.call(progress)))?;
-        *out = Box::into_raw(Box::new(TailorTrainingJob { job }));
+        *out = Box::into_raw(Box::new(TailorTrainingJob { job, owns_run: true }));
+        Ok(())
+    })
+}
+
+/// The profile's current or last training run, whoever started it (`tailor_training_start`,
+/// or `tailor_feedback_add` on its own: see `tailor_profile_set_auto_train`), into `*out_job`;
+/// NULL when no run has started since the profile was opened. Status, cancel and wait work on
+/// it as on the handle `tailor_training_start` returned; freeing it (`tailor_training_free`,
+/// required) does not cancel the run.
+///
+/// # Safety
+/// Pointer arguments are NULL or valid for the call.
+#[no_mangle]
+pub unsafe extern "C" fn tailor_profile_training_job(profile: *const TailorProfile, out_job: *mut *mut TailorTrainingJob) -> TailorStatus {
+    guard("tailor_profile_training_job", || {
+        // SAFETY: argument contracts forwarded from the caller.
+        let (out, p) = unsafe { (out_ptr(out_job, "out_job")?, handle(profile, "profile")?) };
+        if let Some(job) = p.model.training_job() {
+            *out = Box::into_raw(Box::new(TailorTrainingJob { job, owns_run: false }));
+        }
         Ok(())
     })
 }
@@ -202,7 +226,8 @@ fn state_code(state: JobState) -> i32 {
 /// (may be NULL), its status: `{"state": "running"|"promoted"|"refused"|"cancelled"|"failed",
 /// "step", "total_steps", "loss", "tokens_per_s", "eta_seconds", "elapsed_seconds",
 /// "version", "message", "error_kind", "held_out_before", "held_out_after",
-/// "general_before", "general_after"}`. Free the JSON with `tailor_string_free`.
+/// "general_before", "general_after", "summary", "paused_seconds"}` (`paused_seconds`: time
+/// the run waited for generations). Free the JSON with `tailor_string_free`.
 ///
 /// # Safety
 /// Pointer arguments are NULL or valid for the call.
@@ -279,8 +304,9 @@ pub unsafe extern "C" fn tailor_training_wait(
     })
 }
 
-/// Frees a job: a run still going is cancelled and waited for (at most one step), so no
-/// progress callback runs after this returns. NULL is ignored.
+/// Frees a job. A handle from `tailor_training_start`: a run still going is cancelled and
+/// waited for (at most one step), so no progress callback runs after this returns. A handle
+/// from `tailor_profile_training_job`: the run goes on. NULL is ignored.
 ///
 /// # Safety
 /// `job` is NULL or a live job not in use by another call.
@@ -290,14 +316,17 @@ pub unsafe extern "C" fn tailor_training_free(job: *mut TailorTrainingJob) {
         if !job.is_null() {
             // SAFETY: made by Box::into_raw; freed once and not in use (caller).
             let j = unsafe { Box::from_raw(job) };
-            j.job.cancel();
-            j.job.wait();
+            if j.owns_run {
+                j.job.cancel();
+                j.job.wait();
+            }
         }
         Ok(())
     })
 }
 
-/// Whether the profile has a training run going on (`*out_running` 1 or 0).
+/// Whether the profile has a training run going on (`*out_running` 1 or 0), whoever started
+/// it.
 ///
 /// # Safety
 /// Pointer arguments are NULL or valid for the call.

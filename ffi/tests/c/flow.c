@@ -195,6 +195,8 @@ int main(int argc, char **argv) {
     TailorProfile *second = NULL;
     EXPECT_STATUS(tailor_profile_open(engine, profile_path, argv[3], NULL, &second), TAILOR_ERR_BUSY);
     ASSERT(second == NULL);
+    /* This flow starts its training runs itself (section 7 turns automatic runs on). */
+    CHECK(tailor_profile_set_auto_train(profile, 0));
     int64_t dog = 0, cat = 0, city = 0;
     CHECK(tailor_memory_add(profile, "I have a golden retriever called Biscuit.", "{\"source\": \"chat\"}", &dog));
     CHECK(tailor_memory_add(profile, "My sister's cat is named Pepper.", NULL, &cat));
@@ -259,6 +261,12 @@ int main(int argc, char **argv) {
     CHECK(tailor_feedback_list(profile, NULL, &json));
     ASSERT_CONTAINS(json, "Lisbon");
     tailor_string_free(json);
+    int32_t running = -1;
+    CHECK(tailor_training_running(profile, &running));
+    ASSERT(running == 0); /* automatic runs are off */
+    TailorTrainingJob *job = NULL;
+    CHECK(tailor_profile_training_job(profile, &job));
+    ASSERT(job == NULL);
 
     char *version = NULL;
     CHECK(tailor_profile_active_version(profile, &version));
@@ -268,7 +276,6 @@ int main(int argc, char **argv) {
     const char *train_opts = "{\"max_steps\": 3, \"learning_rate\": 0.002, \"warmup_steps\": 0, \"max_seq_len\": 64, "
                              "\"held_out_every\": 1000, \"max_general_increase\": 10.0, \"replay\": 0, "
                              "\"checkpoint_every\": 0}";
-    TailorTrainingJob *job = NULL;
     CHECK(tailor_training_start(profile, train_opts, on_progress, &ps, free_progress_state, &job));
     TailorTrainingJob *busy = NULL;
     int other = 0;
@@ -358,6 +365,39 @@ int main(int argc, char **argv) {
     CHECK(tailor_feedback_list(profile, NULL, &json));
     ASSERT(strstr(json, "\"What is my dog called?\"") == NULL);
     tailor_string_free(json);
+
+    /* 7. Automatic training: with the threshold at 2 new events, the second feedback starts a
+     *    background run by itself; a handle from tailor_profile_training_job follows it (its
+     *    free leaves the run going), and tailor_training_start is busy meanwhile. */
+    CHECK(tailor_feedback_forget_all(profile, NULL));
+    CHECK(tailor_profile_set_auto_train(profile, 2));
+    add_feedback(profile, "What is my dog called?", "Rex.", "Your dog is called Biscuit.");
+    CHECK(tailor_training_running(profile, &running));
+    ASSERT(running == 0);
+    add_feedback(profile, "Where do I live?", "In Paris.", "You live in Lisbon.");
+    CHECK(tailor_training_running(profile, &running));
+    ASSERT(running == 1);
+    job = NULL;
+    CHECK(tailor_profile_training_job(profile, &job));
+    ASSERT(job != NULL);
+    tailor_training_free(job); /* a look only: the run goes on */
+    CHECK(tailor_training_running(profile, &running));
+    ASSERT(running == 1);
+    TailorTrainingJob *explicit_job = NULL;
+    EXPECT_STATUS(tailor_training_start(profile, NULL, NULL, NULL, NULL, &explicit_job), TAILOR_ERR_BUSY);
+    ASSERT(explicit_job == NULL);
+    job = NULL;
+    CHECK(tailor_profile_training_job(profile, &job));
+    CHECK(tailor_training_status(job, &state, NULL));
+    ASSERT(state == TAILOR_JOB_RUNNING);
+    CHECK(tailor_training_cancel(job));
+    EXPECT_STATUS(tailor_training_wait(job, &state, &json), TAILOR_ERR_CANCELLED);
+    printf("automatic run: %s\n", json);
+    ASSERT(state == TAILOR_JOB_CANCELLED);
+    tailor_string_free(json);
+    tailor_training_free(job);
+    CHECK(tailor_training_running(profile, &running));
+    ASSERT(running == 0);
 
     tailor_session_free(me);
     tailor_profile_free(profile);

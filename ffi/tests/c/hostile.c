@@ -331,6 +331,12 @@ int main(int argc, char **argv) {
     EXPECT_INVALID(tailor_training_wait(NULL, &i32, &s));
     EXPECT_INVALID(tailor_training_running(NULL, &i32));
     EXPECT_INVALID(tailor_training_running(profile, NULL));
+    EXPECT_INVALID(tailor_profile_set_auto_train(NULL, 3));
+    EXPECT_INVALID(tailor_profile_set_auto_train(profile, -1));
+    EXPECT_INVALID(tailor_profile_training_job(NULL, &job));
+    EXPECT_INVALID(tailor_profile_training_job(profile, NULL));
+    ASSERT(job == NULL);
+    CHECK(tailor_profile_training_job(profile, &job)); /* no run yet */
     ASSERT(job == NULL);
     /* No feedback: the job fails, with a status and a message. */
     CHECK(tailor_training_start(profile, "{\"max_steps\": 1}", NULL, NULL, NULL, &job));
@@ -338,6 +344,13 @@ int main(int argc, char **argv) {
     ASSERT(i32 == TAILOR_JOB_FAILED);
     ASSERT_CONTAINS(s, "NoFeedback");
     tailor_string_free(s);
+    tailor_training_free(job);
+    /* The profile's last run, looked at through a second handle. */
+    job = NULL;
+    CHECK(tailor_profile_training_job(profile, &job));
+    ASSERT(job != NULL);
+    CHECK(tailor_training_status(job, &i32, NULL));
+    ASSERT(i32 == TAILOR_JOB_FAILED);
     tailor_training_free(job);
     CHECK(tailor_training_running(profile, &i32));
     ASSERT(i32 == 0);
