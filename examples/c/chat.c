@@ -133,6 +133,10 @@ int main(int argc, char **argv) {
             char *status = NULL;
             int32_t state = 0;
             st = tailor_training_start(profile, "{\"max_steps\": 20}", print_progress, NULL, NULL, &job);
+            if (st == TAILOR_ERR_BUSY) {
+                /* Feedback already started a run in the background: follow that one. */
+                st = tailor_profile_training_job(profile, &job);
+            }
             if (st != TAILOR_OK) { fail("train", st); continue; }
             st = tailor_training_wait(job, &state, &status);
             fprintf(stderr, "\n");

@@ -110,7 +110,21 @@ impl ProgressSink {
 
 /// Keys of the options JSON that are the profile run's own; every other key is a training
 /// setting (`TrainConfig`).
-const PERSONAL_KEYS: [&str; 4] = ["held_out_every", "max_general_increase", "checkpoint_every", "replay"];
+const PERSONAL_KEYS: [&str; 13] = [
+    "held_out_every",
+    "max_general_increase",
+    "checkpoint_every",
+    "replay",
+    "paraphrases",
+    "max_paraphrases",
+    "memory_examples",
+    "held_out_per_question",
+    "distill",
+    "distill_tokens",
+    "max_specificity_loss",
+    "preference_sft",
+    "min_steps",
+];
 
 /// Builds the run's settings: the profile defaults with the JSON object's keys applied.
 fn personal_options(json: Option<&str>) -> FfiResult<PersonalOptions> {
@@ -131,6 +145,20 @@ fn personal_options(json: Option<&str>) -> FfiResult<PersonalOptions> {
             }
             "checkpoint_every" => options.checkpoint_every = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
             "replay" => options.replay = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            "paraphrases" => options.paraphrases = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            "max_paraphrases" => options.max_paraphrases = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            "memory_examples" => options.memory_examples = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            "held_out_per_question" => {
+                options.held_out_per_question = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?
+            }
+            "distill" => options.distill = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            "distill_tokens" => options.distill_tokens = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            // `null` switches the specificity check off.
+            "max_specificity_loss" => {
+                options.max_specificity_loss = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?
+            }
+            "preference_sft" => options.preference_sft = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
+            "min_steps" => options.min_steps = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
             k if train.contains_key(k) => {
                 train.insert(key, value);
             }
@@ -158,8 +186,12 @@ fn personal_options(json: Option<&str>) -> FfiResult<PersonalOptions> {
 ///
 /// - `options_json`: NULL or an object with any of `max_steps`, `max_seconds`,
 ///   `learning_rate`, `epochs`, `lora_rank`, `lora_alpha`, `max_seq_len`, `seed`, ... (the
-///   training settings), and `held_out_every` (5), `max_general_increase` (0.05),
-///   `checkpoint_every` (5), `replay` (1.0).
+///   training settings), and the profile run's own (`PersonalOptions`, defaults in
+///   brackets): `held_out_every` (5, preference pairs), `max_general_increase` (0.03),
+///   `checkpoint_every` (5), `replay` (0.25), `paraphrases` (true), `max_paraphrases` (20),
+///   `memory_examples` (2), `held_out_per_question` (3), `distill` (48), `distill_tokens`
+///   (40), `max_specificity_loss` (0.1; `null`: no specificity check), `preference_sft`
+///   (true), `min_steps` (24).
 /// - `callback`: NULL or called after every step on the training thread, with `user_data`.
 /// - `free_user_data`: NULL or called once with `user_data` when the library is done with it:
 ///   on the training thread when the run ends, or before this call returns when it fails.

@@ -358,6 +358,17 @@ pub fn feedback_to_data(engine: &Engine, feedback: &[Feedback], options: &Person
             data.train.sft.push(SftExample { prompt_tokens: p.prompt_tokens.clone(), answer_tokens: p.chosen_tokens.clone() });
         }
     }
+    // A rewrite (or a prompt with its memory) too long for `max_seq_len` would leave no answer
+    // token to train on or score: it is left out (feedback left with nothing that fits
+    // trains nothing, like a lone thumbs down).
+    let room = options.train.max_seq_len;
+    let fits = |e: &SftExample| e.prompt_tokens.len() < room;
+    data.train.sft.retain(|e| fits(e));
+    let keep: Vec<bool> = data.held_out.iter().map(fits).collect();
+    let mut k = keep.iter();
+    data.held_out.retain(|_| *k.next().unwrap_or(&true));
+    let mut k = keep.iter();
+    data.probes.retain(|_| *k.next().unwrap_or(&true));
     Ok(data)
 }
 

@@ -296,9 +296,12 @@ impl PersonalModel {
     /// Records a feedback event (a correction is mirrored into a memory at once, see
     /// `MemoryStore::add_feedback_mirrored`) and then, if [`AutoTrain`] says so, starts a
     /// background run. Returns what was recorded and the run started, if any.
+    /// A run that cannot start (e.g. the thread cannot be spawned) is not an error of the
+    /// feedback, which is stored: it gives `None`, and [`PersonalModel::maybe_train`] reports
+    /// the error when called.
     pub fn add_feedback(self: &Arc<Self>, feedback: NewFeedback) -> Result<(FeedbackAdded, Option<Arc<TrainingJob>>)> {
         let added = lock_store(&self.store).add_feedback_mirrored(feedback)?;
-        Ok((added, self.maybe_train()?))
+        Ok((added, self.maybe_train().ok().flatten()))
     }
 
     /// Starts a background run if [`AutoTrain`] is on, none is running and enough feedback

@@ -275,7 +275,7 @@ int main(int argc, char **argv) {
     memset(&ps, 0, sizeof ps);
     const char *train_opts = "{\"max_steps\": 3, \"learning_rate\": 0.002, \"warmup_steps\": 0, \"max_seq_len\": 64, "
                              "\"held_out_every\": 1000, \"max_general_increase\": 10.0, \"replay\": 0, "
-                             "\"checkpoint_every\": 0}";
+                             "\"distill\": 0, \"max_specificity_loss\": null, \"checkpoint_every\": 0}";
     CHECK(tailor_training_start(profile, train_opts, on_progress, &ps, free_progress_state, &job));
     TailorTrainingJob *busy = NULL;
     int other = 0;
@@ -327,7 +327,7 @@ int main(int argc, char **argv) {
     atomic_store(&ps.stop_at, 1);
     add_feedback(profile, "What is my sister's cat called?", "Whiskers?", "Her cat is named Pepper.");
     const char *long_opts = "{\"max_steps\": 200, \"max_seq_len\": 64, \"held_out_every\": 1000, \"replay\": 0, "
-                            "\"checkpoint_every\": 0}";
+                            "\"distill\": 0, \"max_specificity_loss\": null, \"checkpoint_every\": 0}";
     CHECK(tailor_training_start(profile, long_opts, on_progress, &ps, NULL, &job));
     TailorStatus waited = tailor_training_wait(job, &state, &json);
     printf("stopped by the callback: %s\n", json);

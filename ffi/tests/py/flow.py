@@ -177,7 +177,8 @@ def on_progress(p, _user):  # on the training thread
 
 
 opts = {"max_steps": 2, "learning_rate": 0.002, "warmup_steps": 0, "max_seq_len": 64,
-        "held_out_every": 1000, "max_general_increase": 10.0, "replay": 0, "checkpoint_every": 0}
+        "held_out_every": 1000, "max_general_increase": 10.0, "replay": 0, "checkpoint_every": 0,
+        "distill": 0, "max_specificity_loss": None}
 job, state, out = P(), C.c_int32(), C.c_char_p()
 check(lib.tailor_training_start(profile, json.dumps(opts).encode(), on_progress, None, None, C.byref(job)), "training_start")
 check(lib.tailor_training_wait(job, C.byref(state), C.byref(out)), "training_wait")
@@ -197,7 +198,7 @@ def stop_now(_p, _user):
     return 1
 
 
-check(lib.tailor_training_start(profile, b'{"max_steps": 50, "max_seq_len": 64, "replay": 0}', stop_now, None, None, C.byref(job)), "training_start 2")
+check(lib.tailor_training_start(profile, b'{"max_steps": 50, "max_seq_len": 64, "replay": 0, "distill": 0}', stop_now, None, None, C.byref(job)), "training_start 2")
 check(lib.tailor_training_wait(job, C.byref(state), None), "training_wait 2", CANCELLED)
 assert state.value == JOB_CANCELLED
 lib.tailor_training_free(job)
