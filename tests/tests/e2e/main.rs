@@ -1,0 +1,3 @@
+//! End-to-end behaviour on the real model, one module per feature.
+
+mod personalization;
