@@ -361,7 +361,7 @@ pub fn feedback_to_data(engine: &Engine, feedback: &[Feedback], options: &Person
     // A rewrite (or a prompt with its memory) too long for `max_seq_len` would leave no answer
     // token to train on or score: it is left out (feedback left with nothing that fits
     // trains nothing, like a lone thumbs down).
-    let room = options.train.max_seq_len;
+    let room = options.train.max_seq_len.min(engine.model_config().context_length.max(2));
     let fits = |e: &SftExample| e.prompt_tokens.len() < room;
     data.train.sft.retain(|e| fits(e));
     let keep: Vec<bool> = data.held_out.iter().map(fits).collect();

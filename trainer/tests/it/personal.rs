@@ -128,7 +128,8 @@ fn feedback_maps_to_sft_dpo_and_held_out() {
     o.paraphrases = false;
     o.memory_examples = 0;
     let plain = feedback_to_data(&engine, &fb, &o).unwrap();
-    assert_eq!(plain.train.sft.len(), 2);
+    // The thumbs up and the correction, and the chosen answers of the two pairs.
+    assert_eq!(plain.train.sft.len(), 4);
     assert!(plain.held_out.is_empty());
     // Every 5th pair is held out, at least one of three.
     for i in 0..5 {

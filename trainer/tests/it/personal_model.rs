@@ -27,6 +27,12 @@ fn options(steps: usize) -> PersonalOptions {
     o.train.seed = 7;
     o.train.threads = 2;
     o.checkpoint_every = 1;
+    // Tiny random models: a few distillation answers, no specificity set (they know nothing),
+    // and the old 5% general-text limit these small runs were tuned for.
+    o.distill = 4;
+    o.distill_tokens = 8;
+    o.max_specificity_loss = None;
+    o.max_general_increase = 0.05;
     o
 }
 
@@ -143,4 +149,39 @@ fn cancel_leaves_a_checkpoint_and_forgetting_mid_run_refuses() {
     assert!(st.message.unwrap().contains("forgotten"));
     assert!(pm.store().lock().unwrap().list_adapters().unwrap().is_empty());
     assert!(pm.registry().list().is_empty());
+}
+
+/// Feedback through `PersonalModel::add_feedback` starts a background run once enough new
+/// events came in (not for the same events twice, never two at once, not when switched off),
+/// and the run yields while a generation runs.
+#[test]
+fn feedback_starts_a_background_run_when_enough_came_in() {
+    let (_m, engine) = tiny(GgmlDType::Q8_0, 5);
+    let dir = TempDir::new("pm-auto");
+    let pm = open(&engine, &dir);
+    let mut auto = tailor_trainer::AutoTrain::default();
+    auto.min_new_feedback = 2;
+    auto.options = options(6);
+    pm.set_auto_train(auto.clone());
+    let correction = |i: usize| {
+        NewFeedback::new(format!("what is my cat called? ({i})"), "Tom.", FeedbackKind::Correction { corrected: "Zorblax.".into() })
+    };
+    let (first, job) = pm.add_feedback(correction(0)).unwrap();
+    assert!(job.is_none(), "one event is below the threshold");
+    assert!(first.memory.is_some(), "a correction is mirrored into a memory at once");
+    let (_, job) = pm.add_feedback(correction(1)).unwrap();
+    let job = job.expect("the second event starts a run");
+    // While it runs, more feedback starts nothing (one run at a time).
+    let (_, again) = pm.add_feedback(correction(2)).unwrap();
+    assert!(again.is_none());
+    let st = job.wait();
+    assert!(matches!(st.state, JobState::Promoted | JobState::Refused), "{st:?}");
+    assert!(st.summary.is_some());
+    // The events it was started on do not start it again; switched off, nothing starts.
+    assert!(pm.maybe_train().unwrap().is_none());
+    auto.enabled = false;
+    pm.set_auto_train(auto);
+    for i in 3..6 {
+        assert!(pm.add_feedback(correction(i)).unwrap().1.is_none());
+    }
 }
