@@ -73,10 +73,12 @@ struct Args {
     replay: Option<f32>,
     distill: Option<usize>,
     paraphrases: Option<usize>,
+    pref_sft: Option<bool>,
+    dpo_beta: Option<f32>,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, prefs: true, replay: None, distill: None, paraphrases: None };
+    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -91,6 +93,8 @@ fn parse() -> Result<Args> {
             "--replay" => a.replay = Some(val("--replay")?.parse()?),
             "--distill" => a.distill = Some(val("--distill")?.parse()?),
             "--paraphrases" => a.paraphrases = Some(val("--paraphrases")?.parse()?),
+            "--pref-sft" => a.pref_sft = Some(val("--pref-sft")?.parse()?),
+            "--dpo-beta" => a.dpo_beta = Some(val("--dpo-beta")?.parse()?),
             "--bench" => {}
             other => bail!("unknown argument {other}"),
         }
@@ -207,6 +211,12 @@ fn main() -> Result<()> {
     if let Some(p) = args.paraphrases {
         options.max_paraphrases = p;
     }
+    if let Some(p) = args.pref_sft {
+        options.preference_sft = p;
+    }
+    if let Some(b) = args.dpo_beta {
+        options.train.dpo_beta = b;
+    }
     let t = Instant::now();
     let mut last = Instant::now();
     let outcome = me.train(&options, &mut |p| {
@@ -268,6 +278,10 @@ fn main() -> Result<()> {
         eprintln!("decode idle {idle:.0} tok/s, during background training {busy:.0} tok/s ({:.2}x); the run paused {:.1} s", busy / idle, status.paused_seconds);
         bg = Some((idle, busy));
         let po = job.outcome().context("the preference run ended without an outcome")?;
+        if let (false, Some(a)) = (po.promoted(), &po.adapter) {
+            pm.registry().insert("refused", (**a).clone())?;
+            pm.registry().set_weight("refused", Some(1.0))?;
+        }
         let after = ask(&engine, Some(&pm), false, &new)?;
         eprintln!("preferences: {:?}: {}; new prompts opening with {:?}: {} -> {} of {}", po.decision, po.summary(), prefs.opening, opens(&before), opens(&after), new.len());
         for a in &after {
@@ -277,7 +291,7 @@ fn main() -> Result<()> {
             "| preference margin, held-out pair (log-prob chosen − rejected) | {:+.2} | {:+.2} | {} |\n| new prompts answered in the preferred style ({:?}) | {}/{} | {}/{} | trained {:.0} s |\n",
             po.margin_before.unwrap_or(f64::NAN),
             po.margin_after.unwrap_or(f64::NAN),
-            if po.promoted() { "promoted" } else { "refused" },
+            if po.promoted() { "promoted".to_string() } else { format!("refused: {}", match &po.decision { tailor_trainer::personal::Decision::Refused { reason } => reason.as_str(), _ => "" }) },
             prefs.opening,
             opens(&before),
             new.len(),

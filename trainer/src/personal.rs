@@ -867,6 +867,22 @@ fn gate(
         outcome.probes_right_before = right(greedy_answers(engine, None, &questions, max)?);
         outcome.probes_right_after = right(greedy_answers(engine, Some(adapter), &questions, max)?);
     }
+    if !data.held_out_pairs.is_empty() {
+        let margin = |a: Option<&LoraAdapter>| -> Result<f64> {
+            let side = |chosen: bool| -> Vec<SftExample> {
+                data.held_out_pairs
+                    .iter()
+                    .map(|p| SftExample { prompt_tokens: p.prompt_tokens.clone(), answer_tokens: if chosen { p.chosen_tokens.clone() } else { p.rejected_tokens.clone() } })
+                    .collect()
+            };
+            let c = score_answers(engine, a, &side(true), threads)?;
+            let r = score_answers(engine, a, &side(false), threads)?;
+            Ok(c.iter().zip(&r).map(|(c, r)| c.logprob - r.logprob).sum::<f64>() / c.len() as f64)
+        };
+        outcome.margin_before = Some(margin(None)?);
+        outcome.margin_after = Some(margin(Some(adapter))?);
+    }
+    let mut specificity_refusal = None;
     if let Some(limit) = options.max_specificity_loss {
         let set = specificity_questions();
         let questions: Vec<String> = set.iter().map(|(q, _)| q.clone()).collect();
@@ -883,27 +899,15 @@ fn gate(
         outcome.specificity_lost = outcome.specificity_changes.len();
         let allowed = (known.len() as f64 * limit).floor() as usize;
         if outcome.specificity_lost > allowed {
-            return Ok(Some(format!(
+            specificity_refusal = Some(format!(
                 "it answers {} of the {} unrelated questions the base answers right wrongly (at most {allowed} allowed)",
                 outcome.specificity_lost,
                 known.len()
-            )));
+            ));
         }
     }
-    if !data.held_out_pairs.is_empty() {
-        let margin = |a: Option<&LoraAdapter>| -> Result<f64> {
-            let side = |chosen: bool| -> Vec<SftExample> {
-                data.held_out_pairs
-                    .iter()
-                    .map(|p| SftExample { prompt_tokens: p.prompt_tokens.clone(), answer_tokens: if chosen { p.chosen_tokens.clone() } else { p.rejected_tokens.clone() } })
-                    .collect()
-            };
-            let c = score_answers(engine, a, &side(true), threads)?;
-            let r = score_answers(engine, a, &side(false), threads)?;
-            Ok(c.iter().zip(&r).map(|(c, r)| c.logprob - r.logprob).sum::<f64>() / c.len() as f64)
-        };
-        outcome.margin_before = Some(margin(None)?);
-        outcome.margin_after = Some(margin(Some(adapter))?);
+    if specificity_refusal.is_some() {
+        return Ok(specificity_refusal);
     }
     let (before, after) = (outcome.held_out_before, outcome.held_out_after);
     let has_sft = !eval.is_empty();
