@@ -7,10 +7,9 @@ use rayon::ThreadPool;
 use tailor::model::qmatrix::QMatrix;
 
 use candle_core::quantized::GgmlDType;
-use half::f16;
 use tailor::kernels::{cast_blocks, BlockQ4_1, BlockQ8_0};
 
-use crate::kernels::gemm_bcast;
+use crate::kernels::{dequantize_q4_1, dequantize_q8_0, gemm_bcast, zeros};
 
 /// A strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -94,9 +93,18 @@ fn tile_rows(cols: usize) -> usize {
     (65_536 / cols.max(1)).clamp(16, 512).next_multiple_of(16)
 }
 
+/// Height of the forward pass's tiles of an `out`-row weight: at most about [`tile_rows`],
+/// a multiple of 16 (the kernel's half vector), and as many tiles as a multiple of `threads`
+/// (balanced work). A forward output is one tile's dot product, so the tiling does not change
+/// the arithmetic.
+fn fwd_tile_rows(out: usize, cols: usize, threads: usize) -> usize {
+    let tiles = out.div_ceil(tile_rows(cols)).next_multiple_of(threads.max(1));
+    out.div_ceil(tiles).next_multiple_of(16)
+}
+
 /// Rows `r0..r1` of `w` as dense f32 (`Q4_1` and `Q8_0`, the types of the shipped model, by
-/// a loop the compiler vectorizes; other types through `QMatrix::dequantize_row`). Same
-/// arithmetic as ggml's (`q·d + m`, `q·d`): bit-identical results.
+/// [`crate::kernels`]; other types through `QMatrix::dequantize_row`). Same arithmetic as
+/// ggml's (`q·d + m`, `q·d`): bit-identical results.
 pub(crate) fn dequantize_tile(w: &QMatrix, r0: usize, r1: usize, buf: &mut Vec<f32>) {
     let cols = w.cols();
     buf.resize((r1 - r0) * cols, 0.0);
@@ -104,25 +112,13 @@ pub(crate) fn dequantize_tile(w: &QMatrix, r0: usize, r1: usize, buf: &mut Vec<f
     match w.dtype() {
         GgmlDType::Q4_1 => {
             if let Some(blocks) = cast_blocks::<BlockQ4_1>(bytes) {
-                for (b, out) in blocks.iter().zip(buf.chunks_exact_mut(32)) {
-                    let (d, m) = (f16::from_bits(b.d).to_f32(), f16::from_bits(b.m).to_f32());
-                    let (lo, hi) = out.split_at_mut(16);
-                    for j in 0..16 {
-                        lo[j] = (b.qs[j] & 0x0F) as f32 * d + m;
-                        hi[j] = (b.qs[j] >> 4) as f32 * d + m;
-                    }
-                }
+                dequantize_q4_1(blocks, buf);
                 return;
             }
         }
         GgmlDType::Q8_0 => {
             if let Some(blocks) = cast_blocks::<BlockQ8_0>(bytes) {
-                for (b, out) in blocks.iter().zip(buf.chunks_exact_mut(32)) {
-                    let d = f16::from_bits(b.d).to_f32();
-                    for (o, &q) in out.iter_mut().zip(&b.qs) {
-                        *o = q as f32 * d;
-                    }
-                }
+                dequantize_q8_0(blocks, buf);
                 return;
             }
         }
@@ -133,32 +129,59 @@ pub(crate) fn dequantize_tile(w: &QMatrix, r0: usize, r1: usize, buf: &mut Vec<f
     }
 }
 
-/// `yᵀ[out, n] = W[out, in] · xᵀ` for `x` `[n, in]`: the product transposed, so that each
-/// tile of weight rows writes a contiguous block.
-pub(crate) fn qlinear_fwd_t(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, yt: &mut [f32]) {
+/// `y[n, out] = x[n, in] · Wᵀ`. Each task dequantizes a tile of weight rows, transposes it
+/// in cache (`[in, rows]`) and multiplies `x` by it into its own `[n, rows]` block, which is
+/// then copied into its columns of `y`: neither `x` nor `y` is transposed. Each output sums
+/// `x[t, c]·W[o, c]` over `c` in order.
+pub(crate) fn qlinear_fwd(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
     let (out, cols) = (w.rows(), w.cols());
     assert_eq!(x.len(), n * cols, "qlinear: input size");
-    assert_eq!(yt.len(), n * out, "qlinear: output size");
-    let tr = tile_rows(cols);
-    let mut xt = vec![0f32; n * cols];
-    transpose_into(pool, x, n, cols, &mut xt);
-    let xt = &xt;
+    assert_eq!(y.len(), n * out, "qlinear: output size");
+    if n == 0 || out == 0 {
+        return;
+    }
+    let tr = fwd_tile_rows(out, cols, pool.current_num_threads());
+    // Allocated here, not on the workers (glibc's per-thread arenas would keep it).
+    let mut blocks = zeros(pool, n * out);
     pool.install(|| {
-        yt.par_chunks_mut(tr * n).enumerate().for_each_init(Vec::new, |buf, (ti, chunk)| {
-            let r0 = ti * tr;
-            let r1 = (r0 + tr).min(out);
-            dequantize_tile(w, r0, r1, buf);
-            gemm_bcast(r1 - r0, n, cols, M::new(buf, r1 - r0, cols), xt, n, chunk, n, false, 1.0);
-        })
+        blocks.par_chunks_mut(tr * n).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(buf, bt), (ti, block)| {
+                let r0 = ti * tr;
+                let r1 = (r0 + tr).min(out);
+                let rows = r1 - r0;
+                dequantize_tile(w, r0, r1, buf);
+                bt.resize(rows * cols, 0.0);
+                transpose_seq(buf, rows, cols, bt);
+                gemm_bcast(n, rows, cols, M::new(x, n, cols), bt, rows, block, rows, false, 1.0);
+            },
+        )
     });
+    let copy = |(t, row): (usize, &mut [f32])| {
+        for (ti, block) in blocks.chunks(tr * n).enumerate() {
+            let rows = block.len() / n;
+            row[ti * tr..ti * tr + rows].copy_from_slice(&block[t * rows..(t + 1) * rows]);
+        }
+    };
+    if n * out < 1 << 16 {
+        y.chunks_mut(out).enumerate().for_each(copy);
+    } else {
+        pool.install(|| y.par_chunks_mut(out).enumerate().for_each(copy));
+    }
 }
 
-/// `y[n, out] = x[n, in] · Wᵀ`.
-pub(crate) fn qlinear_fwd(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, y: &mut [f32]) {
-    let out = w.rows();
-    let mut yt = vec![0f32; n * out];
-    qlinear_fwd_t(pool, w, x, n, &mut yt);
-    transpose_into(pool, &yt, out, n, y);
+/// `dst[c, r] = src[r, c]` for `src` `[rows, cols]`, on this thread.
+fn transpose_seq(src: &[f32], rows: usize, cols: usize, dst: &mut [f32]) {
+    const B: usize = 16;
+    for r0 in (0..rows).step_by(B) {
+        for c0 in (0..cols).step_by(B) {
+            for r in r0..(r0 + B).min(rows) {
+                for c in c0..(c0 + B).min(cols) {
+                    dst[c * rows + r] = src[r * cols + c];
+                }
+            }
+        }
+    }
 }
 
 /// `dst[c, r] = src[r, c]` for `src` `[rows, cols]`, blocks of `dst` rows in parallel.
@@ -203,14 +226,15 @@ pub(crate) fn qlinear_bwd(pool: &ThreadPool, w: &QMatrix, dy: &[f32], n: usize, 
     let per_part = out.div_ceil(PARTS).div_ceil(max_rows).max(1);
     let tiles = PARTS * per_part;
     let tr = out.div_ceil(tiles).max(1);
+    // Part 0 adds into `dx` itself, the others into partial sums added to it in order.
     // Allocated here, not on the workers (glibc's per-thread arenas would keep it).
-    let mut partials = vec![0f32; PARTS * n * cols];
-    let used: Vec<bool> = pool.install(|| partials
-        .par_chunks_mut(n * cols)
+    let mut partials = zeros(pool, (PARTS - 1) * n * cols);
+    let used: Vec<bool> = pool.install(|| rayon::iter::once(&mut dx[..])
+        .chain(partials.par_chunks_mut(n * cols))
         .enumerate()
         .map(|(p, acc)| {
             let mut buf = Vec::new();
-            let mut first = true;
+            let mut first = p > 0;
             for ti in p * per_part..(p + 1) * per_part {
                 let r0 = (ti * tr).min(out);
                 let r1 = (r0 + tr).min(out);
@@ -222,10 +246,10 @@ pub(crate) fn qlinear_bwd(pool: &ThreadPool, w: &QMatrix, dy: &[f32], n: usize, 
                 gemm_bcast(n, cols, r1 - r0, dyv, &buf, cols, acc, cols, !first, 1.0);
                 first = false;
             }
-            !first
+            p > 0 && !first
         })
         .collect());
-    for (p, _) in partials.chunks_exact(n * cols).zip(&used).filter(|(_, &u)| u) {
+    for (p, _) in partials.chunks_exact(n * cols).zip(&used[1..]).filter(|(_, &u)| u) {
         for (d, s) in dx.iter_mut().zip(p) {
             *d += s;
         }
@@ -308,5 +332,54 @@ mod tests {
         for (a, b) in dx.iter().zip(&want) {
             assert!((a - 0.5 - b).abs() < 1e-3 * (1.0 + b.abs()), "{a} vs {b}");
         }
+    }
+
+    /// The forward's tiling follows the thread count; its results do not (nor do the
+    /// backward's), bit for bit, on odd shapes.
+    #[test]
+    fn qlinear_does_not_depend_on_the_thread_count() {
+        for &(out, cols, n) in &[(37usize, 32usize, 1usize), (300, 64, 5), (1000, 96, 50)] {
+            let w = QMatrix::quantize(GgmlDType::Q4_1, out, cols, &vals(out * cols, 7)).unwrap();
+            let x = vals(n * cols, 8);
+            let dy = vals(n * out, 9);
+            let run = |threads: usize| {
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+                let mut y = vec![0f32; n * out];
+                qlinear_fwd(&pool, &w, &x, n, &mut y);
+                let mut dx = vec![0.25f32; n * cols];
+                qlinear_bwd(&pool, &w, &dy, n, &mut dx);
+                (y, dx)
+            };
+            let one = run(1);
+            assert_eq!(run(2), one, "{out}x{cols}, n {n}");
+            assert_eq!(run(3), one, "{out}x{cols}, n {n}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod speed {
+    use super::*;
+
+    /// `cargo test --release -p tailor-trainer dequant_speed -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn dequant_speed() {
+        let (rows, cols) = (128usize, 576usize);
+        let vals: Vec<f32> = (0..rows * cols).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+        let w = QMatrix::quantize(GgmlDType::Q4_1, rows, cols, &vals).unwrap();
+        let (mut buf, mut bt) = (Vec::new(), vec![0f32; rows * cols]);
+        let reps = 2000;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            dequantize_tile(&w, 0, rows, &mut buf);
+        }
+        let deq = t.elapsed().as_secs_f64() / (reps * rows * cols) as f64 * 1e9;
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            transpose_seq(&buf, rows, cols, &mut bt);
+        }
+        let tr = t.elapsed().as_secs_f64() / (reps * rows * cols) as f64 * 1e9;
+        eprintln!("Q4_1 dequantize {deq:.3} ns/value, tile transpose {tr:.3} ns/value");
     }
 }
