@@ -47,6 +47,14 @@ pub struct TrainConfig {
     pub max_seconds: Option<f64>,
     /// Sequences (prompt + answer) are cut to this many tokens, keeping the start.
     pub max_seq_len: usize,
+    /// SFT examples of one optimizer step are packed, in order, into passes of up to this
+    /// many tokens (and within `max_activation_mib`): one forward and backward pass runs them
+    /// all, each attending only to itself with positions from 0, so the loss and gradients
+    /// are those of separate passes up to f32 rounding (the LoRA gradients sum in another
+    /// order), while the frozen weights are dequantized once per pass instead of once per
+    /// example. A longer example runs alone; DPO pairs always run unpacked. `0` = one example
+    /// per pass.
+    pub pack_tokens: usize,
     /// DPO temperature `beta`.
     pub dpo_beta: f32,
     /// What DPO's reference policy is.
@@ -93,6 +101,7 @@ impl Default for TrainConfig {
             max_steps: None,
             max_seconds: None,
             max_seq_len: 512,
+            pack_tokens: 512,
             dpo_beta: 0.1,
             dpo_reference: DpoReference::Base,
             dpo_weight: 1.0,

@@ -120,8 +120,36 @@ pub(crate) fn sequence(prompt: &[u32], answer: &[u32], max_len: usize) -> Seq {
 }
 
 enum Item {
-    Sft(Seq, Keep),
+    Sft(Seq),
     Pref { chosen: Seq, rejected: Seq, keep: Keep },
+}
+
+/// One forward/backward pass of a step.
+enum Pass<'a> {
+    /// SFT examples packed end to end.
+    Sft(Vec<&'a Seq>, Keep),
+    /// One DPO pair (an index into the items), unpacked.
+    Pref(usize),
+}
+
+/// SFT sequences concatenated for one pass.
+struct Packed {
+    tokens: Vec<u32>,
+    lens: Vec<usize>,
+    targets: Vec<(usize, u32)>,
+}
+
+impl Packed {
+    fn new(seqs: &[&Seq]) -> Self {
+        let mut p = Packed { tokens: Vec::new(), lens: Vec::new(), targets: Vec::new() };
+        for s in seqs {
+            let t0 = p.tokens.len();
+            p.tokens.extend_from_slice(&s.tokens);
+            p.lens.push(s.tokens.len());
+            p.targets.extend(s.targets.iter().map(|&(pos, tok)| (t0 + pos, tok)));
+        }
+        p
+    }
 }
 
 /// Trains LoRA adapters on one engine's base.
@@ -237,10 +265,15 @@ impl Trainer {
         self.train_inner(data, progress, &pool)
     }
 
-    /// What to keep for the backward pass of sequences `seqs` (held at once) under the
-    /// configuration's memory budget.
+    /// What to keep for the backward pass of sequences `seqs` (each its own pass, held at
+    /// once) under the configuration's memory budget.
     fn keep_for(&self, net: &Net<'_>, seqs: &[&Seq], index: usize) -> Result<Keep> {
-        let need = |keep| seqs.iter().map(|s| net.activation_bytes(s.tokens.len(), s.targets.len(), keep)).sum::<usize>();
+        self.keep_for_passes(net, &seqs.iter().map(|s| (vec![s.tokens.len()], s.targets.len())).collect::<Vec<_>>(), index)
+    }
+
+    /// What to keep for passes `(packed lengths, scored positions)` held at once.
+    fn keep_for_passes(&self, net: &Net<'_>, passes: &[(Vec<usize>, usize)], index: usize) -> Result<Keep> {
+        let need = |keep| passes.iter().map(|(lens, m)| net.activation_bytes(lens, *m, keep)).sum::<usize>();
         let preferred = if self.config.activation_checkpointing { Keep::LayerInputs } else { Keep::All };
         let Some(mib) = self.config.max_activation_mib else { return Ok(preferred) };
         let budget = mib.saturating_mul(1 << 20);
@@ -275,8 +308,8 @@ impl Trainer {
         for (i, e) in data.sft.iter().enumerate() {
             let s = sequence(&e.prompt_tokens, &e.answer_tokens, max);
             check(i, &s)?;
-            let keep = self.keep_for(net, &[&s], i)?;
-            items.push(Item::Sft(s, keep));
+            self.keep_for(net, &[&s], i)?;
+            items.push(Item::Sft(s));
         }
         for (i, e) in data.preferences.iter().enumerate() {
             let chosen = sequence(&e.prompt_tokens, &e.chosen_tokens, max);
@@ -289,9 +322,56 @@ impl Trainer {
         Ok(items)
     }
 
+    /// The passes of one step's examples `picked`, in order: SFT examples packed greedily (a
+    /// pack is closed when the next example would take it past `pack_tokens`, or past
+    /// `max_activation_mib` even with activation checkpointing), each DPO pair on its own.
+    fn plan<'a>(&self, net: &Net<'_>, items: &'a [Item], picked: &[usize]) -> Result<Vec<Pass<'a>>> {
+        let mut passes = Vec::new();
+        let mut open: Vec<&Seq> = Vec::new();
+        let (mut lens, mut m) = (Vec::new(), 0usize);
+        let fits = |lens: &[usize], m: usize| match self.config.max_activation_mib {
+            None => true,
+            Some(mib) => net.activation_bytes(lens, m, Keep::LayerInputs) <= mib.saturating_mul(1 << 20),
+        };
+        let close = |open: &mut Vec<&'a Seq>, lens: &mut Vec<usize>, m: &mut usize, passes: &mut Vec<Pass<'a>>| -> Result<()> {
+            if !open.is_empty() {
+                // A pack fits the budget with checkpointing: checked as it grew (a lone
+                // example by `items`).
+                let keep = self.keep_for_passes(net, &[(std::mem::take(lens), *m)], 0)?;
+                passes.push(Pass::Sft(std::mem::take(open), keep));
+                *m = 0;
+            }
+            Ok(())
+        };
+        for &i in picked {
+            match &items[i] {
+                Item::Sft(s) => {
+                    let n = s.tokens.len();
+                    let mut more = lens.clone();
+                    more.push(n);
+                    let tokens: usize = lens.iter().sum();
+                    if !open.is_empty() && (tokens + n > self.config.pack_tokens || !fits(&more, m + s.targets.len())) {
+                        close(&mut open, &mut lens, &mut m, &mut passes)?;
+                    }
+                    open.push(s);
+                    lens.push(n);
+                    m += s.targets.len();
+                    if lens.iter().sum::<usize>() >= self.config.pack_tokens {
+                        // Full (with `pack_tokens = 0`: every example alone, in order).
+                        close(&mut open, &mut lens, &mut m, &mut passes)?;
+                    }
+                }
+                Item::Pref { .. } => passes.push(Pass::Pref(i)),
+            }
+        }
+        close(&mut open, &mut lens, &mut m, &mut passes)?;
+        Ok(passes)
+    }
+
     /// Identifies what a checkpoint belongs to: base, data, initial adapter and every setting
-    /// that changes the arithmetic (not limits, threads, activation checkpointing, memory budget
-    /// or paths).
+    /// that changes the arithmetic (not limits, threads, activation checkpointing or paths;
+    /// not the memory budget either unless examples are packed, where it can change how they
+    /// are grouped).
     fn run_id(&self, data: &TrainData) -> String {
         let mut c = self.config.clone();
         c.max_seconds = None;
@@ -300,7 +380,9 @@ impl Trainer {
         c.checkpoint_every = 0;
         c.resume = false;
         c.activation_checkpointing = false;
-        c.max_activation_mib = None;
+        if c.pack_tokens == 0 {
+            c.max_activation_mib = None;
+        }
         let mut h = Sha256::new();
         h.update(self.engine.base_fingerprint().as_str().as_bytes());
         h.update(serde_json::to_vec(&c).unwrap_or_default());
@@ -394,27 +476,33 @@ impl Trainer {
                 picked.push(order[cursor] as usize);
                 cursor += 1;
             }
-            let sft_tokens: usize = picked.iter().map(|&i| if let Item::Sft(s, _) = &items[i] { s.targets.len() } else { 0 }).sum();
+            let sft_tokens: usize = picked.iter().map(|&i| if let Item::Sft(s) = &items[i] { s.targets.len() } else { 0 }).sum();
             let pairs = picked.iter().filter(|&&i| matches!(items[i], Item::Pref { .. })).count();
 
             grads.fill(0.0);
             let mut loss = 0f64;
             let mut step_tokens = 0u64;
             let mut cancelled = false;
-            for &i in &picked {
+            for pass in self.plan(&net, &items, &picked)? {
                 if self.cancel.is_cancelled() {
                     cancelled = true;
                     break;
                 }
-                match items[i] {
-                    Item::Sft(ref s, keep) => {
+                match pass {
+                    Pass::Sft(seqs, keep) => {
                         let coef = 1.0 / sft_tokens as f32;
-                        let (logp, tape) = net.forward(&s.tokens, &s.targets, Some(&params), keep)?;
+                        let (logp, tape) = if let [s] = seqs[..] {
+                            net.forward(&s.tokens, &s.targets, Some(&params), keep)?
+                        } else {
+                            let p = Packed::new(&seqs);
+                            net.forward_packed(&p.tokens, &p.lens, &p.targets, Some(&params), keep)?
+                        };
                         loss -= logp.iter().map(|&x| x as f64).sum::<f64>() * coef as f64;
                         net.backward(tape.expect("kept"), coef, &params, &mut grads);
-                        step_tokens += s.tokens.len() as u64;
+                        step_tokens += seqs.iter().map(|s| s.tokens.len() as u64).sum::<u64>();
                     }
-                    Item::Pref { ref chosen, ref rejected, keep } => {
+                    Pass::Pref(i) => {
+                        let Item::Pref { ref chosen, ref rejected, keep } = items[i] else { unreachable!("a DPO pass holds a pair") };
                         let (ref_c, ref_r) = match ref_cache[i] {
                             Some(v) => v,
                             None => {
@@ -538,6 +626,52 @@ mod tests {
         assert_eq!(cut.targets, vec![(2, 8)]);
         // No prompt: the first answer token has no context to be predicted from.
         assert_eq!(sequence(&[], &[1, 2, 3], 10).targets, vec![(0, 2), (1, 3)]);
+    }
+
+    /// SFT examples are packed in order up to `pack_tokens` (a longer one alone), a DPO pair
+    /// runs on its own as it comes, `pack_tokens = 0` runs every example alone, and a memory
+    /// budget closes a pack early.
+    #[test]
+    fn plan_packs_sft_examples_in_order() {
+        use crate::config::{PreferenceExample, SftExample};
+        let mut m = tailor::testing::TinyModel::default();
+        m.seed = 3;
+        let dir = tailor::testing::TempDir::new("plan");
+        let path = dir.path("tiny.gguf");
+        m.write(&path).unwrap();
+        let engine = Engine::load(&path, tailor::EngineConfig::default()).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
+        let net = Net::new(engine.model_config(), engine.weights(), &pool);
+        let sft = |n: usize, answer: usize| SftExample { prompt_tokens: vec![5; n - answer], answer_tokens: vec![6; answer] };
+        let shape = |config: TrainConfig, data: &TrainData, picked: &[usize]| -> Vec<Vec<usize>> {
+            let t = Trainer::new(&engine, config).unwrap();
+            let items = t.items(data, &net).unwrap();
+            let passes = t.plan(&net, &items, picked).unwrap();
+            passes
+                .iter()
+                .map(|p| match p {
+                    Pass::Sft(seqs, _) => seqs.iter().map(|s| s.tokens.len()).collect(),
+                    Pass::Pref(i) => vec![1000 + i],
+                })
+                .collect()
+        };
+        let mut data = TrainData::sft([8, 8, 8, 25, 3, 4].into_iter().map(|n| sft(n, 2)).collect());
+        data.preferences.push(PreferenceExample { prompt_tokens: vec![5], chosen_tokens: vec![6], rejected_tokens: vec![7] });
+        let picked = [0, 1, 2, 3, 6, 4, 5]; // 6 is the pair
+        let mut c = TrainConfig { pack_tokens: 20, ..TrainConfig::default() };
+        assert_eq!(shape(c.clone(), &data, &picked), vec![vec![8, 8], vec![8], vec![25], vec![1006], vec![3, 4]]);
+        c.pack_tokens = 0;
+        assert_eq!(shape(c.clone(), &data, &picked), vec![vec![8], vec![8], vec![8], vec![25], vec![1006], vec![3], vec![4]]);
+
+        // Three examples of 250 tokens: ~0.7 MiB of activations each with checkpointing.
+        let big = TrainData::sft((0..3).map(|_| sft(250, 150)).collect());
+        c.pack_tokens = 1024;
+        c.max_activation_mib = Some(1);
+        assert_eq!(shape(c.clone(), &big, &[0, 1, 2]), vec![vec![250], vec![250], vec![250]]);
+        c.max_activation_mib = Some(2);
+        assert_eq!(shape(c.clone(), &big, &[0, 1, 2]), vec![vec![250, 250], vec![250]]);
+        c.max_activation_mib = None;
+        assert_eq!(shape(c, &big, &[0, 1, 2]), vec![vec![250, 250, 250]]);
     }
 
     #[test]
