@@ -15,6 +15,8 @@
 //!
 //! - [`gguf_lora`] exports (and imports) llama.cpp's GGUF LoRA layout, for `llama-cli --lora`.
 //! - [`merge()`] combines adapters (weighted sum, TIES, DARE) into one of a chosen rank by SVD.
+//! - [`linalg`] is the small dense f64 algebra behind it (QR, Jacobi SVD, symmetric
+//!   eigendecomposition), public for the federated aggregation.
 //! - [`QkLayout`] maps `lora_B` rows of the query/key projections between PEFT's order and
 //!   a llama GGUF's permuted order.
 //! - [`SteeringVector`] is one direction per layer for activation steering, saved as
@@ -52,6 +54,7 @@ mod fsio;
 mod gguf;
 pub mod gguf_lora;
 pub mod layout;
+pub mod linalg;
 mod lora;
 pub mod merge;
 pub mod peft;

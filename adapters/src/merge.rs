@@ -14,6 +14,8 @@
 //! - [`MergeMethod::Dare`] (Yu et al., 2023): each weighted `ΔWᵢ` with entries dropped at
 //!   random with probability `1 − density` and the rest rescaled by `1 / density`, then summed.
 //!
+//! The linear algebra (thin QR, Jacobi SVD) is [`crate::linalg`].
+//!
 //! TIES and DARE work on dense `out × in` matrices, one projection at a time, and factor them
 //! with a randomised range finder (two power iterations) followed by the same small SVD.
 //!
@@ -26,6 +28,7 @@ use std::collections::BTreeSet;
 
 use crate::config::{BaseFingerprint, LayerSelection, LoraConfig};
 use crate::error::{Error, Result};
+use crate::linalg::{split_sqrt, svd, thin_qr, Mat};
 use crate::lora::{LoraAdapter, LoraWeights};
 use crate::target::Target;
 
@@ -182,28 +185,8 @@ fn linear_pair(parts: &[(&LoraWeights, f64)], rank: usize, d_in: usize, d_out: u
     let (qb, rb) = thin_qr(&bc); // [out, kb], [kb, R]
     let (qa, ra) = thin_qr(&act); // [in, ka], [ka, R]
     let core = rb.matmul(&ra.transpose()); // [kb, ka]
-    let (u, s, v) = svd(&core);
-    assemble(&qb.matmul(&u), &s, &qa.matmul(&v), rank)
-}
-
-/// `B = U·√S`, `A = √S·Vᵀ`, keeping the `rank` largest singular values (zero-padded).
-fn assemble(u: &Mat, s: &[f64], v: &Mat, rank: usize) -> (Vec<f32>, Vec<f32>) {
-    let (d_out, d_in) = (u.rows, v.rows);
-    let mut b = vec![0f32; d_out * rank];
-    let mut a = vec![0f32; rank * d_in];
-    for k in 0..rank.min(s.len()) {
-        let root = s[k].max(0.0).sqrt();
-        if root == 0.0 {
-            continue;
-        }
-        for o in 0..d_out {
-            b[o * rank + k] = (u.get(o, k) * root) as f32;
-        }
-        for i in 0..d_in {
-            a[k * d_in + i] = (v.get(i, k) * root) as f32;
-        }
-    }
-    (b, a)
+    let crate::linalg::Svd { u, s, v } = svd(&core);
+    split_sqrt(&qb.matmul(&u), &s, &qa.matmul(&v), rank)
 }
 
 // ------------------------------------------------------------------------- TIES and DARE
@@ -296,10 +279,10 @@ fn trim(mut d: Vec<f64>, density: f32) -> Vec<f64> {
 /// Best rank-`rank` factors of the dense `[rows, cols]` matrix `m` (randomised range finder
 /// with oversampling and two power iterations, then an exact SVD of the projection).
 fn factor_dense(m: &[f64], rows: usize, cols: usize, rank: usize, seed: u64) -> (Vec<f32>, Vec<f32>) {
-    let mat = Mat { rows, cols, v: m.to_vec() };
+    let mat = Mat::from_vec(rows, cols, m.to_vec());
     let k = (rank + 8).min(rows).min(cols);
     let mut rng = SplitMix(seed);
-    let omega = Mat { rows: cols, cols: k, v: (0..cols * k).map(|_| rng.unit() * 2.0 - 1.0).collect() };
+    let omega = Mat::from_vec(cols, k, (0..cols * k).map(|_| rng.unit() * 2.0 - 1.0).collect());
     let mut q = thin_qr(&mat.matmul(&omega)).0; // [rows, k]
     let mt = mat.transpose();
     for _ in 0..2 {
@@ -309,9 +292,9 @@ fn factor_dense(m: &[f64], rows: usize, cols: usize, rank: usize, seed: u64) -> 
     // m ≈ Q·(Qᵀm); Qᵀm = [k, cols]; its transpose = Qz·Rz, so Qᵀm = Rzᵀ·Qzᵀ.
     let small_t = mt.matmul(&q); // [cols, k] = (Qᵀm)ᵀ
     let (qz, rz) = thin_qr(&small_t); // [cols, kz], [kz, k]
-    let (u, s, v) = svd(&rz.transpose()); // [k, kz] = U S Vᵀ
+    let crate::linalg::Svd { u, s, v } = svd(&rz.transpose()); // [k, kz] = U S Vᵀ
     // Qᵀm = U S Vᵀ Qzᵀ, so m ≈ (Q U) S (Qz V)ᵀ.
-    assemble(&q.matmul(&u), &s, &qz.matmul(&v), rank)
+    split_sqrt(&q.matmul(&u), &s, &qz.matmul(&v), rank)
 }
 
 /// A small deterministic generator (SplitMix64), so merges are reproducible everywhere.
@@ -329,213 +312,5 @@ impl SplitMix {
     /// Uniform in `[0, 1)`.
     fn unit(&mut self) -> f64 {
         (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
-// ------------------------------------------------------------------------- dense f64 algebra
-
-/// A row-major f64 matrix.
-#[derive(Debug, Clone)]
-struct Mat {
-    rows: usize,
-    cols: usize,
-    v: Vec<f64>,
-}
-
-impl Mat {
-    fn zeros(rows: usize, cols: usize) -> Self {
-        Self { rows, cols, v: vec![0.0; rows * cols] }
-    }
-    fn get(&self, r: usize, c: usize) -> f64 {
-        self.v[r * self.cols + c]
-    }
-    fn set(&mut self, r: usize, c: usize, x: f64) {
-        self.v[r * self.cols + c] = x;
-    }
-    fn transpose(&self) -> Mat {
-        let mut t = Mat::zeros(self.cols, self.rows);
-        for r in 0..self.rows {
-            for c in 0..self.cols {
-                t.set(c, r, self.get(r, c));
-            }
-        }
-        t
-    }
-    fn matmul(&self, o: &Mat) -> Mat {
-        assert_eq!(self.cols, o.rows, "matmul shapes");
-        let mut m = Mat::zeros(self.rows, o.cols);
-        for r in 0..self.rows {
-            let out = &mut m.v[r * o.cols..(r + 1) * o.cols];
-            for k in 0..self.cols {
-                let x = self.v[r * self.cols + k];
-                if x != 0.0 {
-                    for (y, b) in out.iter_mut().zip(&o.v[k * o.cols..(k + 1) * o.cols]) {
-                        *y += x * b;
-                    }
-                }
-            }
-        }
-        m
-    }
-}
-
-/// Thin QR by Householder reflections: `m = Q·R`, `Q` `[rows, k]` with orthonormal columns,
-/// `R` `[k, cols]` upper triangular, `k = min(rows, cols)`.
-fn thin_qr(m: &Mat) -> (Mat, Mat) {
-    let (rows, cols) = (m.rows, m.cols);
-    let k = rows.min(cols);
-    let mut r = m.clone();
-    let mut vs: Vec<Vec<f64>> = Vec::with_capacity(k);
-    for j in 0..k {
-        let norm = (j..rows).map(|i| r.get(i, j).powi(2)).sum::<f64>().sqrt();
-        let mut v: Vec<f64> = (j..rows).map(|i| r.get(i, j)).collect();
-        if norm > 0.0 {
-            let alpha = if v[0] >= 0.0 { -norm } else { norm };
-            v[0] -= alpha;
-            let vn = v.iter().map(|x| x * x).sum::<f64>().sqrt();
-            if vn > 0.0 {
-                v.iter_mut().for_each(|x| *x /= vn);
-                for c in j..cols {
-                    let dot: f64 = (j..rows).map(|i| v[i - j] * r.get(i, c)).sum();
-                    for i in j..rows {
-                        let x = r.get(i, c) - 2.0 * v[i - j] * dot;
-                        r.set(i, c, x);
-                    }
-                }
-            } else {
-                v.iter_mut().for_each(|x| *x = 0.0);
-            }
-        } else {
-            v.iter_mut().for_each(|x| *x = 0.0);
-        }
-        vs.push(v);
-    }
-    // Q = H₀·H₁·…·H_{k-1} applied to the first k columns of the identity.
-    let mut q = Mat::zeros(rows, k);
-    for c in 0..k {
-        q.set(c, c, 1.0);
-    }
-    for j in (0..k).rev() {
-        let v = &vs[j];
-        for c in 0..k {
-            let dot: f64 = (j..rows).map(|i| v[i - j] * q.get(i, c)).sum();
-            if dot != 0.0 {
-                for i in j..rows {
-                    let x = q.get(i, c) - 2.0 * v[i - j] * dot;
-                    q.set(i, c, x);
-                }
-            }
-        }
-    }
-    let mut rr = Mat::zeros(k, cols);
-    for i in 0..k {
-        for c in i..cols {
-            rr.set(i, c, r.get(i, c));
-        }
-    }
-    (q, rr)
-}
-
-/// SVD of a small matrix by one-sided Jacobi: `m = U·diag(S)·Vᵀ` with `S` descending, `U`
-/// `[rows, n]`, `V` `[cols, n]`, `n = min(rows, cols)`.
-fn svd(m: &Mat) -> (Mat, Vec<f64>, Mat) {
-    if m.rows < m.cols {
-        let (u, s, v) = svd(&m.transpose());
-        return (v, s, u);
-    }
-    let (rows, n) = (m.rows, m.cols);
-    let mut a = m.clone(); // columns converge to U·S
-    let mut v = Mat::zeros(n, n);
-    for i in 0..n {
-        v.set(i, i, 1.0);
-    }
-    for _sweep in 0..60 {
-        let mut off = 0f64;
-        for p in 0..n {
-            for q in p + 1..n {
-                let (mut alpha, mut beta, mut gamma) = (0f64, 0f64, 0f64);
-                for i in 0..rows {
-                    let (x, y) = (a.get(i, p), a.get(i, q));
-                    alpha += x * x;
-                    beta += y * y;
-                    gamma += x * y;
-                }
-                if gamma == 0.0 || gamma.abs() <= 1e-15 * (alpha * beta).sqrt() {
-                    continue;
-                }
-                off = off.max(gamma.abs() / (alpha * beta).sqrt());
-                let zeta = (beta - alpha) / (2.0 * gamma);
-                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
-                let t = if zeta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (1.0 + t * t).sqrt();
-                let s = c * t;
-                for i in 0..rows {
-                    let (x, y) = (a.get(i, p), a.get(i, q));
-                    a.set(i, p, c * x - s * y);
-                    a.set(i, q, s * x + c * y);
-                }
-                for i in 0..n {
-                    let (x, y) = (v.get(i, p), v.get(i, q));
-                    v.set(i, p, c * x - s * y);
-                    v.set(i, q, s * x + c * y);
-                }
-            }
-        }
-        if off <= 1e-15 {
-            break;
-        }
-    }
-    let mut order: Vec<(f64, usize)> = (0..n).map(|j| ((0..rows).map(|i| a.get(i, j).powi(2)).sum::<f64>().sqrt(), j)).collect();
-    order.sort_by(|x, y| y.0.total_cmp(&x.0));
-    let mut u = Mat::zeros(rows, n);
-    let mut vv = Mat::zeros(n, n);
-    let mut s = Vec::with_capacity(n);
-    for (k, &(sv, j)) in order.iter().enumerate() {
-        s.push(sv);
-        for i in 0..rows {
-            u.set(i, k, if sv > 0.0 { a.get(i, j) / sv } else { 0.0 });
-        }
-        for i in 0..n {
-            vv.set(i, k, v.get(i, j));
-        }
-    }
-    (u, s, vv)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn rand_mat(rows: usize, cols: usize, rng: &mut SplitMix) -> Mat {
-        Mat { rows, cols, v: (0..rows * cols).map(|_| rng.unit() * 2.0 - 1.0).collect() }
-    }
-
-    fn max_abs_diff(a: &Mat, b: &Mat) -> f64 {
-        a.v.iter().zip(&b.v).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
-    }
-
-    #[test]
-    fn qr_and_svd_reconstruct() {
-        let mut rng = SplitMix(rand::random());
-        for (r, c) in [(7, 3), (3, 7), (12, 12), (1, 5), (40, 9)] {
-            let m = rand_mat(r, c, &mut rng);
-            let (q, rr) = thin_qr(&m);
-            assert!(max_abs_diff(&q.matmul(&rr), &m) < 1e-12, "qr {r}x{c}");
-            let qtq = q.transpose().matmul(&q);
-            for i in 0..qtq.rows {
-                for j in 0..qtq.cols {
-                    assert!((qtq.get(i, j) - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12);
-                }
-            }
-            let (u, s, v) = svd(&m);
-            let mut us = u.clone();
-            for i in 0..us.rows {
-                for k in 0..s.len() {
-                    us.set(i, k, u.get(i, k) * s[k]);
-                }
-            }
-            assert!(max_abs_diff(&us.matmul(&v.transpose()), &m) < 1e-10, "svd {r}x{c}");
-            assert!(s.windows(2).all(|w| w[0] >= w[1]));
-        }
     }
 }
