@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! cargo bench -p tailor-trainer --bench personalization -- [--model M.gguf] [--facts 10]
-//!     [--threads 2] [--out bench/results/personalization.md] [--lr LR] [--epochs E] [--no-prefs]
+//!     [--threads 2] [--out bench/results/personalization.md] [--lr LR] [--epochs E] [--batch B] [--accum N] [--no-prefs]
 //! ```
 
 use std::path::PathBuf;
@@ -69,6 +69,8 @@ struct Args {
     out: PathBuf,
     lr: Option<f32>,
     epochs: Option<usize>,
+    batch: Option<usize>,
+    accum: Option<usize>,
     prefs: bool,
     replay: Option<f32>,
     distill: Option<usize>,
@@ -78,7 +80,7 @@ struct Args {
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None };
+    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, batch: None, accum: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -89,6 +91,8 @@ fn parse() -> Result<Args> {
             "--out" => a.out = val("--out")?.into(),
             "--lr" => a.lr = Some(val("--lr")?.parse()?),
             "--epochs" => a.epochs = Some(val("--epochs")?.parse()?),
+            "--batch" => a.batch = Some(val("--batch")?.parse()?),
+            "--accum" => a.accum = Some(val("--accum")?.parse()?),
             "--no-prefs" => a.prefs = false,
             "--replay" => a.replay = Some(val("--replay")?.parse()?),
             "--distill" => a.distill = Some(val("--distill")?.parse()?),
@@ -198,6 +202,12 @@ fn main() -> Result<()> {
     options.train.threads = args.threads;
     if let Some(lr) = args.lr {
         options.train.learning_rate = lr;
+    }
+    if let Some(b) = args.batch {
+        options.train.batch_size = b;
+    }
+    if let Some(n) = args.accum {
+        options.train.grad_accum_steps = n;
     }
     if let Some(e) = args.epochs {
         options.train.epochs = e;

@@ -55,6 +55,10 @@ pub struct TrainConfig {
     /// example. A longer example runs alone; DPO pairs always run unpacked. `0` = one example
     /// per pass.
     pub pack_tokens: usize,
+    /// Train `B` only: every `A` keeps its initial value (the seeded Kaiming init, or the
+    /// initial adapter's `A`), as FFA-LoRA's clients do so that averaging the `B`s of
+    /// several clients sharing one `A` is exactly the average of their deltas.
+    pub freeze_a: bool,
     /// DPO temperature `beta`.
     pub dpo_beta: f32,
     /// What DPO's reference policy is.
@@ -102,6 +106,7 @@ impl Default for TrainConfig {
             max_seconds: None,
             max_seq_len: 512,
             pack_tokens: 512,
+            freeze_a: false,
             dpo_beta: 0.1,
             dpo_reference: DpoReference::Base,
             dpo_weight: 1.0,

@@ -20,17 +20,36 @@ impl AdamW {
     }
 
     /// One update of `p` with gradient `g` at learning rate `lr`.
+    #[cfg(test)]
     pub fn step(&mut self, p: &mut [f32], g: &[f32], lr: f32) {
+        self.step_except(p, g, lr, &[]);
+    }
+
+    /// One update of `p` with gradient `g` at learning rate `lr`, leaving the entries in the
+    /// sorted, disjoint ranges `frozen` untouched (no decay, no moment update).
+    pub fn step_except(&mut self, p: &mut [f32], g: &[f32], lr: f32, frozen: &[std::ops::Range<usize>]) {
         assert_eq!(p.len(), g.len());
         assert_eq!(p.len(), self.m.len());
         self.t += 1;
+        let mut start = 0;
+        for r in frozen.iter().chain(std::iter::once(&(p.len()..p.len()))) {
+            if r.start > start {
+                self.update(start..r.start, p, g, lr);
+            }
+            start = start.max(r.end);
+        }
+    }
+
+    fn update(&mut self, range: std::ops::Range<usize>, p: &mut [f32], g: &[f32], lr: f32) {
         let bc1 = 1.0 - (self.beta1 as f64).powi(self.t as i32);
         let bc2 = 1.0 - (self.beta2 as f64).powi(self.t as i32);
         let step = (lr as f64 / bc1) as f32;
         let bc2_sqrt = bc2.sqrt() as f32;
         let decay = 1.0 - lr * self.weight_decay;
         let (b1, b2, eps) = (self.beta1, self.beta2, self.eps);
-        for (((pi, &gi), mi), vi) in p.iter_mut().zip(g).zip(&mut self.m).zip(&mut self.v) {
+        let (p, g) = (&mut p[range.clone()], &g[range.clone()]);
+        let (m, v) = (&mut self.m[range.clone()], &mut self.v[range]);
+        for (((pi, &gi), mi), vi) in p.iter_mut().zip(g).zip(m).zip(v) {
             *pi *= decay;
             *mi = b1 * *mi + (1.0 - b1) * gi;
             *vi = b2 * *vi + (1.0 - b2) * gi * gi;
@@ -76,6 +95,20 @@ mod tests {
         let before = p[0];
         o.step(&mut p, &[0.5], 0.01);
         assert!((p[0] - (before * 0.999 - 0.01)).abs() < 1e-5, "{}", p[0]);
+    }
+
+    #[test]
+    fn frozen_ranges_take_no_update_and_the_rest_the_same_one() {
+        let g = [0.3f32, -0.2, 0.5, 0.1, -0.4];
+        let (mut all, mut some) = (AdamW::new(5, 0.9, 0.999, 1e-8, 0.1), AdamW::new(5, 0.9, 0.999, 1e-8, 0.1));
+        let (mut p, mut q) = ([1.0f32; 5], [1.0f32; 5]);
+        for _ in 0..3 {
+            all.step(&mut p, &g, 0.01);
+            some.step_except(&mut q, &g, 0.01, &[0..1, 2..4]);
+        }
+        assert_eq!([q[0], q[2], q[3]], [1.0; 3]);
+        assert_eq!([q[1], q[4]], [p[1], p[4]]);
+        assert_eq!(some.m[0], 0.0);
     }
 
     #[test]

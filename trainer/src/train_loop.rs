@@ -417,6 +417,13 @@ impl Trainer {
             _ => None,
         };
         let mut opt = AdamW::new(params.len(), c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay);
+        // With `freeze_a`, the A blocks (sorted by offset) take no update.
+        let mut frozen: Vec<std::ops::Range<usize>> = if c.freeze_a {
+            params.slots.iter().flatten().flatten().map(|s| s.a..s.a + s.r * s.d_in).collect()
+        } else {
+            Vec::new()
+        };
+        frozen.sort_by_key(|r| r.start);
         let mut order: Vec<u32> = (0..items.len() as u32).collect();
         rng.shuffle(&mut order);
         let mut meta = Meta {
@@ -535,12 +542,15 @@ impl Trainer {
             if !loss.is_finite() {
                 return Err(Error::Diverged { step: meta.step + 1, what: "loss" });
             }
+            for r in &frozen {
+                grads[r.clone()].iter_mut().for_each(|g| *g = 0.0);
+            }
             let grad_norm = clip_grad_norm(&mut grads, c.max_grad_norm);
             if !grad_norm.is_finite() {
                 return Err(Error::Diverged { step: meta.step + 1, what: "gradient" });
             }
             let lr = lr_at(meta.step, total_steps, c.warmup_steps, c.learning_rate, c.min_lr_ratio);
-            opt.step(&mut params.data, &grads, lr);
+            opt.step_except(&mut params.data, &grads, lr, &frozen);
 
             meta.step += 1;
             meta.epoch = epoch;

@@ -59,6 +59,32 @@ fn sft_overfits_a_tiny_set() {
     assert_eq!(flat(&back), flat(&out.adapter));
 }
 
+/// `freeze_a` (FFA-LoRA's clients): every `A` comes out bit-identical to the initial adapter's
+/// (a seeded init from another run), the `B`s move, and the loss still falls; two clients that
+/// start from one shared adapter keep one shared `A`.
+#[test]
+fn freeze_a_trains_b_only() {
+    let seed = fresh_seed();
+    let (_d, engine) = tiny(GgmlDType::Q8_0, seed);
+    let data = sft_data(&engine, seed, 4);
+    // A shared start: a short unfrozen run, so that B is not zero and A is not the init.
+    let start = Trainer::new(&engine, config(3, 1e-2, seed)).unwrap().train(&TrainData::sft(data.clone()), &mut |_| Flow::Continue).unwrap().adapter;
+    let before = mean_nll(&score_answers(&engine, Some(&start), &data, 2).unwrap());
+    let mut c = config(30, 1e-2, seed + 1);
+    c.freeze_a = true;
+    let out = Trainer::new(&engine, c).unwrap().with_initial_adapter(start.clone()).unwrap()
+        .train(&TrainData::sft(data.clone()), &mut |_| Flow::Continue).unwrap();
+    let after = mean_nll(&score_answers(&engine, Some(&out.adapter), &data, 2).unwrap());
+    let mut moved = 0.0f32;
+    for ((key, w), (key0, w0)) in out.adapter.iter().zip(start.iter()) {
+        assert_eq!(key, key0);
+        assert_eq!(w.a(), w0.a(), "A of {key:?} moved");
+        moved += w.b().iter().zip(w0.b()).map(|(x, y)| (x - y).abs()).sum::<f32>();
+    }
+    assert!(moved > 0.0, "no B moved");
+    assert!(after < 0.7 * before, "seed {seed}: NLL {before} -> {after}");
+}
+
 /// DPO on three pairs: the chosen-minus-rejected log-probability margin rises (by more than
 /// 2 nats on average), and the DPO loss falls below its starting value ln 2.
 #[test]
