@@ -211,9 +211,53 @@ class Federation:
         self.close()
 
 
+def _children_map() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+        except OSError:
+            continue
+        # pid (comm) state ppid ...: comm may hold spaces, so split after its ')'
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Flower's SuperExec / ServerApp / Simulation and Ray's
+    processes start sessions of their own, so a process group does not hold them all)."""
+    kids, out, todo = _children_map(), [], [pid]
+    while todo:
+        for c in kids.get(todo.pop(), []):
+            out.append(c)
+            todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 def _stop_group(p: subprocess.Popen, grace: float = 15.0) -> dict:
-    """SIGTERM to the process group `p` leads (it was started in a session of its own), SIGKILL
-    after `grace` seconds; returns {"code": exit code, "killed": whether SIGKILL was needed}."""
+    """SIGTERM to `p` (and its process group: it was started in a session of its own), SIGKILL
+    after `grace` seconds; then the same for every descendant it leaves behind. Returns
+    {"code": exit code, "killed": whether `p` needed SIGKILL, "stray": descendants that
+    needed SIGKILL}."""
+    below = descendants(p.pid)
     killed = False
     if p.poll() is None:
         try:
@@ -229,12 +273,16 @@ def _stop_group(p: subprocess.Popen, grace: float = 15.0) -> dict:
             except ProcessLookupError:
                 pass
             p.wait(timeout=10)
-    # whatever the leader left behind in its group (ClientApp / ServerApp subprocesses)
-    try:
-        os.killpg(p.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-    return {"code": p.returncode, "killed": killed}
+    below = [d for d in below if _alive(d)]
+    for d in below:
+        _signal(d, signal.SIGTERM)
+    deadline = time.time() + 10.0
+    while time.time() < deadline and any(_alive(d) for d in below):
+        time.sleep(0.2)
+    stray = [d for d in below if _alive(d)]
+    for d in stray:
+        _signal(d, signal.SIGKILL)
+    return {"code": p.returncode, "killed": killed, "stray": len(stray)}
 
 
 def simulate(workdir: Path, run_config: dict, *, num_supernodes: int = 8, cpus_per_client: int = 1,

@@ -71,7 +71,7 @@ def _sim(name: str, extra: dict) -> dict:
     _show(name, run)
     assert run["status"] == "finished:completed", f"{name}: {run['status']}; see {OUT / name}"
     assert run["results"] is not None, f"{name}: no results; see {OUT / name}"
-    assert not any(s["killed"] for s in run["stopped"].values()), run["stopped"]
+    assert not any(s["killed"] or s["stray"] for s in run["stopped"].values()), run["stopped"]
     RUNS[name] = run
     return run["results"]
 
@@ -149,7 +149,7 @@ def test_deployment_one_round():
     # stopped on SIGTERM, without SIGKILL
     assert all(code is None for code in run["alive_before_stop"].values()), run["alive_before_stop"]
     assert set(run["stopped"]) == {"superlink", "supernode-0", "supernode-1", "supernode-2"}
-    assert not any(s["killed"] for s in run["stopped"].values()), run["stopped"]
+    assert not any(s["killed"] or s["stray"] for s in run["stopped"].values()), run["stopped"]
     r1 = res["rounds"][1]
     assert len(r1["accepted"]) == 2 and not r1["refused"], r1
     assert len(r1["failures"]) == 1, r1["failures"]
