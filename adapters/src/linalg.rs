@@ -377,6 +377,7 @@ pub fn sym_eig(m: &Mat) -> (Vec<f64>, Mat) {
     (order.iter().map(|&j| d[j]).collect(), vecs)
 }
 
+#[allow(clippy::needless_range_loop)] // index-for-index the published algorithm
 /// Householder tridiagonalisation; `w` holds Vᵀ (JAMA's `V[a][b]` is `w[b][a]`).
 fn tred2(w: &mut Mat, d: &mut [f64], e: &mut [f64]) {
     let n = w.rows;
