@@ -3,6 +3,7 @@
 mod adapters;
 mod train_cmd;
 mod bench;
+mod federated_cmd;
 mod fetch;
 mod mcp;
 mod memory_cmd;
@@ -100,6 +101,12 @@ enum Command {
     Adapter {
         #[command(subcommand)]
         command: adapters::AdapterCommand,
+    },
+    /// Federated rounds: aggregate client adapters (exact, FedIT, FFA-LoRA; clipping, noise,
+    /// refusal of bad updates) and the privacy accountant.
+    Federated {
+        #[command(subcommand)]
+        command: federated_cmd::FederatedCommand,
     },
     /// Steering vectors: compute one from contrasting prompt pairs, try one at several scales.
     Steer {
@@ -438,6 +445,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Train(args) => train_cmd::train(args),
         Command::Feedback { command } => memory_cmd::run_feedback(command),
         Command::Adapter { command } => adapters::run(command),
+        Command::Federated { command } => federated_cmd::run(command),
         Command::Steer { command: SteerCommand::Apply { vector, prompt, scales, gen, model } } => {
             adapters::steer_apply(&vector, &prompt, &scales, &gen, &model)
         }
