@@ -199,8 +199,7 @@ pub(crate) fn exact_pair(
     }
 }
 
-/// FedIT: `B̄ = Σ (coefᵢ/weightᵢ)… ` — precisely `B̄ = Σ coefᵢ·Bᵢ / s_out` and
-/// `Ā = Σ weightᵢ·Aᵢ`, ranks zero-padded to `rank`; `weights[i]` is client i's normalised
+/// FedIT: `B̄ = Σ coefᵢ·Bᵢ / s_out` and `Ā = Σ weightᵢ·Aᵢ`, ranks zero-padded to `rank`; `weights[i]` is client i's normalised
 /// weight. The error against the exact sum is computed when `report_error`.
 pub(crate) fn fedit_pair(
     parts: &[Part<'_>],
