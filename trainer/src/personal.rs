@@ -97,6 +97,14 @@ pub enum Error {
     /// A training run of this profile is already going on.
     #[error("a training run of this profile is already going on")]
     Busy,
+    /// [`activate`] was asked for a version that cannot run.
+    #[error("adapter version `{version}`: {reason}")]
+    NoSuchVersion {
+        /// The version asked for.
+        version: String,
+        /// Why it cannot be made active (unknown, tainted by forgetting, or not on disk).
+        reason: String,
+    },
     /// A background run panicked (a bug).
     #[error("the training thread panicked (a bug)")]
     Panicked,
@@ -114,6 +122,7 @@ impl Error {
             Error::NoFeedback => "NoFeedback",
             Error::NothingToRollBack => "NothingToRollBack",
             Error::Busy => "Busy",
+            Error::NoSuchVersion { .. } => "NoSuchVersion",
             Error::Panicked => "Panicked",
         }
     }
@@ -1090,6 +1099,21 @@ pub fn rollback(store: &MemoryStore, adapters_dir: &Path) -> Result<Option<Strin
     }
     write_active(adapters_dir, next.as_deref())?;
     Ok(next)
+}
+
+/// Makes `version` the active one (a version recorded in the lineage, clean, and on disk), e.g.
+/// to go back to a version after a [`rollback`] or to pick one by its figures; versions stay on
+/// disk and the lineage is unchanged. [`Error::NoSuchVersion`] for any other version.
+pub fn activate(store: &MemoryStore, adapters_dir: &Path, version: &str) -> Result<()> {
+    let no = |reason: &str| Error::NoSuchVersion { version: version.to_owned(), reason: reason.to_owned() };
+    let record = store.list_adapters()?.into_iter().find(|a| a.version == version).ok_or_else(|| no("not in the profile's lineage"))?;
+    if record.tainted_at.is_some() {
+        return Err(no("it learned from forgotten feedback"));
+    }
+    if !adapters_dir.join(version).is_dir() {
+        return Err(no("its directory is gone"));
+    }
+    write_active(adapters_dir, Some(version))
 }
 
 /// Deletes the directories of every tainted version (those that learned from forgotten

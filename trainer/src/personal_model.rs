@@ -205,6 +205,12 @@ impl PersonalModel {
         self.refresh()
     }
 
+    /// Makes `version` active ([`personal::activate`]) and swaps it in.
+    pub fn activate(&self, version: &str) -> Result<Option<String>> {
+        personal::activate(&lock_store(&self.store), &self.adapters_dir, version)?;
+        self.refresh()
+    }
+
     /// Trains a new version on the calling thread ([`personal::train_shared`]: the store is
     /// locked only briefly, sessions go on) and swaps a promoted version in.
     pub fn train(&self, options: &PersonalOptions, progress: &mut dyn FnMut(&Progress) -> Flow) -> Result<Outcome> {
