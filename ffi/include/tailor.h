@@ -654,8 +654,8 @@ TailorStatus tailor_session_reset(const struct TailorSession *session);
 //   `learning_rate`, `epochs`, `lora_rank`, `lora_alpha`, `max_seq_len`, `seed`, ... (the
 //   training settings), and the profile run's own (`PersonalOptions`, defaults in
 //   brackets): `held_out_every` (5, preference pairs), `max_general_increase` (0.03),
-//   `checkpoint_every` (5), `replay` (0.25), `paraphrases` (true), `max_paraphrases` (20),
-//   `memory_examples` (2), `held_out_per_question` (3), `distill` (48), `distill_tokens`
+//   `checkpoint_every` (5), `replay` (0.25), `paraphrases` (true), `max_paraphrases` (22),
+//   `memory_examples` (2), `held_out_per_question` (3), `distill` (96), `distill_tokens`
 //   (40), `max_specificity_loss` (0.1; `null`: no specificity check), `preference_sft`
 //   (true), `min_steps` (24).
 // - `callback`: NULL or called after every step on the training thread, with `user_data`.

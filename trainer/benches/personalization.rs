@@ -253,6 +253,11 @@ fn main() -> Result<()> {
     if refused && outcome.adapter.is_some() {
         me.registry().unload("refused")?;
     }
+    for (i, q) in questions.iter().enumerate() {
+        if !adapter_only[i].to_lowercase().contains(&keys[i].to_lowercase()) {
+            eprintln!("adapter only missed: {q} (wants {}): {:?}", keys[i], adapter_only[i]);
+        }
+    }
     for (i, q) in questions.iter().enumerate().take(9) {
         eprintln!("Q: {q}\n  base:    {:?}\n  memory:  {:?}\n  adapter: {:?}\n  both:    {:?}", base[i], mem_only[i], adapter_only[i], both[i]);
     }

@@ -10,6 +10,8 @@
 //! - each frame has question templates, split into two disjoint families: [`Paraphrases::train`]
 //!   (what the adapter is trained on) and [`Paraphrases::held_out`] (what the evaluation gate
 //!   asks: never a copy of a training item);
+//! - the everyday topic a fact is about ([`crate::topics`]: work, home, family, dates, ...)
+//!   adds the other words people ask it with ("where did I grow up" → "where am I from");
 //! - any question, framed or not, is also wrapped in everyday openers and closers
 //!   ("Quick question: ...", "... Do you remember?").
 //!
@@ -253,7 +255,21 @@ fn wrapped(q: &str) -> (Vec<String>, Vec<String>) {
 /// `question` itself is always the first training item.
 pub fn paraphrase(question: &str, answer: &str) -> Paraphrases {
     let fr = frame(question, answer);
-    let (mut train, mut held) = templated(&fr);
+    // Other words for the same fact first (everyday topics, "which X do I like best"), then
+    // the grammatical rewrites, then the wrappers: a cap on the count cuts wrappers first.
+    let (mut train, mut held) = (Vec::new(), Vec::new());
+    for t in crate::topics::topics_of(question, answer) {
+        train.extend(t.train.iter().map(|q| q.to_string()));
+        held.extend(t.held_out.iter().map(|q| q.to_string()));
+    }
+    if let Frame::Attribute { np, .. } = &fr {
+        let (t, h) = crate::topics::favourite_forms(&np.to_lowercase());
+        train.extend(t);
+        held.extend(h);
+    }
+    let (tt, th) = templated(&fr);
+    train.extend(tt);
+    held.extend(th);
     let (wt, wh) = wrapped(question);
     train.extend(wt);
     held.extend(wh);
@@ -333,3 +349,4 @@ mod tests {
         assert!(p.train.contains(&"What is the name of my cat?".to_string()));
     }
 }
+

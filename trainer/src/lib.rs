@@ -58,6 +58,7 @@ mod linalg;
 mod model;
 mod optim;
 mod params;
+mod topics;
 pub mod personal;
 pub mod synth;
 mod personal_model;

@@ -411,6 +411,13 @@ fn replay_blocks() -> impl Iterator<Item = (&'static str, &'static str)> {
 /// the base model's own greedy answer (at most `max_tokens`) as the target, so training on the
 /// user's feedback is pulled back to what the base says on everything else.
 pub fn distill_examples(engine: &Engine, n: usize, max_tokens: usize) -> Result<Vec<SftExample>> {
+    let questions = distill_questions(n);
+    let answers = greedy_answers(engine, None, &questions, max_tokens)?;
+    distill_from(engine, &questions, answers, max_tokens)
+}
+
+/// The `n` questions of [`distill_examples`].
+fn distill_questions(n: usize) -> Vec<String> {
     // Short questions of world knowledge and the replay set's, interleaved (the first kind is
     // what a fact-learning adapter most easily talks over), then made-up ones.
     let short = DISTILL_QUESTIONS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
@@ -425,9 +432,24 @@ pub fn distill_examples(engine: &Engine, n: usize, max_tokens: usize) -> Result<
         }
     }
     if questions.len() < n {
-        questions.extend(crate::synth::general_questions(17, n - questions.len()));
+        // Made-up ones, never a question of the gate's specificity set (training on it would
+        // make that check a test of memorisation).
+        let gate: std::collections::HashSet<String> = specificity_questions().into_iter().map(|(q, _)| q.to_lowercase()).collect();
+        let mut seed = 17;
+        while questions.len() < n && seed < 17 + 64 {
+            for q in crate::synth::general_questions(seed, n - questions.len()) {
+                if !gate.contains(&q.to_lowercase()) && !questions.contains(&q) {
+                    questions.push(q);
+                }
+            }
+            seed += 1;
+        }
     }
-    let answers = greedy_answers(engine, None, &questions, max_tokens)?;
+    questions
+}
+
+/// Distillation examples from the base's `answers` to `questions`.
+fn distill_from(engine: &Engine, questions: &[String], answers: Vec<String>, max_tokens: usize) -> Result<Vec<SftExample>> {
     let mut out = Vec::new();
     for (q, a) in questions.iter().zip(answers) {
         let mut answer = engine.tokenize(&a)?;
@@ -567,17 +589,19 @@ pub struct PersonalOptions {
 
 impl Default for PersonalOptions {
     fn default() -> Self {
-        let train = TrainConfig { learning_rate: 3e-4, epochs: 2, warmup_steps: 4, grad_accum_steps: 2, ..TrainConfig::default() };
+        // From the sweep (bench/results/personalization_sweep.md): one epoch at 6e-4 learns
+        // as much as two at 3e-4 in half the time.
+        let train = TrainConfig { learning_rate: 6e-4, epochs: 1, warmup_steps: 4, grad_accum_steps: 2, ..TrainConfig::default() };
         PersonalOptions {
             train,
             paraphrases: true,
-            max_paraphrases: 20,
+            max_paraphrases: 22,
             memory_examples: 2,
             held_out_per_question: 3,
             held_out_every: 5,
             preference_sft: true,
             min_steps: 24,
-            distill: 48,
+            distill: 96,
             distill_tokens: 40,
             replay: 0.25,
             max_general_increase: 0.03,
@@ -771,7 +795,15 @@ fn train_with(
     let replay = replay_examples(engine, options.train.max_seq_len)?;
     let n_replay = if replay.is_empty() { 0 } else { (train.sft.len() as f32 * options.replay.max(0.0)).ceil() as usize };
     train.sft.extend(replay.iter().cycle().take(n_replay).cloned());
-    let distilled = if options.distill > 0 && !train.sft.is_empty() { distill_examples(engine, options.distill, options.distill_tokens)? } else { Vec::new() };
+    let distilled = if options.distill > 0 && !train.sft.is_empty() {
+        // The base's answers are the same every run: cached beside the gate's (a first run
+        // spends ~25 s of decoding on them).
+        let questions = distill_questions(options.distill);
+        let answers = base_answers_cached(engine, adapters_dir, &questions, options.distill_tokens)?;
+        distill_from(engine, &questions, answers, options.distill_tokens)?
+    } else {
+        Vec::new()
+    };
     let n_distill = distilled.len();
     train.sft.extend(distilled);
     if config.max_steps.is_none() && config.epochs * train.len().div_ceil(per_step) < options.min_steps {
