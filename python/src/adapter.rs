@@ -62,9 +62,12 @@ fn matrix(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<(Vec<f32>, [usize; 2])
         .map_err(|e| Error::invalid(format!("{what}: expected a 2-D float array ({e})")))?;
     let shape = arr.shape();
     let shape = [shape[0], shape[1]];
+    // Row-major order. `as_slice` also succeeds on a Fortran-ordered array (a transposed view,
+    // or what `astype` keeps of one), whose memory order is the transpose: only a C-contiguous
+    // array is copied as it lies in memory, any other is read in logical order.
     let data = match arr.as_slice() {
-        Ok(s) => s.to_vec(),
-        Err(_) => arr.as_array().iter().copied().collect(),
+        Ok(s) if arr.is_c_contiguous() => s.to_vec(),
+        _ => arr.as_array().iter().copied().collect(),
     };
     Ok((data, shape))
 }

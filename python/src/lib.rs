@@ -10,6 +10,7 @@ mod adapter;
 mod convert;
 mod engine;
 mod errors;
+mod federated;
 mod personal;
 mod testing;
 mod train;
@@ -42,6 +43,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_embedder_dir, m)?)?;
     m.add_function(wrap_pyfunction!(train::train_lora, m)?)?;
     m.add_function(wrap_pyfunction!(train::mean_nll, m)?)?;
+    m.add_submodule(&federated::module(py)?)?;
     m.add_submodule(&testing::module(py)?)?;
     Ok(())
 }

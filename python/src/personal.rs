@@ -149,18 +149,33 @@ impl PyPersonalModel {
         self.model.store().lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The version named by `v`: a name, or the number `n` of `v{n}-...`.
-    fn resolve_version(&self, v: &Bound<'_, PyAny>) -> Result<String> {
-        if let Ok(name) = v.extract::<String>() {
-            return Ok(name);
-        }
-        let n: i64 = v.extract().map_err(|_| Error::invalid("version: a version name (str) or number (int)"))?;
+    /// The version named by `v`: a name, or the number `n` of `v{n}-...` (looked up in the store).
+    fn resolve_version(&self, v: &VersionArg) -> Result<String> {
+        let n = match v {
+            VersionArg::Name(name) => return Ok(name.clone()),
+            VersionArg::Number(n) => *n,
+        };
         self.store()
             .list_adapters()?
             .into_iter()
             .map(|a| a.version)
             .find(|name| version_number(name) == Some(n))
             .ok_or_else(|| Error::new(Kind::NotFound, format!("no adapter version number {n} in this profile")))
+    }
+}
+
+/// A version as `promote` takes it: its name or its number.
+enum VersionArg {
+    Name(String),
+    Number(i64),
+}
+
+impl VersionArg {
+    fn extract(v: &Bound<'_, PyAny>) -> Result<Self> {
+        if let Ok(name) = v.extract::<String>() {
+            return Ok(VersionArg::Name(name));
+        }
+        v.extract().map(VersionArg::Number).map_err(|_| Error::invalid("version: a version name (str) or number (int)"))
     }
 }
 
@@ -309,7 +324,13 @@ impl PyPersonalModel {
     /// The adapter versions, oldest first: `version`, `number`, `parent`, `created_at`,
     /// `metrics`, `tainted_at`, `active`.
     fn versions<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let (records, active) = detach(py, || Ok((self.store().list_adapters()?, self.model.active_version()?)))?;
+        let (records, active) = detach(py, || {
+            // One statement each: the store's lock guard must be dropped before
+            // `active_version` takes the same (non-reentrant) lock.
+            let records = self.store().list_adapters()?;
+            let active = self.model.active_version()?;
+            Ok((records, active))
+        })?;
         let mut out = Vec::new();
         for r in records {
             let mut v = serde_json::to_value(&r).map_err(Error::from)?;
@@ -324,8 +345,10 @@ impl PyPersonalModel {
 
     /// Makes a version active (by name, or by its number: `2` for `v2-...`) and swaps it in.
     fn promote(&self, py: Python<'_>, version: Bound<'_, PyAny>) -> PyResult<()> {
-        let name = self.resolve_version(&version)?;
+        let version = VersionArg::extract(&version)?;
         detach(py, move || {
+            // The store lock is taken with the GIL released (a training run may hold it).
+            let name = self.resolve_version(&version)?;
             self.model.activate(&name)?;
             Ok(())
         })

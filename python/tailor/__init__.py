@@ -34,6 +34,7 @@ from tailor._native import (
     mean_nll,
     train_lora,
 )
+from tailor import federated
 
 __all__ = [
     "Adapter",
@@ -55,6 +56,7 @@ __all__ = [
     "__version__",
     "default_embedder_dir",
     "default_model_path",
+    "federated",
     "mean_nll",
     "train_lora",
 ]

@@ -4,6 +4,8 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 import numpy.typing as npt
 
+from tailor import federated as federated
+
 _Path = Union[str, "PathLike[str]"]
 _Matrix = npt.ArrayLike
 
