@@ -20,7 +20,7 @@
 //!
 //! ```text
 //! cargo bench -p tailor-trainer --bench personalization -- [--model M.gguf] [--facts 10]
-//!     [--threads 2] [--out bench/results/personalization.md] [--lr LR] [--epochs E] [--batch B] [--accum N] [--no-prefs]
+//!     [--threads 2] [--out bench/results/personalization.md] [--lr LR] [--epochs E] [--batch B] [--accum N] [--no-prefs | --only-prefs]
 //! ```
 
 use std::path::PathBuf;
@@ -77,10 +77,11 @@ struct Args {
     paraphrases: Option<usize>,
     pref_sft: Option<bool>,
     dpo_beta: Option<f32>,
+    only_prefs: bool,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, batch: None, accum: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None };
+    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, batch: None, accum: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None, only_prefs: false };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -94,6 +95,7 @@ fn parse() -> Result<Args> {
             "--batch" => a.batch = Some(val("--batch")?.parse()?),
             "--accum" => a.accum = Some(val("--accum")?.parse()?),
             "--no-prefs" => a.prefs = false,
+            "--only-prefs" => a.only_prefs = true,
             "--replay" => a.replay = Some(val("--replay")?.parse()?),
             "--distill" => a.distill = Some(val("--distill")?.parse()?),
             "--paraphrases" => a.paraphrases = Some(val("--paraphrases")?.parse()?),
@@ -151,6 +153,95 @@ fn decode_speed(engine: &Engine) -> Result<f64> {
     Ok(v[1])
 }
 
+/// `PersonalOptions::default()` with the command line's overrides.
+fn options_from(args: &Args) -> PersonalOptions {
+    let mut options = PersonalOptions::default();
+    options.train.threads = args.threads;
+    if let Some(lr) = args.lr {
+        options.train.learning_rate = lr;
+    }
+    if let Some(b) = args.batch {
+        options.train.batch_size = b;
+    }
+    if let Some(n) = args.accum {
+        options.train.grad_accum_steps = n;
+    }
+    if let Some(e) = args.epochs {
+        options.train.epochs = e;
+    }
+    if let Some(r) = args.replay {
+        options.replay = r;
+    }
+    if let Some(d) = args.distill {
+        options.distill = d;
+    }
+    if let Some(p) = args.paraphrases {
+        options.max_paraphrases = p;
+    }
+    if let Some(p) = args.pref_sft {
+        options.preference_sft = p;
+    }
+    if let Some(b) = args.dpo_beta {
+        options.train.dpo_beta = b;
+    }
+    options
+}
+
+/// The preference run on a second profile: its table rows, JSON, and decode tok/s of a request
+/// idle and while the run trains in the background.
+fn preferences(engine: &Engine, embedder: &Arc<BertEmbedder>, dir: &std::path::Path, options: &PersonalOptions) -> Result<(String, serde_json::Value, (f64, f64))> {
+    let prefs: Prefs = serde_json::from_str(include_str!("../data/preferences.json"))?;
+    let p2 = dir.join("prefs.db");
+    let store = MemoryStore::open(&p2, embedder.clone(), MemoryConfig::default())?;
+    let pm = PersonalModel::open(&engine, store, &p2)?;
+    for p in &prefs.pairs {
+        let kind = FeedbackKind::Preference { chosen: p.chosen.clone(), rejected: p.rejected.clone() };
+        pm.store().lock().unwrap().add_feedback(NewFeedback::new(&p.prompt, &p.rejected, kind))?;
+    }
+    let new: Vec<&str> = prefs.new_prompts.iter().map(String::as_str).collect();
+    let opens = |ans: &[String]| ans.iter().filter(|a| a.starts_with(&prefs.opening)).count();
+    let before = ask(&engine, None, false, &new)?;
+    // Decode speed of a user's request, idle and while this profile trains in the
+    // background (the run pauses between steps while a generation runs).
+    let idle = decode_speed(&engine)?;
+    let t = Instant::now();
+    let job = pm.start_training(options.clone())?;
+    while job.status().step == 0 && !job.is_finished() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let busy = decode_speed(&engine)?;
+    let status = job.wait();
+    let secs = t.elapsed().as_secs_f64();
+    eprintln!("decode idle {idle:.0} tok/s, during background training {busy:.0} tok/s ({:.2}x); the run paused {:.1} s", busy / idle, status.paused_seconds);
+    let po = job.outcome().context("the preference run ended without an outcome")?;
+    if let (false, Some(a)) = (po.promoted(), &po.adapter) {
+        pm.registry().insert("refused", (**a).clone())?;
+        pm.registry().set_weight("refused", Some(1.0))?;
+    }
+    let after = ask(&engine, Some(&pm), false, &new)?;
+    eprintln!("preferences: {:?}: {}; new prompts opening with {:?}: {} -> {} of {}", po.decision, po.summary(), prefs.opening, opens(&before), opens(&after), new.len());
+    for a in &after {
+        eprintln!("  {a:?}");
+    }
+    let pref_row = format!(
+        "| preference margin, held-out pair (log-prob chosen − rejected) | {:+.2} | {:+.2} | {} |\n| new prompts answered in the preferred style ({:?}) | {}/{} | {}/{} | trained {:.0} s |\n",
+        po.margin_before.unwrap_or(f64::NAN),
+        po.margin_after.unwrap_or(f64::NAN),
+        if po.promoted() { "promoted".to_string() } else { format!("refused: {}", match &po.decision { tailor_trainer::personal::Decision::Refused { reason } => reason.as_str(), _ => "" }) },
+        prefs.opening,
+        opens(&before),
+        new.len(),
+        opens(&after),
+        new.len(),
+        secs
+    );
+    let pref_json = serde_json::json!({
+        "margin_before": po.margin_before, "margin_after": po.margin_after, "promoted": po.promoted(),
+        "style_before": opens(&before), "style_after": opens(&after), "new_prompts": new.len(), "train_s": secs,
+    });
+    Ok((pref_row, pref_json, (idle, busy)))
+}
+
 fn main() -> Result<()> {
     let args = parse()?;
     let root = std::env::var_os("TAILOR_HOME").map(PathBuf::from).or_else(ModelCache::default_root).context("no cache dir")?;
@@ -164,6 +255,13 @@ fn main() -> Result<()> {
     let facts = &facts.facts[..args.facts.min(facts.facts.len())];
     let dir = std::env::temp_dir().join(format!("tailor-personalization-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
+
+    if args.only_prefs {
+        let (row, json, (idle, busy)) = preferences(&engine, &embedder, &dir, &options_from(&args))?;
+        println!("{row}| decode idle / during background training | {idle:.0} | {busy:.0} | |\n\n{json}");
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(());
+    }
 
     // One correction per fact, in one phrasing.
     let profile = dir.join("me.db");
@@ -198,35 +296,7 @@ fn main() -> Result<()> {
     let mem_only = ask(&engine, Some(&me), true, &questions)?;
     eprintln!("base {}/{n}, memory only {}/{n} ({memories} memories mirrored)", hits(&base), hits(&mem_only));
 
-    let mut options = PersonalOptions::default();
-    options.train.threads = args.threads;
-    if let Some(lr) = args.lr {
-        options.train.learning_rate = lr;
-    }
-    if let Some(b) = args.batch {
-        options.train.batch_size = b;
-    }
-    if let Some(n) = args.accum {
-        options.train.grad_accum_steps = n;
-    }
-    if let Some(e) = args.epochs {
-        options.train.epochs = e;
-    }
-    if let Some(r) = args.replay {
-        options.replay = r;
-    }
-    if let Some(d) = args.distill {
-        options.distill = d;
-    }
-    if let Some(p) = args.paraphrases {
-        options.max_paraphrases = p;
-    }
-    if let Some(p) = args.pref_sft {
-        options.preference_sft = p;
-    }
-    if let Some(b) = args.dpo_beta {
-        options.train.dpo_beta = b;
-    }
+    let options = options_from(&args);
     let t = Instant::now();
     let mut last = Instant::now();
     let outcome = me.train(&options, &mut |p| {
@@ -264,61 +334,12 @@ fn main() -> Result<()> {
     let m = &outcome.metrics;
 
     // Preferences.
-    let mut pref_row = String::from("| preference margin (held-out pair) | not run | | |\n");
-    let mut pref_json = serde_json::Value::Null;
-    let mut bg: Option<(f64, f64)> = None;
-    if args.prefs {
-        let prefs: Prefs = serde_json::from_str(include_str!("../data/preferences.json"))?;
-        let p2 = dir.join("prefs.db");
-        let store = MemoryStore::open(&p2, embedder.clone(), MemoryConfig::default())?;
-        let pm = PersonalModel::open(&engine, store, &p2)?;
-        for p in &prefs.pairs {
-            let kind = FeedbackKind::Preference { chosen: p.chosen.clone(), rejected: p.rejected.clone() };
-            pm.store().lock().unwrap().add_feedback(NewFeedback::new(&p.prompt, &p.rejected, kind))?;
-        }
-        let new: Vec<&str> = prefs.new_prompts.iter().map(String::as_str).collect();
-        let opens = |ans: &[String]| ans.iter().filter(|a| a.starts_with(&prefs.opening)).count();
-        let before = ask(&engine, None, false, &new)?;
-        // Decode speed of a user's request, idle and while this profile trains in the
-        // background (the run pauses between steps while a generation runs).
-        let idle = decode_speed(&engine)?;
-        let t = Instant::now();
-        let job = pm.start_training(options.clone())?;
-        while job.status().step == 0 && !job.is_finished() {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        let busy = decode_speed(&engine)?;
-        let status = job.wait();
-        let secs = t.elapsed().as_secs_f64();
-        eprintln!("decode idle {idle:.0} tok/s, during background training {busy:.0} tok/s ({:.2}x); the run paused {:.1} s", busy / idle, status.paused_seconds);
-        bg = Some((idle, busy));
-        let po = job.outcome().context("the preference run ended without an outcome")?;
-        if let (false, Some(a)) = (po.promoted(), &po.adapter) {
-            pm.registry().insert("refused", (**a).clone())?;
-            pm.registry().set_weight("refused", Some(1.0))?;
-        }
-        let after = ask(&engine, Some(&pm), false, &new)?;
-        eprintln!("preferences: {:?}: {}; new prompts opening with {:?}: {} -> {} of {}", po.decision, po.summary(), prefs.opening, opens(&before), opens(&after), new.len());
-        for a in &after {
-            eprintln!("  {a:?}");
-        }
-        pref_row = format!(
-            "| preference margin, held-out pair (log-prob chosen − rejected) | {:+.2} | {:+.2} | {} |\n| new prompts answered in the preferred style ({:?}) | {}/{} | {}/{} | trained {:.0} s |\n",
-            po.margin_before.unwrap_or(f64::NAN),
-            po.margin_after.unwrap_or(f64::NAN),
-            if po.promoted() { "promoted".to_string() } else { format!("refused: {}", match &po.decision { tailor_trainer::personal::Decision::Refused { reason } => reason.as_str(), _ => "" }) },
-            prefs.opening,
-            opens(&before),
-            new.len(),
-            opens(&after),
-            new.len(),
-            secs
-        );
-        pref_json = serde_json::json!({
-            "margin_before": po.margin_before, "margin_after": po.margin_after, "promoted": po.promoted(),
-            "style_before": opens(&before), "style_after": opens(&after), "new_prompts": new.len(), "train_s": secs,
-        });
-    }
+    let (pref_row, pref_json, bg) = if args.prefs {
+        let (row, json, bg) = preferences(&engine, &embedder, &dir, &options)?;
+        (row, json, Some(bg))
+    } else {
+        ("| preference margin (held-out pair) | not run | | |\n".to_string(), serde_json::Value::Null, None)
+    };
 
     let pct = |k: usize| 100.0 * k as f64 / n as f64;
     let table = format!(

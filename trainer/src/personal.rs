@@ -568,8 +568,9 @@ pub struct PersonalOptions {
     /// Runs shorter than this many optimizer steps (a few pairs, one epoch) are stretched to
     /// it, cycling over the data.
     pub min_steps: usize,
-    /// Self-distillation replay: this many general questions answered by the base itself are
-    /// mixed into training ([`distill_examples`]; `0`: none).
+    /// Self-distillation replay: up to this many general questions answered by the base itself
+    /// are mixed into training ([`distill_examples`]; `0`: none), at most twice as many as the
+    /// SFT examples of corrections and thumbs up (none for preference pairs alone).
     pub distill: usize,
     /// Longest base answer used as a distillation target, in tokens.
     pub distill_tokens: usize,
@@ -795,10 +796,17 @@ fn train_with(
     let replay = replay_examples(engine, options.train.max_seq_len)?;
     let n_replay = if replay.is_empty() { 0 } else { (train.sft.len() as f32 * options.replay.max(0.0)).ceil() as usize };
     train.sft.extend(replay.iter().cycle().take(n_replay).cloned());
-    let distilled = if options.distill > 0 && !train.sft.is_empty() {
+    // Distillation holds what fact learning drags along (short confident answers to every
+    // question of the same shape) near the base: as much of it as the feedback's own SFT
+    // examples call for, up to `distill`. Preference pairs are held near the base by DPO's
+    // reference already, and base answers to general prompts would teach against the very
+    // style a preference asks for on them.
+    let pref_sft = if options.preference_sft { data.train.preferences.len() } else { 0 };
+    let n_distill = options.distill.min(2 * data.train.sft.len().saturating_sub(pref_sft));
+    let distilled = if n_distill > 0 {
         // The base's answers are the same every run: cached beside the gate's (a first run
         // spends ~25 s of decoding on them).
-        let questions = distill_questions(options.distill);
+        let questions = distill_questions(n_distill);
         let answers = base_answers_cached(engine, adapters_dir, &questions, options.distill_tokens)?;
         distill_from(engine, &questions, answers, options.distill_tokens)?
     } else {

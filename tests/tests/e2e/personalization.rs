@@ -140,8 +140,9 @@ fn a_correction_is_used_at_once_learned_by_training_and_forgotten_on_request() {
     assert!(outcome.specificity_base_right >= 10 && outcome.specificity_lost * 10 <= outcome.specificity_base_right);
     let (learned, answers) = right(&me, false);
     eprintln!("adapter only: {learned}/12\n  {}", answers.join("\n  "));
-    // Measured here: 8 of 12 (0 before training); the bar leaves room for other CPUs' rounding.
-    assert!(learned >= 6, "adapter only: {learned}/12");
+    // Measured here: 12 of 12 (0 before training; 8 before the augmentation's everyday topics);
+    // the bar leaves room for other CPUs' rounding.
+    assert!(learned >= 9, "adapter only: {learned}/12");
     let (both, _) = right(&me, true);
     assert!(both >= 9, "adapter + memory: {both}/12");
 
