@@ -219,21 +219,22 @@ pub(crate) fn path_and_weight(spec: &str) -> Result<(PathBuf, f32)> {
 
 #[derive(Args, Clone)]
 pub(crate) struct GenArgs {
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
+    /// Sampling temperature; 0 is greedy (the default; `chat` samples at 0.2, top-p 0.9, min-p 0.05,
+    /// repeat penalty 1.1 unless these flags are given).
+    #[arg(long)]
+    temperature: Option<f32>,
     /// Top-k (0: off).
-    #[arg(long, default_value_t = 0)]
-    top_k: usize,
+    #[arg(long)]
+    top_k: Option<usize>,
     /// Top-p (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    top_p: f32,
+    #[arg(long)]
+    top_p: Option<f32>,
     /// Min-p (0: off).
-    #[arg(long, default_value_t = 0.0)]
-    min_p: f32,
+    #[arg(long)]
+    min_p: Option<f32>,
     /// Repetition penalty (1: off).
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
+    #[arg(long)]
+    repeat_penalty: Option<f32>,
     /// Random seed.
     #[arg(long)]
     seed: Option<u64>,
@@ -249,14 +250,32 @@ pub(crate) struct GenArgs {
 }
 
 impl GenArgs {
+    /// The request: greedy unless sampling flags are given.
     pub(crate) fn params(&self, logprobs: Option<usize>) -> GenerateParams {
-        let mut sampling = SamplingParams::default();
-        sampling.temperature = self.temperature;
-        sampling.top_k = self.top_k;
-        sampling.top_p = self.top_p;
-        sampling.min_p = self.min_p;
-        sampling.repeat_penalty = self.repeat_penalty;
-        sampling.seed = self.seed;
+        self.params_over(SamplingParams::default(), logprobs)
+    }
+
+    /// The request over `base` sampling settings: each flag given replaces its setting.
+    pub(crate) fn params_over(&self, base: SamplingParams, logprobs: Option<usize>) -> GenerateParams {
+        let mut sampling = base;
+        if let Some(t) = self.temperature {
+            sampling.temperature = t;
+        }
+        if let Some(k) = self.top_k {
+            sampling.top_k = k;
+        }
+        if let Some(p) = self.top_p {
+            sampling.top_p = p;
+        }
+        if let Some(p) = self.min_p {
+            sampling.min_p = p;
+        }
+        if let Some(r) = self.repeat_penalty {
+            sampling.repeat_penalty = r;
+        }
+        if self.seed.is_some() {
+            sampling.seed = self.seed;
+        }
         let mut p = GenerateParams::default();
         p.sampling = sampling;
         p.max_tokens = self.max_tokens;
@@ -501,7 +520,9 @@ fn chat(system: Option<String>, profile: Option<PathBuf>, no_memory: bool, gen: 
     }
     let start: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     session.set_history(start.clone());
-    let params = gen.params(None);
+    // A conversation samples with the chat settings (`SamplingParams::chat`: greedy decoding
+    // of a model this small loops); `--temperature 0` is greedy.
+    let params = gen.params_over(SamplingParams::chat(), None);
     eprintln!("tailor chat — model {} · /reset to start over, /exit or Ctrl-D to quit", engine.model_config().name.as_deref().unwrap_or("?"));
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();

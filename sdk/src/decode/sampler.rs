@@ -39,6 +39,15 @@ impl SamplingParams {
         Self::default()
     }
 
+    /// Settings for an interactive chat: temperature 0.2 and top-p 0.9 (what SmolLM2's
+    /// authors recommend for its instruct models), min-p 0.05 and a repetition penalty of 1.1
+    /// over the last 64 tokens as a guard: greedy decoding of a model this small loops ("la
+    /// République Réunion…" for a whole answer), and the guard stops that without changing
+    /// short answers. Seeded from the operating system.
+    pub fn chat() -> Self {
+        Self { temperature: 0.2, top_k: 0, top_p: 0.9, min_p: 0.05, repeat_penalty: 1.1, repeat_last_n: 64, seed: None }
+    }
+
     /// Checks ranges; returns a description of the first bad field.
     pub fn validate(&self) -> Result<(), String> {
         if !self.temperature.is_finite() {
