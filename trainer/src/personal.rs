@@ -417,7 +417,7 @@ pub fn distill_examples(engine: &Engine, n: usize, max_tokens: usize) -> Result<
 }
 
 /// The `n` questions of [`distill_examples`].
-fn distill_questions(n: usize) -> Vec<String> {
+pub fn distill_questions(n: usize) -> Vec<String> {
     // Short questions of world knowledge and the replay set's, interleaved (the first kind is
     // what a fact-learning adapter most easily talks over), then made-up ones.
     let short = DISTILL_QUESTIONS.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#'));
@@ -484,6 +484,18 @@ pub fn greedy_answers(engine: &Engine, adapter: Option<&LoraAdapter>, questions:
 /// questions (keyed by the base fingerprint; derived data, rebuilt when missing or damaged).
 pub const GATE_CACHE_FILE: &str = ".gate-cache.json";
 
+/// The default base model's greedy answers to the gate's specificity questions (16 tokens) and
+/// to the distillation questions (40 tokens), keyed like [`GATE_CACHE_FILE`] by `<base
+/// fingerprint>:<max tokens>`; made by `cargo run --release -p tailor-trainer --example
+/// base_answers` (derived data: any other base, or a question not in it, is answered at run
+/// time and cached).
+pub const SHIPPED_BASE_ANSWERS: &str = include_str!("../data/base-answers.json");
+
+fn shipped_base_answers() -> &'static HashMap<String, HashMap<String, String>> {
+    static SHIPPED: std::sync::OnceLock<HashMap<String, HashMap<String, String>>> = std::sync::OnceLock::new();
+    SHIPPED.get_or_init(|| serde_json::from_str(SHIPPED_BASE_ANSWERS).unwrap_or_default())
+}
+
 /// Greedy base answers to `questions`, from [`GATE_CACHE_FILE`] when it holds them for this
 /// base, else generated and cached (written atomically; a failed write only costs time).
 fn base_answers_cached(engine: &Engine, adapters_dir: &Path, questions: &[String], max_tokens: usize) -> Result<Vec<String>> {
@@ -491,7 +503,16 @@ fn base_answers_cached(engine: &Engine, adapters_dir: &Path, questions: &[String
     let key = format!("{}:{max_tokens}", engine.base_fingerprint().as_str());
     let mut cache: HashMap<String, HashMap<String, String>> =
         std::fs::read(&path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    let known = cache.entry(key).or_default();
+    let known = cache.entry(key.clone()).or_default();
+    // The default base's answers ship with the crate ([`SHIPPED_BASE_ANSWERS`]): a first run
+    // need not decode them.
+    if let Some(shipped) = shipped_base_answers().get(&key) {
+        for q in questions {
+            if let (false, Some(a)) = (known.contains_key(q), shipped.get(q)) {
+                known.insert(q.clone(), a.clone());
+            }
+        }
+    }
     let missing: Vec<String> = questions.iter().filter(|q| !known.contains_key(*q)).cloned().collect();
     if !missing.is_empty() {
         for (q, a) in missing.iter().zip(greedy_answers(engine, None, &missing, max_tokens)?) {

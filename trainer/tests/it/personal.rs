@@ -278,3 +278,27 @@ fn a_stopped_profile_run_resumes_and_forgetting_removes_its_checkpoint() {
     purge_tainted(&s, &adapters).unwrap();
     assert!(!checkpoint.exists());
 }
+
+/// The shipped base answers cover the gate's and the distillation's current question lists
+/// (a list changed without rerunning `examples/base_answers.rs` would silently cost a first
+/// run its decoding time again).
+#[test]
+fn shipped_base_answers_cover_the_current_questions() {
+    use std::collections::HashMap;
+    use tailor_trainer::personal::{distill_questions, specificity_questions, PersonalOptions, SHIPPED_BASE_ANSWERS};
+    let shipped: HashMap<String, HashMap<String, String>> = serde_json::from_str(SHIPPED_BASE_ANSWERS).unwrap();
+    let o = PersonalOptions::default();
+    let set = |suffix: &str| {
+        let keys: Vec<&String> = shipped.keys().filter(|k| k.ends_with(suffix)).collect();
+        assert_eq!(keys.len(), 1, "one base, keyed <fingerprint>{suffix}: {keys:?}");
+        &shipped[keys[0]]
+    };
+    let spec = set(":16");
+    for (q, _) in specificity_questions() {
+        assert!(spec.get(&q).is_some_and(|a| !a.is_empty()), "no shipped answer to {q:?}");
+    }
+    let distill = set(&format!(":{}", o.distill_tokens));
+    for q in distill_questions(o.distill) {
+        assert!(distill.get(&q).is_some_and(|a| !a.is_empty()), "no shipped answer to {q:?}");
+    }
+}
