@@ -26,10 +26,19 @@ APP_DIR = Path(__file__).resolve().parent
 BIN = Path(sys.executable).parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port free now on 127.0.0.1 and not handed out before by this process (the kernel can
+    give a just-released ephemeral port twice in a row: two SuperNodes once got the same one)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _port_open(port: int) -> bool:
@@ -55,7 +64,8 @@ class Federation:
     """A SuperLink and its SuperNodes, started by this process and stopped by `close()`."""
 
     def __init__(self, workdir: Path, *, simulation: bool, threads: int | None = None):
-        self.workdir = Path(workdir)
+        # Absolute: the processes run in it, and FLWR_HOME must not be resolved against it.
+        self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.simulation = simulation
         self.home = self.workdir / "flwr-home"
@@ -123,9 +133,12 @@ class Federation:
                 raise RuntimeError(f"flower-superlink not listening on {self.port} after {timeout} s")
             time.sleep(0.2)
 
-    def start_supernode(self, partition: int, node_config: dict | None = None) -> None:
+    def start_supernode(self, partition: int, node_config: dict | None = None, timeout: float = 60.0) -> None:
+        """Starts SuperNode `partition` and waits until its own HTTP API listens (so a node
+        that failed to start is seen here, not as a run that waits for it forever)."""
         cfg = {"partition-id": partition}
         cfg.update(node_config or {})
+        port = free_port()
         argv = [
             str(BIN / "flower-supernode"),
             "--insecure",
@@ -134,13 +147,25 @@ class Federation:
             "--host",
             "127.0.0.1",
             "--port",
-            str(free_port()),
+            str(port),
             "--node-config",
             config_arg(cfg),
             "--max-retries",
             "60",
         ]
-        self._spawn(f"supernode-{partition}", argv)
+        name = f"supernode-{partition}"
+        p = self._spawn(name, argv)
+        deadline = time.time() + timeout
+        while not _port_open(port):
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited ({p.returncode}); see {self.workdir / (name + '.log')}")
+            if time.time() > deadline:
+                raise RuntimeError(f"{name} not listening on {port} after {timeout} s")
+            time.sleep(0.2)
+
+    def dead(self) -> list[str]:
+        """The processes started here that have exited (none should before `close()`)."""
+        return [name for name, p, _ in self.procs if p.poll() is not None]
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "flwr"), *args], env=self.env, cwd=self.workdir,
@@ -183,6 +208,12 @@ class Federation:
             if now > deadline:
                 self.flwr("stop", str(run_id), self.connection)
                 info["status"] = "timeout"
+                break
+            dead = self.dead()
+            if dead:
+                # A SuperLink or SuperNode died: the run would wait for it until the timeout.
+                self.flwr("stop", str(run_id), self.connection)
+                info["status"] = f"aborted: {', '.join(dead)} exited"
                 break
             time.sleep(1.0)
         logs = self.flwr("log", str(run_id), self.connection, "--stream", timeout=300)
@@ -289,7 +320,7 @@ def simulate(workdir: Path, run_config: dict, *, num_supernodes: int = 8, cpus_p
              total_cpus: int = 2, threads: int | None = 1, timeout: float = 1800.0, name: str = "run"):
     """One run on the Simulation Runtime (Ray), in its own SuperLink; returns `Federation.run`'s
     dict plus "results" (the ServerApp's JSON summary) and "stopped" (exit codes)."""
-    results = Path(workdir) / f"{name}.json"
+    results = Path(workdir).resolve() / f"{name}.json"
     rc = dict(run_config)
     rc["results"] = str(results)
     with Federation(workdir, simulation=True, threads=threads) as fed:
@@ -309,7 +340,7 @@ def deploy(workdir: Path, run_config: dict, *, num_supernodes: int = 2, threads:
            timeout: float = 1800.0, name: str = "deploy"):
     """One run on the Deployment Runtime: a SuperLink and `num_supernodes` SuperNode processes
     (partition i on node i), `flwr run` against them, everything stopped at the end."""
-    results = Path(workdir) / f"{name}.json"
+    results = Path(workdir).resolve() / f"{name}.json"
     rc = dict(run_config)
     rc["results"] = str(results)
     with Federation(workdir, simulation=False, threads=threads) as fed:

@@ -29,6 +29,10 @@ import tailor
 
 from .common import (
     adapter_to_records,
+    add,
+    difference,
+    for_clients,
+    mean_a,
     config_value,
     engine,
     optional_float,
@@ -84,13 +88,19 @@ def _union_length(intervals: list[tuple[float, float]]) -> float:
 class TailorLoRA(FedAvg):
     """FedAvg's sampling and reply bookkeeping, Tailor's aggregation."""
 
-    def __init__(self, *, eng, method: str, rank: int, clip, noise_multiplier, dp: str, seed: int,
+    def __init__(self, *, eng, method: str, rank: int, alpha: float, global_rank: int, same_updates_eval: bool, clip, noise_multiplier, dp: str, seed: int,
                  max_norm_ratio: float, delta: float, sample_rate: float, adapter_meta: ConfigRecord,
                  **kw):
         super().__init__(fraction_evaluate=0.0, **kw)
         self.eng = eng
         self.method = method
         self.rank = rank
+        self.alpha = alpha
+        # The exact method's result rank (0: the clients' rank, the budget FedIT has).
+        self.global_rank = global_rank
+        self.same_updates_eval = same_updates_eval
+        self._shadow: dict = {}
+        self._global = None
         self.clip = clip
         self.noise_multiplier = noise_multiplier
         self.dp = dp
@@ -124,6 +134,7 @@ class TailorLoRA(FedAvg):
         self._bytes_down = int(arrays.count_bytes())
         self._t_send = time.time()
         self._current = {"round": server_round, "sampled": len(node_ids)}
+        self._global = records_to_adapter(arrays, self.adapter_meta)
         record = RecordDict({"arrays": arrays, "adapter": self.adapter_meta, "config": config})
         return [Message(content=record, message_type=MessageType.TRAIN, dst_node_id=n) for n in node_ids]
 
@@ -145,7 +156,7 @@ class TailorLoRA(FedAvg):
             train_sum += float(mr["train-s"])
             bytes_up.append(int(msg.content["arrays"].count_bytes()))
             try:
-                ad = records_to_adapter(msg.content["arrays"], msg.content["adapter"])
+                ad = records_to_adapter(msg.content["arrays"], msg.content["adapter"], check_finite=False)
             except Exception as e:  # not even an adapter: refused here, named like tailor's
                 refused.append({"client": name, "reason": f"unreadable update: {e}"})
                 continue
@@ -155,9 +166,17 @@ class TailorLoRA(FedAvg):
         new_arrays, report = None, {"accepted": [], "refused": []}
         if updates:
             try:
+                # With clipping (DP), the exact method aggregates the clients' changes of the
+                # global adapter (what DP-FedAvg clips and noises; a client's adapter includes
+                # the global one, which clipping would shrink every round) and adds their noisy
+                # mean to it; the sum is refactored to the global rank (post-processing).
+                deltas = self.clip and self.method == "exact" and self._global is not None
+                if deltas:
+                    updates_in = updates
+                    updates = [(n, difference(ad, self._global, self.eng.fingerprint), k) for n, ad, k in updates]
                 agg, report = tailor.federated.aggregate(
                     updates,
-                    rank=self.rank,
+                    rank=(self.global_rank or self.rank) if self.method == "exact" else self.rank,
                     method=self.method,
                     clip=self.clip,
                     noise_multiplier=self.noise_multiplier if self.dp == "central" else None,
@@ -166,7 +185,17 @@ class TailorLoRA(FedAvg):
                     max_norm_ratio=self.max_norm_ratio,
                     expected_fingerprint=self.eng.fingerprint,
                 )
+                # The same delta in the clients' parametrization (the run's alpha, A at its
+                # initial scale); FedIT's result is in it already.
+                if deltas:
+                    agg = add(self._global, agg, rank=self.global_rank or self.rank, fingerprint=self.eng.fingerprint)
+                    updates = updates_in
+                if self.method == "exact":
+                    weights = {c["client"]: float(c["weight"]) for c in report.get("clients", [])}
+                    agg = for_clients(agg, self.alpha, self.eng.fingerprint, mean_a(updates, weights))
                 new_arrays, self.adapter_meta = adapter_to_records(agg, self.eng.fingerprint)
+                if self.method == "exact" and not self.noise_multiplier:
+                    self._same_updates(updates, report)
             except tailor.TailorError as e:
                 log(WARNING, "round %d: aggregation failed, global adapter kept: %s", server_round, e)
                 report = {"accepted": [], "refused": [{"client": "*", "reason": str(e)}]}
@@ -190,6 +219,10 @@ class TailorLoRA(FedAvg):
                 "aggregate_s": t_agg1 - t_agg0,
                 "bytes_down_per_client": self._bytes_down,
                 "bytes_up_per_client": int(np.median(bytes_up)) if bytes_up else 0,
+                "median_norm": report.get("median_norm"),
+                "noise_std": report.get("noise_std"),
+                "rank": report.get("rank"),
+                "relative_error_vs_exact": report.get("relative_error_vs_exact"),
             }
         )
         mr = MetricRecord(
@@ -201,6 +234,21 @@ class TailorLoRA(FedAvg):
             }
         )
         return new_arrays, mr
+
+    def _same_updates(self, updates, report) -> None:
+        """The round's updates aggregated two more ways, for comparison only (the run goes on
+        with its own global adapter): exactly at rank Σ rᵢ (lossless) and by FedIT. Their
+        relative Frobenius error against the exact weighted sum is recorded; with
+        `same-updates-eval` their held-out NLL too (evaluate_fn)."""
+        common = dict(clip=self.clip, max_norm_ratio=self.max_norm_ratio, expected_fingerprint=self.eng.fingerprint)
+        lossless, rep_l = tailor.federated.aggregate(updates, method="exact", rank=None, **common)
+        fedit, rep_f = tailor.federated.aggregate(updates, method="fedit", rank=self.rank, **common)
+        self._current["same_updates"] = {
+            "lossless_rank": rep_l["rank"],
+            "exact_rank_R_rel_error": report.get("relative_error_vs_exact"),
+            "fedit_rel_error": rep_f["relative_error_vs_exact"],
+        }
+        self._shadow = {"exact_lossless": lossless, "fedit": fedit} if self.same_updates_eval else {}
 
     def epsilon(self, rounds: int) -> float | None:
         if not self.noise_multiplier:
@@ -217,6 +265,11 @@ class TailorLoRA(FedAvg):
             row["heldout_nll"] = nll
             row["eval_s"] = t_eval
             row["update_norm"] = float(tailor.federated.update_norm(ad))
+            if server_round > 0 and self._shadow and "same_updates" in row:
+                for k, shadow in self._shadow.items():
+                    row["same_updates"][f"{k}_nll"] = float(tailor.mean_nll(self.eng, heldout, adapter=shadow))
+                row["same_updates"]["exact_rank_R_nll"] = nll
+                self._shadow = {}
             eps = self.epsilon(server_round) if server_round > 0 else None
             row["epsilon"] = eps
             if server_round > 0:
@@ -226,7 +279,17 @@ class TailorLoRA(FedAvg):
             if server_round == 0:
                 _say(f"[tailor] round 0 ({self.method}): held-out NLL {nll:.4f} (the base model)")
             else:
-                dp = f" | ε = {eps:.2f} at δ = {self.delta:g}" if eps is not None else ""
+                dp = ""
+                if eps is not None:
+                    dp = (f" | ε = {eps:.2f} at δ = {self.delta:g} (noise std {row.get('noise_std') or 0:.3g} per "
+                          f"entry, median update norm {row.get('median_norm') or 0:.3g} clipped to {self.clip})")
+                same = row.get("same_updates") or {}
+                if "fedit_nll" in same:
+                    dp += (f" | same updates: exact rank {same['lossless_rank']} {same['exact_lossless_nll']:.4f}, "
+                           f"exact rank {self.global_rank or self.rank} {nll:.4f}, FedIT {same['fedit_nll']:.4f}")
+                if same:
+                    dp += (f" | rel. error vs exact sum: rank-{self.global_rank or self.rank} exact "
+                           f"{same['exact_rank_R_rel_error']:.3g}, FedIT {same['fedit_rel_error']:.3g}")
                 _say(
                     f"[tailor] round {server_round} ({self.method}): held-out NLL {nll:.4f}{dp} | "
                     f"accepted {len(row['accepted'])}, refused {len(row['refused'])}, "
@@ -274,6 +337,9 @@ def main(grid: Grid, context: Context) -> None:
         eng=eng,
         method=method,
         rank=rank,
+        alpha=alpha,
+        global_rank=int(config_value(rc, "global-rank", 0)),
+        same_updates_eval=bool(config_value(rc, "same-updates-eval", False)),
         clip=clip,
         noise_multiplier=noise,
         dp=dp,
