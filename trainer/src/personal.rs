@@ -612,8 +612,9 @@ pub struct PersonalOptions {
 impl Default for PersonalOptions {
     fn default() -> Self {
         // From the sweep (bench/results/personalization_sweep.md): one epoch at 6e-4 learns
-        // as much as two at 3e-4 in half the time.
-        let train = TrainConfig { learning_rate: 6e-4, epochs: 1, warmup_steps: 4, grad_accum_steps: 2, ..TrainConfig::default() };
+        // as much as two at 3e-4 in half the time. Two examples a step, packed into one pass
+        // (the same gradient as two accumulated passes, 6% faster).
+        let train = TrainConfig { learning_rate: 6e-4, epochs: 1, warmup_steps: 4, batch_size: 2, grad_accum_steps: 1, ..TrainConfig::default() };
         PersonalOptions {
             train,
             paraphrases: true,
