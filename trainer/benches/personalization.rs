@@ -78,10 +78,11 @@ struct Args {
     pref_sft: Option<bool>,
     dpo_beta: Option<f32>,
     only_prefs: bool,
+    distill_tokens: Option<usize>,
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, batch: None, accum: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None, only_prefs: false };
+    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, batch: None, accum: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None, only_prefs: false, distill_tokens: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
@@ -96,6 +97,7 @@ fn parse() -> Result<Args> {
             "--accum" => a.accum = Some(val("--accum")?.parse()?),
             "--no-prefs" => a.prefs = false,
             "--only-prefs" => a.only_prefs = true,
+            "--distill-tokens" => a.distill_tokens = Some(val("--distill-tokens")?.parse()?),
             "--replay" => a.replay = Some(val("--replay")?.parse()?),
             "--distill" => a.distill = Some(val("--distill")?.parse()?),
             "--paraphrases" => a.paraphrases = Some(val("--paraphrases")?.parse()?),
@@ -174,6 +176,9 @@ fn options_from(args: &Args) -> PersonalOptions {
     }
     if let Some(d) = args.distill {
         options.distill = d;
+    }
+    if let Some(t) = args.distill_tokens {
+        options.distill_tokens = t;
     }
     if let Some(p) = args.paraphrases {
         options.max_paraphrases = p;
