@@ -4,7 +4,7 @@ use std::ffi::{c_char, c_void};
 use std::sync::Arc;
 
 use tailor_trainer::personal::PersonalOptions;
-use tailor_trainer::{Flow, JobState, Progress, TrainConfig, TrainingJob, TrainingStatus};
+use tailor_trainer::{Flow, JobState, Progress, TrainingJob, TrainingStatus};
 
 use crate::args::{handle, json_out, opt_out_ptr, opt_str_arg, out_arg, out_ptr};
 use crate::error::{
@@ -108,75 +108,13 @@ impl ProgressSink {
     }
 }
 
-/// Keys of the options JSON that are the profile run's own; every other key is a training
-/// setting (`TrainConfig`).
-const PERSONAL_KEYS: [&str; 13] = [
-    "held_out_every",
-    "max_general_increase",
-    "checkpoint_every",
-    "replay",
-    "paraphrases",
-    "max_paraphrases",
-    "memory_examples",
-    "held_out_per_question",
-    "distill",
-    "distill_tokens",
-    "max_specificity_loss",
-    "preference_sft",
-    "min_steps",
-];
-
 /// Builds the run's settings: the profile defaults with the JSON object's keys applied.
 fn personal_options(json: Option<&str>) -> FfiResult<PersonalOptions> {
-    let mut options = PersonalOptions::default();
-    let Some(json) = json.filter(|j| !j.trim().is_empty()) else { return Ok(options) };
+    let Some(json) = json.filter(|j| !j.trim().is_empty()) else { return Ok(PersonalOptions::default()) };
     let serde_json::Value::Object(given) = serde_json::from_str(json)? else {
         return Err(FfiError::invalid("`options_json` must be a JSON object"));
     };
-    let serde_json::Value::Object(mut train) = serde_json::to_value(&options.train)? else {
-        return Err(FfiError::new(TAILOR_ERR_INTERNAL, "TrainConfig is not a JSON object"));
-    };
-    for (key, value) in given {
-        let bad = |e: String| FfiError::invalid(format!("`options_json`: `{key}`: {e}"));
-        match key.as_str() {
-            "held_out_every" => options.held_out_every = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            "max_general_increase" => {
-                options.max_general_increase = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?
-            }
-            "checkpoint_every" => options.checkpoint_every = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            "replay" => options.replay = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            "paraphrases" => options.paraphrases = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            "max_paraphrases" => options.max_paraphrases = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            "memory_examples" => options.memory_examples = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            "held_out_per_question" => {
-                options.held_out_per_question = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?
-            }
-            "distill" => options.distill = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            "distill_tokens" => options.distill_tokens = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            // `null` switches the specificity check off.
-            "max_specificity_loss" => {
-                options.max_specificity_loss = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?
-            }
-            "preference_sft" => options.preference_sft = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            "min_steps" => options.min_steps = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?,
-            k if train.contains_key(k) => {
-                train.insert(key, value);
-            }
-            _ => {
-                return Err(FfiError::invalid(format!(
-                    "`options_json`: unknown key `{key}` (known: {}, and the training settings {})",
-                    PERSONAL_KEYS.join(", "),
-                    train.keys().cloned().collect::<Vec<_>>().join(", ")
-                )))
-            }
-        }
-    }
-    options.train = serde_json::from_value::<TrainConfig>(serde_json::Value::Object(train))
-        .map_err(|e| FfiError::invalid(format!("`options_json`: {e}")))?;
-    if options.held_out_every == 0 {
-        return Err(FfiError::invalid("`options_json`: `held_out_every` must be at least 1"));
-    }
-    Ok(options)
+    PersonalOptions::from_json(given).map_err(|e| FfiError::invalid(format!("`options_json`: {e}")))
 }
 
 /// Starts training a new adapter version from all the profile's feedback on a background

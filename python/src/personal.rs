@@ -9,7 +9,7 @@ use pyo3::types::{PyAny, PyDict};
 use tailor::profile::{BertEmbedder, Embed, FeedbackKind, MemoryConfig, MemoryStore, NewFeedback, NewMemory};
 use tailor::Flow;
 use tailor_trainer::personal::{Decision, Outcome, PersonalOptions};
-use tailor_trainer::{PersonalModel, TrainConfig};
+use tailor_trainer::PersonalModel;
 
 use crate::convert::{from_py, record_to_py, to_py};
 use crate::engine::{model_cache, params, PyEngine};
@@ -37,70 +37,6 @@ pub(crate) fn open(dir: &Path, engine: &tailor::Engine, embedder: Arc<dyn Embed>
     auto.min_new_feedback = auto_train.max(1);
     model.set_auto_train(auto);
     Ok(PyPersonalModel { model })
-}
-
-/// Keys of `train(**options)` that are the profile run's own; every other key is a
-/// `TrainConfig` field (as `tailor_training_start`'s options JSON in the C ABI).
-const PERSONAL_KEYS: [&str; 13] = [
-    "held_out_every",
-    "max_general_increase",
-    "checkpoint_every",
-    "replay",
-    "paraphrases",
-    "max_paraphrases",
-    "memory_examples",
-    "held_out_per_question",
-    "distill",
-    "distill_tokens",
-    "max_specificity_loss",
-    "preference_sft",
-    "min_steps",
-];
-
-fn set<T: serde::de::DeserializeOwned>(slot: &mut T, key: &str, value: serde_json::Value) -> Result<()> {
-    *slot = serde_json::from_value(value).map_err(|e| Error::invalid(format!("`{key}`: {e}")))?;
-    Ok(())
-}
-
-/// The profile defaults with `given` applied.
-fn personal_options(given: serde_json::Map<String, serde_json::Value>) -> Result<PersonalOptions> {
-    let mut o = PersonalOptions::default();
-    let serde_json::Value::Object(mut train) = serde_json::to_value(&o.train)? else {
-        return Err(Error::new(Kind::Internal, "TrainConfig is not a JSON object"));
-    };
-    for (key, value) in given {
-        match key.as_str() {
-            "held_out_every" => set(&mut o.held_out_every, &key, value)?,
-            "max_general_increase" => set(&mut o.max_general_increase, &key, value)?,
-            "checkpoint_every" => set(&mut o.checkpoint_every, &key, value)?,
-            "replay" => set(&mut o.replay, &key, value)?,
-            "paraphrases" => set(&mut o.paraphrases, &key, value)?,
-            "max_paraphrases" => set(&mut o.max_paraphrases, &key, value)?,
-            "memory_examples" => set(&mut o.memory_examples, &key, value)?,
-            "held_out_per_question" => set(&mut o.held_out_per_question, &key, value)?,
-            "distill" => set(&mut o.distill, &key, value)?,
-            "distill_tokens" => set(&mut o.distill_tokens, &key, value)?,
-            // None switches the specificity check off.
-            "max_specificity_loss" => set(&mut o.max_specificity_loss, &key, value)?,
-            "preference_sft" => set(&mut o.preference_sft, &key, value)?,
-            "min_steps" => set(&mut o.min_steps, &key, value)?,
-            k if train.contains_key(k) => {
-                train.insert(key, value);
-            }
-            _ => {
-                return Err(Error::invalid(format!(
-                    "unknown option `{key}` (known: {}, and the training settings {})",
-                    PERSONAL_KEYS.join(", "),
-                    train.keys().cloned().collect::<Vec<_>>().join(", ")
-                )))
-            }
-        }
-    }
-    o.train = serde_json::from_value::<TrainConfig>(serde_json::Value::Object(train))?;
-    if o.held_out_every == 0 {
-        return Err(Error::invalid("`held_out_every` must be at least 1"));
-    }
-    Ok(o)
 }
 
 fn outcome_json(o: &Outcome) -> serde_json::Value {
@@ -293,7 +229,7 @@ impl PyPersonalModel {
             },
             None => serde_json::Map::new(),
         };
-        let options = personal_options(given)?;
+        let options = PersonalOptions::from_json(given).map_err(Error::from)?;
         let outcome = detach(py, move || {
             if self.model.training_job().is_some_and(|j| !j.is_finished()) {
                 return Err(Error::new(Kind::Busy, "a training run of this profile is already going on"));

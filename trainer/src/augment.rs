@@ -349,4 +349,3 @@ mod tests {
         assert!(p.train.contains(&"What is the name of my cat?".to_string()));
     }
 }
-

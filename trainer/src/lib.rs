@@ -57,6 +57,7 @@ mod kernels;
 mod linalg;
 mod model;
 mod optim;
+mod options_json;
 mod params;
 mod topics;
 pub mod personal;

@@ -508,8 +508,8 @@ fn base_answers_cached(engine: &Engine, adapters_dir: &Path, questions: &[String
     // need not decode them.
     if let Some(shipped) = shipped_base_answers().get(&key) {
         for q in questions {
-            if let (false, Some(a)) = (known.contains_key(q), shipped.get(q)) {
-                known.insert(q.clone(), a.clone());
+            if let Some(a) = shipped.get(q) {
+                known.entry(q.clone()).or_insert_with(|| a.clone());
             }
         }
     }
@@ -526,7 +526,6 @@ fn base_answers_cached(engine: &Engine, adapters_dir: &Path, questions: &[String
             }
         }
     }
-    let key = format!("{}:{max_tokens}", engine.base_fingerprint().as_str());
     Ok(questions.iter().map(|q| cache[&key][q].clone()).collect())
 }
 
@@ -826,8 +825,8 @@ fn train_with(
     let pref_sft = if options.preference_sft { data.train.preferences.len() } else { 0 };
     let n_distill = options.distill.min(2 * data.train.sft.len().saturating_sub(pref_sft));
     let distilled = if n_distill > 0 {
-        // The base's answers are the same every run: cached beside the gate's (a first run
-        // spends ~25 s of decoding on them).
+        // The base's answers are the same every run: shipped for the default base, else
+        // decoded once and cached beside the gate's.
         let questions = distill_questions(n_distill);
         let answers = base_answers_cached(engine, adapters_dir, &questions, options.distill_tokens)?;
         distill_from(engine, &questions, answers, options.distill_tokens)?
