@@ -50,7 +50,7 @@ fn stop_name(s: &StopReason) -> String {
 #[pyfunction]
 #[pyo3(signature = (
     engine, examples, *, steps = 20, learning_rate = 1e-3, rank = 8, alpha = 16.0, targets = None, init = None,
-    freeze_a = false, seed = 0, batch_size = 1, chat_template = true, warmup_steps = 0, max_seq_len = 512, threads = 0
+    freeze_a = false, frozen_rank = 0, seed = 0, batch_size = 1, chat_template = true, warmup_steps = 0, max_seq_len = 512, threads = 0
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn train_lora<'py>(
@@ -64,6 +64,7 @@ pub fn train_lora<'py>(
     targets: Option<Vec<String>>,
     init: Option<Bound<'py, PyAdapter>>,
     freeze_a: bool,
+    frozen_rank: usize,
     seed: u64,
     batch_size: usize,
     chat_template: bool,
@@ -80,6 +81,7 @@ pub fn train_lora<'py>(
         config.targets = t.iter().map(|n| Target::from_str(n)).collect::<std::result::Result<_, _>>().map_err(Error::from)?;
     }
     config.freeze_a = freeze_a;
+    config.frozen_rank = frozen_rank;
     config.seed = seed;
     config.batch_size = batch_size;
     config.warmup_steps = warmup_steps;

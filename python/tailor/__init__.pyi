@@ -124,6 +124,7 @@ def train_lora(
     targets: Optional[Sequence[str]] = None,
     init: Optional[Adapter] = None,
     freeze_a: bool = False,
+    frozen_rank: int = 0,
     seed: int = 0,
     batch_size: int = 1,
     chat_template: bool = True,
@@ -132,7 +133,10 @@ def train_lora(
     threads: int = 0,
 ) -> Tuple[Adapter, Dict[str, Any]]:
     """SFT of a LoRA adapter on (prompt, answer) pairs; metrics: steps, total_steps, final_loss,
-    losses, tokens_per_s, trained_tokens, seconds, stop. Releases the GIL."""
+    losses, tokens_per_s, trained_tokens, seconds, stop. ``freeze_a`` trains only the B factors
+    (FFA-LoRA); ``frozen_rank`` keeps the first components of ``init`` (rows of A, columns of B)
+    frozen and trains the rest (FLoRA stacking: a fresh update on top of a frozen adapter).
+    Releases the GIL."""
 
 def mean_nll(
     engine: Engine, examples: Sequence[Tuple[str, str]], *, adapter: Optional[Adapter] = None, chat_template: bool = True

@@ -1,13 +1,13 @@
 """Tailor's federated harness on Flower, on the real quantized model (SmolLM2-135M Q4_1).
 
-- Simulation Runtime (Ray), 8 clients with non-IID data, 3 rounds: the global adapter's
-  held-out NLL falls round over round with exact aggregation; FedIT runs on the same seeds, data
-  and init. At the same global rank (4) exact aggregation is the optimal rank-4 approximation of
-  the weighted sum of the clients' deltas (Eckart-Young): its Frobenius error against that sum
-  is below FedIT's on the same updates in every round (asserted). The held-out NLL of the two
-  runs, and of the same updates aggregated losslessly (rank Σ rᵢ = 32), exactly at rank 4 and by
-  FedIT, are printed and written to the table; at this budget they differ by a few 1e-3 nats
-  (see bench/results/federated_harness.md).
+- Simulation Runtime (Ray), 8 clients with non-IID data, 3 rounds, exact aggregation against
+  FedIT on the same seeds, data and init. Exact: FLoRA's stacking, each client trains a fresh
+  rank-4 LoRA on top of the frozen global adapter and the server adds the exact weighted sum of
+  the updates to it (global rank Σ rᵢ = 32); FedIT: the clients train the global rank-4
+  factors and the server averages A and B separately. The held-out NLL falls round over round in
+  both, and exact aggregation ends below FedIT (asserted). The same updates are also aggregated
+  exactly at rank 4 and by FedIT: the rank-4 exact one (Eckart-Young) is closer to the weighted
+  sum than FedIT's in every round (asserted); the NLL of all three is printed and tabled.
 - The same with central DP (clipping + Gaussian noise) and two faults in round 2 (a client whose
   ClientApp crashes, a client that sends a NaN): the rounds complete with the others, Flower's
   failure and Tailor's refusal are both recorded with their reasons, and ε at δ = 1e-5 is
@@ -114,14 +114,15 @@ def test_simulation_exact_falls_and_beats_fedit():
         same = rnd["same_updates"]
         print(f"round {rnd['round']}, same updates: relative Frobenius error against the exact weighted sum: "
               f"exact rank {BASE['rank']} {same['exact_rank_R_rel_error']:.4f}, FedIT {same['fedit_rel_error']:.4f}; "
-              f"held-out NLL: exact rank {same['lossless_rank']} {same['exact_lossless_nll']:.4f}, "
-              f"exact rank {BASE['rank']} {same['exact_rank_R_nll']:.4f}, FedIT {same['fedit_nll']:.4f}")
+              f"held-out NLL of the global adapter plus: exact rank {same['lossless_rank']} "
+              f"{same['exact_lossless_nll']:.4f}, exact rank {BASE['rank']} {same['exact_rank_R_nll']:.4f}, "
+              f"FedIT {same['fedit_nll']:.4f}")
         # Σ rᵢ: the lossless aggregate holds every client's delta.
         assert same["lossless_rank"] == n * BASE["rank"]
         # Eckart-Young: at FedIT's rank, exact aggregation is the closest to the weighted sum.
         assert same["exact_rank_R_rel_error"] < same["fedit_rel_error"], same
-    # The two runs end close: exact aggregation at FedIT's rank does not cost utility.
-    assert ne[-1] <= nf[-1] + 0.02, f"exact ({ne[-1]:.4f}) far behind FedIT ({nf[-1]:.4f})"
+    # The headline: exact aggregation beats FedIT on the held-out NLL.
+    assert ne[-1] < nf[-1], f"exact ({ne[-1]:.4f}) did not beat FedIT ({nf[-1]:.4f})"
 
 
 def test_simulation_dp_with_faults():
@@ -223,9 +224,10 @@ def render(runs: dict) -> str:
     if "sim-exact" in runs:
         rows = [r for r in runs["sim-exact"]["results"]["rounds"][1:] if "same_updates" in r]
         if rows:
-            out.append("The exact run's updates, each round, aggregated three ways (the run goes on with the "
-                       f"rank-{cfg['rank']} exact one): held-out NLL, and the relative Frobenius error "
-                       "against the exact weighted sum Σ wᵢ·sᵢ·Bᵢ·Aᵢ.")
+            out.append("The exact run's updates, each round, aggregated three ways and added to the round's "
+                       "global adapter (the run goes on with its own, rank Σ rᵢ): held-out NLL, and the "
+                       "relative Frobenius error of the rank-r aggregates against the exact weighted sum "
+                       "Σ wᵢ·sᵢ·Bᵢ·Aᵢ.")
             out.append("")
             out.append(f"| round | exact, rank Σ rᵢ (lossless) | exact, rank {cfg['rank']} | FedIT (rank {cfg['rank']}) | "
                        f"error: exact rank {cfg['rank']} | error: FedIT |")

@@ -59,6 +59,14 @@ pub struct TrainConfig {
     /// initial adapter's `A`), as FFA-LoRA's clients do so that averaging the `B`s of
     /// several clients sharing one `A` is exactly the average of their deltas.
     pub freeze_a: bool,
+    /// The first `frozen_rank` rank components of every A/B pair (rows of `A`, columns of
+    /// `B`) keep their initial values; only the rest train. With an initial adapter whose
+    /// first components are an earlier adapter and the rest a fresh LoRA (`B = 0`), this
+    /// trains a new low-rank update on top of a frozen one: FLoRA's stacking, where clients
+    /// of a federated round train fresh factors on top of the frozen global adapter so that
+    /// the server can sum their updates exactly. `0` = nothing frozen; otherwise every pair's
+    /// rank must exceed it.
+    pub frozen_rank: usize,
     /// DPO temperature `beta`.
     pub dpo_beta: f32,
     /// What DPO's reference policy is.
@@ -107,6 +115,7 @@ impl Default for TrainConfig {
             max_seq_len: 512,
             pack_tokens: 512,
             freeze_a: false,
+            frozen_rank: 0,
             dpo_beta: 0.1,
             dpo_reference: DpoReference::Base,
             dpo_weight: 1.0,

@@ -9,7 +9,7 @@ use tailor::model::qmatrix::QMatrix;
 use candle_core::quantized::GgmlDType;
 use tailor::kernels::{cast_blocks, BlockQ4_1, BlockQ8_0};
 
-use crate::kernels::{dequantize_q4_1, dequantize_q8_0, gemm_bcast, zeros};
+use crate::kernels::{dequantize_q4_1, dequantize_q8_0, gemm_bcast, has_bcast_kernel, zeros};
 
 /// A strided matrix view: element `(i, j)` is `data[i * rs + j * cs]`.
 #[derive(Clone, Copy)]
@@ -95,8 +95,8 @@ fn tile_rows(cols: usize) -> usize {
 
 /// Height of the forward pass's tiles of an `out`-row weight: at most about [`tile_rows`],
 /// a multiple of 16 (the kernel's half vector), and as many tiles as a multiple of `threads`
-/// (balanced work). A forward output is one tile's dot product, so the tiling does not change
-/// the arithmetic.
+/// (balanced work). With this crate's kernel a forward output is one tile's dot product, so
+/// the tiling does not change the arithmetic.
 fn fwd_tile_rows(out: usize, cols: usize, threads: usize) -> usize {
     let tiles = out.div_ceil(tile_rows(cols)).next_multiple_of(threads.max(1));
     out.div_ceil(tiles).next_multiple_of(16)
@@ -140,7 +140,9 @@ pub(crate) fn qlinear_fwd(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, y
     if n == 0 || out == 0 {
         return;
     }
-    let tr = fwd_tile_rows(out, cols, pool.current_num_threads());
+    // The `gemm` crate's sums may depend on a tile's height, so without this crate's kernel the
+    // tiles do not follow the thread count (8 tiles' worth: balanced for 1, 2, 4 or 8 threads).
+    let tr = fwd_tile_rows(out, cols, if has_bcast_kernel() { pool.current_num_threads() } else { 8 });
     // Allocated here, not on the workers (glibc's per-thread arenas would keep it).
     let mut blocks = zeros(pool, n * out);
     pool.install(|| {
@@ -151,9 +153,15 @@ pub(crate) fn qlinear_fwd(pool: &ThreadPool, w: &QMatrix, x: &[f32], n: usize, y
                 let r1 = (r0 + tr).min(out);
                 let rows = r1 - r0;
                 dequantize_tile(w, r0, r1, buf);
-                bt.resize(rows * cols, 0.0);
-                transpose_seq(buf, rows, cols, bt);
-                gemm_bcast(n, rows, cols, M::new(x, n, cols), bt, rows, block, rows, false, 1.0);
+                if has_bcast_kernel() {
+                    bt.resize(rows * cols, 0.0);
+                    transpose_seq(buf, rows, cols, bt);
+                    gemm_bcast(n, rows, cols, M::new(x, n, cols), bt, rows, block, rows, false, 1.0);
+                } else {
+                    // The `gemm` crate packs its operands itself: the tile is read transposed
+                    // in place (a transposing copy was ~9% of a training step on AVX2).
+                    gemm(block, M::new(x, n, cols), M::new(buf, rows, cols).t(), false, 1.0);
+                }
             },
         )
     });

@@ -15,8 +15,9 @@
 //! A pass may hold several sequences packed end to end ([`Net::forward_packed`]): each token
 //! attends only to the earlier tokens of its own sequence and its RoPE position counts from
 //! the start of its sequence, so every sequence's activations are those of a pass of its own
-//! (without LoRA bit for bit: the frozen products, attention and norms sum in the same order;
-//! the LoRA products may round differently). The frozen weights are dequantized once per
+//! (without LoRA bit for bit where the frozen products run on this crate's AVX-512 kernel:
+//! they, attention and norms sum in the same order; the `gemm` crate used elsewhere, and the
+//! LoRA products, may round differently). The frozen weights are dequantized once per
 //! pass instead of once per sequence; the LoRA gradients sum over all the pass's tokens at
 //! once (the same sum in another order).
 //!
@@ -761,10 +762,18 @@ mod tests {
             tokens.extend_from_slice(t);
             lens.push(t.len());
         }
-        // Without LoRA every product sums in the same order: bit-identical.
+        // Without LoRA every product sums in the same order: bit-identical where this crate's
+        // kernel runs (AVX-512F); the `gemm` crate (elsewhere) blocks the frozen products by
+        // the row count, within 1e-6 relative.
         let base: Vec<f32> = seqs.iter().flat_map(|(t, tg)| net.forward(t, tg, None, Keep::Nothing).unwrap().0).collect();
         let (packed_base, _) = net.forward_packed(&tokens, &lens, &targets, None, Keep::Nothing).unwrap();
-        assert_eq!(packed_base, base, "seed {seed}: packing changed the base's log-probabilities");
+        if crate::kernels::has_bcast_kernel() {
+            assert_eq!(packed_base, base, "seed {seed}: packing changed the base's log-probabilities");
+        } else {
+            for (i, (a, b)) in packed_base.iter().zip(&base).enumerate() {
+                assert!((a - b).abs() <= 1e-6 * b.abs().max(1.0), "seed {seed}: base log p {i}: packed {a} vs separate {b}");
+            }
+        }
 
         let mut runs = Vec::new();
         for keep in [Keep::All, Keep::LayerInputs] {

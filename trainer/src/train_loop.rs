@@ -417,13 +417,7 @@ impl Trainer {
             _ => None,
         };
         let mut opt = AdamW::new(params.len(), c.adam_beta1, c.adam_beta2, c.adam_eps, c.weight_decay);
-        // With `freeze_a`, the A blocks (sorted by offset) take no update.
-        let mut frozen: Vec<std::ops::Range<usize>> = if c.freeze_a {
-            params.slots.iter().flatten().flatten().map(|s| s.a..s.a + s.r * s.d_in).collect()
-        } else {
-            Vec::new()
-        };
-        frozen.sort_by_key(|r| r.start);
+        let frozen = frozen_ranges(&params, c.freeze_a, c.frozen_rank)?;
         let mut order: Vec<u32> = (0..items.len() as u32).collect();
         rng.shuffle(&mut order);
         let mut meta = Meta {
@@ -621,6 +615,30 @@ fn sigmoid(x: f32) -> f32 {
 
 fn softplus(x: f32) -> f32 {
     if x > 20.0 { x } else { x.exp().ln_1p() }
+}
+
+/// The parameter ranges that take no update, sorted and disjoint: with `freeze_a` every `A`
+/// block; with `frozen_rank` the first rows of every `A` (contiguous) and the first columns of
+/// every row of `B` (`[out, r]`, row-major).
+fn frozen_ranges(params: &LoraParams, freeze_a: bool, frozen_rank: usize) -> Result<Vec<std::ops::Range<usize>>> {
+    let mut frozen = Vec::new();
+    for s in params.slots.iter().flatten().flatten() {
+        if frozen_rank > 0 && frozen_rank >= s.r {
+            return Err(Error::invalid_config(format!(
+                "frozen_rank {frozen_rank} leaves nothing to train in a LoRA pair of rank {}", s.r
+            )));
+        }
+        if freeze_a {
+            frozen.push(s.a..s.a + s.r * s.d_in);
+        } else if frozen_rank > 0 {
+            frozen.push(s.a..s.a + frozen_rank * s.d_in);
+        }
+        if frozen_rank > 0 {
+            frozen.extend((0..s.d_out).map(|row| s.b + row * s.r..s.b + row * s.r + frozen_rank));
+        }
+    }
+    frozen.sort_by_key(|r| r.start);
+    Ok(frozen)
 }
 
 #[cfg(test)]

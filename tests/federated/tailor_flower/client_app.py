@@ -1,6 +1,8 @@
 """The ClientApp: one device. It holds its own local data (a slice of the fact set no other
 client has), trains its LoRA adapter from the global one with Tailor's on-device trainer on the
-real quantized model, and sends back only the adapter's factors and its sample count.
+real quantized model, and sends back only the adapter's factors and its sample count. With the
+exact method (FLoRA's stacking) it trains a fresh LoRA on top of the frozen global adapter and
+sends that update only; with FedIT / FFA-LoRA it trains the global factors themselves.
 
 Fault injection (run config, for the robustness test): ``fault-die-partition`` dies after it
 received the round's global adapter (``fault-die-mode``: ``raise`` or ``exit``), ``fault-nan-partition`` sends an
@@ -24,9 +26,12 @@ from .common import (
     adapter_to_records,
     config_value,
     engine,
+    fresh_a,
+    fresh_part,
     load_client_data,
     optional_float,
     records_to_adapter,
+    stacked,
     targets_of,
 )
 
@@ -62,24 +67,33 @@ def train(msg: Message, context: Context) -> Message:
             os._exit(17)
         raise RuntimeError(f"client p{pid} died mid-round {server_round} (injected fault)")
 
-    init = records_to_adapter(msg.content["arrays"], msg.content["adapter"])
+    glob = records_to_adapter(msg.content["arrays"], msg.content["adapter"])
     method = str(cfg["method"])
     seed = int(cfg["seed"]) + 1000 * pid + server_round
-    t_train0 = time.time()
-    adapter, metrics = tailor.train_lora(
-        eng,
-        data["train"],
+    rank = int(config_value(rc, "rank", 4))
+    alpha = float(config_value(rc, "alpha", 8.0))
+    common = dict(
         steps=int(config_value(rc, "local-steps", 4)),
         learning_rate=float(config_value(rc, "learning-rate", 3e-3)),
-        rank=int(init.rank),
-        alpha=float(init.alpha),
         targets=targets_of(rc),
-        init=init,
-        freeze_a=(method == "ffa"),
         seed=seed,
         batch_size=int(config_value(rc, "batch-size", 2)),
         chat_template=True,
     )
+    t_train0 = time.time()
+    if method == "exact":
+        # FLoRA's stacking: a fresh rank-r LoRA (the round's shared A, B = 0) trained on top of
+        # the global adapter, which stays frozen; only the fresh factors are sent back, and the
+        # server adds their exact weighted sum to the global adapter.
+        init = stacked(glob, fresh_a(glob, rank, int(cfg["round-seed"])), rank=rank, alpha=alpha,
+                       fingerprint=eng.fingerprint)
+        trained, metrics = tailor.train_lora(eng, data["train"], rank=int(init.rank), alpha=float(init.alpha),
+                                             init=init, frozen_rank=int(glob.rank), **common)
+        adapter = fresh_part(trained, int(glob.rank), rank=rank, alpha=alpha, fingerprint=eng.fingerprint)
+    else:
+        # FedIT / FFA-LoRA: the global factors themselves are trained on (FFA: B only).
+        adapter, metrics = tailor.train_lora(eng, data["train"], rank=int(glob.rank), alpha=float(glob.alpha),
+                                             init=glob, freeze_a=(method == "ffa"), **common)
     t_train1 = time.time()
 
     if str(cfg.get("dp", "central")) == "local" and optional_float(rc, "noise-multiplier"):

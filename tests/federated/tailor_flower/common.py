@@ -51,80 +51,6 @@ def adapter_to_records(adapter, fingerprint: str | None) -> tuple[ArrayRecord, C
     return ArrayRecord(arrays), meta
 
 
-# Row norm of a LoRA A drawn as PEFT draws it, U(±1/sqrt(in)): sqrt(in · 1/(3·in)).
-INIT_A_ROW_NORM = 1.0 / math.sqrt(3.0)
-
-
-def mean_a(updates, weights: dict[str, float]) -> dict[str, np.ndarray]:
-    """{module: Σ wᵢ·Aᵢ} over the accepted clients (`updates`: (name, Adapter, n); `weights`:
-    name -> normalised weight, as the aggregation report gives them)."""
-    out: dict[str, np.ndarray] = {}
-    for name, ad, _ in updates:
-        w = weights.get(name)
-        if w is None:
-            continue
-        for m, (a, _) in ad.factors().items():
-            out[m] = out.get(m, 0.0) + w * a.astype(np.float64)
-    return out
-
-
-def for_clients(adapter, alpha: float, fingerprint: str | None, a_ref: dict[str, np.ndarray]):
-    """The same delta ``ΔW = scale·B·A`` at the run's ``alpha``, factored with the A closest to
-    ``a_ref`` (the clients' weighted mean A) among the factorizations of ΔW: ``A`` = ``a_ref``
-    projected on the row space of ΔW, ``B`` = what makes ``scale·B·A = ΔW``.
-
-    Tailor's exact aggregation returns ``alpha = rank`` and splits the singular values evenly
-    (``B = U·√S``, ``A = √S·Vᵀ``); FedIT's result is ``(Σ wᵢBᵢ)(Σ wᵢAᵢ)``, whose A is the clients'
-    mean. The next round's clients continue training from the global factors, and LoRA's
-    training speed depends on how ΔW is split (``∂L/∂B ∝ A``), so an exact run continued from
-    an evenly split ΔW would differ from FedIT's by its parametrization, not by its aggregation.
-    Factored this way both continue from the clients' A; only the aggregation differs.
-
-    When the mean A has little in ΔW's row space (central DP noise turns that space to random
-    directions; the projection keeps under half of its norm) or the projection is singular,
-    each row of A is scaled to the norm of a PEFT-initialised A's row instead, B carrying the
-    magnitude (an even split would make A tiny when ΔW is small, a projection that lost most
-    of A would make B huge: either way the next round's training would run at another speed)."""
-    r = int(adapter.rank)
-    s_old, s_new = float(adapter.scale), float(alpha) / r
-    factors = {}
-    for m, (a_e, b_e) in adapter.factors().items():
-        a_e64, b_e64 = a_e.astype(np.float64), b_e.astype(np.float64)
-        ref = a_ref.get(m)
-        a = None
-        if ref is not None and ref.shape == a_e.shape:
-            q, _ = np.linalg.qr(a_e64.T)  # [in, r]: an orthonormal basis of A_e's row space
-            cand = (ref @ q) @ q.T  # [r, in]
-            gram = cand @ cand.T
-            if np.linalg.norm(cand) >= 0.5 * np.linalg.norm(ref) and np.linalg.cond(gram) < 1e6:
-                a = cand
-                b = (s_old / s_new) * b_e64 @ (a_e64 @ cand.T) @ np.linalg.inv(gram)
-        if a is None:
-            norms = np.linalg.norm(a_e64, axis=1)
-            c = np.where(norms > 0, INIT_A_ROW_NORM / np.where(norms > 0, norms, 1.0), 1.0)
-            a, b = a_e64 * c[:, None], b_e64 * ((s_old / s_new) / c)[None, :]
-        factors[m] = (a.astype(np.float32), b.astype(np.float32))
-    return tailor.Adapter.from_factors(factors, rank=r, alpha=float(alpha), base_fingerprint=fingerprint)
-
-
-def difference(adapter, base, fingerprint: str | None):
-    """``adapter − base`` as an adapter (``ΔW`` per pair, in factor form: A stacked, B side by
-    side with the scales folded in and base's negated; rank ``r₁ + r₂``, scale 1). What DP
-    federated averaging clips and noises is a client's change of the global model, not the
-    model. NaN/Inf values are kept (Tailor's aggregation refuses them by name)."""
-    fa, fb = adapter.factors(), base.factors()
-    r = int(adapter.rank) + int(base.rank)
-    factors = {}
-    for m, (a1, b1) in fa.items():
-        a2, b2 = fb[m]
-        factors[m] = (
-            np.vstack([a1, a2]).astype(np.float32),
-            np.hstack([float(adapter.scale) * b1, -float(base.scale) * b2]).astype(np.float32),
-        )
-    return tailor.Adapter.from_factors(factors, rank=r, alpha=float(r), base_fingerprint=fingerprint,
-                                       check_finite=False)
-
-
 def add(a, b, *, rank: int, fingerprint: str | None):
     """``a + b`` at ``rank`` (Tailor's exact aggregation of the two, each weighted 1/2 and
     doubled: exact when rank ≥ rank(a) + rank(b), else the best rank-``rank`` approximation)."""
@@ -134,6 +60,45 @@ def add(a, b, *, rank: int, fingerprint: str | None):
     out, _ = tailor.federated.aggregate([("a", doubled(a), 1), ("b", doubled(b), 1)], method="exact", rank=rank,
                                         max_norm_ratio=None, expected_fingerprint=fingerprint)
     return out
+
+
+def fresh_a(global_adapter, rank: int, seed: int) -> dict[str, np.ndarray]:
+    """A fresh LoRA A for every module of ``global_adapter``, drawn as PEFT draws it
+    (U(±1/sqrt(in))) from a numpy RNG seeded with ``seed``: the server's seed of the round, so
+    that every client of a round starts its update from the same A."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for m, (a, _) in sorted(global_adapter.factors().items()):
+        d_in = int(np.shape(a)[1])
+        bound = 1.0 / math.sqrt(d_in)
+        out[m] = rng.uniform(-bound, bound, size=(rank, d_in)).astype(np.float32)
+    return out
+
+
+def stacked(global_adapter, a_fresh: dict[str, np.ndarray], *, rank: int, alpha: float, fingerprint: str | None):
+    """One adapter of rank ``R + rank`` whose first ``R`` components are ``global_adapter`` (rank
+    R) and the rest a fresh LoRA (``a_fresh``, ``B = 0``), at the scale ``alpha / rank`` of the
+    fresh part: trained with ``frozen_rank = R`` (FLoRA's stacking) the fresh part learns as a
+    fresh rank-``rank`` LoRA would, on top of the global model, which stays frozen."""
+    R = int(global_adapter.rank)
+    s = float(alpha) / rank
+    g = float(global_adapter.scale) / s
+    factors = {}
+    for m, (a, b) in global_adapter.factors().items():
+        af = a_fresh[m]
+        factors[m] = (
+            np.vstack([a, af]).astype(np.float32),
+            np.hstack([g * b.astype(np.float64), np.zeros((b.shape[0], rank))]).astype(np.float32),
+        )
+    return tailor.Adapter.from_factors(factors, rank=R + rank, alpha=s * (R + rank), base_fingerprint=fingerprint)
+
+
+def fresh_part(trained, global_rank: int, *, rank: int, alpha: float, fingerprint: str | None):
+    """The update a stacked run learned: its components after the first ``global_rank``, as a
+    rank-``rank`` adapter at ``alpha`` (the same scale, so the same ΔW)."""
+    factors = {m: (a[global_rank:], b[:, global_rank:]) for m, (a, b) in trained.factors().items()}
+    return tailor.Adapter.from_factors(factors, rank=rank, alpha=float(alpha), base_fingerprint=fingerprint,
+                                       check_finite=False)
 
 
 def records_to_factors(arrays: ArrayRecord) -> dict[str, tuple[np.ndarray, np.ndarray]]:

@@ -3,7 +3,11 @@ exact LoRA aggregation by default, FedIT / FFA-LoRA as baselines), with per-clie
 Gaussian noise (central or local DP) and the RDP accountant as run-config options.
 
 The global adapter starts as a fixed seeded init (B = 0, A seeded; for FFA the A every client
-keeps frozen) and travels as LoRA factors only. After each round the server measures the global
+keeps frozen) and travels as LoRA factors only. With the exact method (FLoRA's stacking) each
+client trains a fresh rank-r LoRA on top of the frozen global adapter and sends only that; the
+server adds the exact weighted sum of the updates to the global adapter (rank ``global-rank``,
+default Σ rᵢ of a round). FedIT and FFA-LoRA clients train the global factors themselves, and
+the server averages them. After each round the server measures the global
 adapter's NLL on the union of the clients' held-out splits (a test oracle: the harness reads the
 held-out files; training data never leaves a client) and prints it with the round's wall time
 split into train / transfer / aggregate / eval, the bytes per client, and ε at δ when DP is on.
@@ -30,9 +34,6 @@ import tailor
 from .common import (
     adapter_to_records,
     add,
-    difference,
-    for_clients,
-    mean_a,
     config_value,
     engine,
     optional_float,
@@ -96,7 +97,7 @@ class TailorLoRA(FedAvg):
         self.method = method
         self.rank = rank
         self.alpha = alpha
-        # The exact method's result rank (0: the clients' rank, the budget FedIT has).
+        # The exact method's global adapter rank (the run config's 0: Σ rᵢ of a full round).
         self.global_rank = global_rank
         self.same_updates_eval = same_updates_eval
         self._shadow: dict = {}
@@ -125,6 +126,8 @@ class TailorLoRA(FedAvg):
         config["method"] = self.method
         config["seed"] = self.seed
         config["dp"] = self.dp
+        # The fresh A every client of this round starts its update from (exact method).
+        config["round-seed"] = self.seed * 104729 + server_round
         num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
         sample = max(num_nodes, self.min_train_nodes)
         from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -166,18 +169,7 @@ class TailorLoRA(FedAvg):
         new_arrays, report = None, {"accepted": [], "refused": []}
         if updates:
             try:
-                # With clipping (DP), the exact method aggregates the clients' changes of the
-                # global adapter (what DP-FedAvg clips and noises; a client's adapter includes
-                # the global one, which clipping would shrink every round) and adds their noisy
-                # mean to it; the sum is refactored to the global rank (post-processing).
-                deltas = self.clip and self.method == "exact" and self._global is not None
-                if deltas:
-                    updates_in = updates
-                    updates = [(n, difference(ad, self._global, self.eng.fingerprint), k) for n, ad, k in updates]
-                agg, report = tailor.federated.aggregate(
-                    updates,
-                    rank=(self.global_rank or self.rank) if self.method == "exact" else self.rank,
-                    method=self.method,
+                common = dict(
                     clip=self.clip,
                     noise_multiplier=self.noise_multiplier if self.dp == "central" else None,
                     dp=self.dp,
@@ -185,17 +177,21 @@ class TailorLoRA(FedAvg):
                     max_norm_ratio=self.max_norm_ratio,
                     expected_fingerprint=self.eng.fingerprint,
                 )
-                # The same delta in the clients' parametrization (the run's alpha, A at its
-                # initial scale); FedIT's result is in it already.
-                if deltas:
-                    agg = add(self._global, agg, rank=self.global_rank or self.rank, fingerprint=self.eng.fingerprint)
-                    updates = updates_in
                 if self.method == "exact":
-                    weights = {c["client"]: float(c["weight"]) for c in report.get("clients", [])}
-                    agg = for_clients(agg, self.alpha, self.eng.fingerprint, mean_a(updates, weights))
+                    # The clients' updates are fresh LoRAs trained on top of the frozen global
+                    # adapter (FLoRA's stacking): their exact weighted sum (rank Σ rᵢ; with
+                    # central noise, the noisy dense sum refactored to the global rank) is added
+                    # to the global adapter, refactored to the global rank (exact while the
+                    # ranks fit, else the best approximation of that rank).
+                    noisy = bool(common["noise_multiplier"])
+                    agg, report = tailor.federated.aggregate(
+                        updates, rank=self.global_rank if noisy else None, method="exact", **common)
+                    agg = add(self._global, agg, rank=self.global_rank, fingerprint=self.eng.fingerprint)
+                    if not noisy:
+                        self._same_updates(updates, report)
+                else:
+                    agg, report = tailor.federated.aggregate(updates, rank=self.rank, method=self.method, **common)
                 new_arrays, self.adapter_meta = adapter_to_records(agg, self.eng.fingerprint)
-                if self.method == "exact" and not self.noise_multiplier:
-                    self._same_updates(updates, report)
             except tailor.TailorError as e:
                 log(WARNING, "round %d: aggregation failed, global adapter kept: %s", server_round, e)
                 report = {"accepted": [], "refused": [{"client": "*", "reason": str(e)}]}
@@ -236,19 +232,28 @@ class TailorLoRA(FedAvg):
         return new_arrays, mr
 
     def _same_updates(self, updates, report) -> None:
-        """The round's updates aggregated two more ways, for comparison only (the run goes on
-        with its own global adapter): exactly at rank Σ rᵢ (lossless) and by FedIT. Their
-        relative Frobenius error against the exact weighted sum is recorded; with
-        `same-updates-eval` their held-out NLL too (evaluate_fn)."""
+        """The round's updates aggregated three ways, for comparison only (the run goes on with
+        its own global adapter): exactly at rank Σ rᵢ (lossless), exactly at the clients' rank r
+        (the best rank-r approximation) and by FedIT (mean B · mean A, rank r; the clients share
+        the round's initial A). The relative Frobenius error of the last two against the exact
+        weighted sum is recorded; with `same-updates-eval` the held-out NLL of the global adapter
+        plus each of the three too (evaluate_fn)."""
         common = dict(clip=self.clip, max_norm_ratio=self.max_norm_ratio, expected_fingerprint=self.eng.fingerprint)
         lossless, rep_l = tailor.federated.aggregate(updates, method="exact", rank=None, **common)
+        exact_r, rep_r = tailor.federated.aggregate(updates, method="exact", rank=self.rank, **common)
         fedit, rep_f = tailor.federated.aggregate(updates, method="fedit", rank=self.rank, **common)
         self._current["same_updates"] = {
             "lossless_rank": rep_l["rank"],
-            "exact_rank_R_rel_error": report.get("relative_error_vs_exact"),
+            "exact_rank_R_rel_error": rep_r["relative_error_vs_exact"],
             "fedit_rel_error": rep_f["relative_error_vs_exact"],
         }
-        self._shadow = {"exact_lossless": lossless, "fedit": fedit} if self.same_updates_eval else {}
+        g, fp = self._global, self.eng.fingerprint
+        full = int(g.rank) + int(rep_l["rank"])
+        self._shadow = {
+            "exact_lossless": add(g, lossless, rank=full, fingerprint=fp),
+            "exact_rank_R": add(g, exact_r, rank=int(g.rank) + self.rank, fingerprint=fp),
+            "fedit": add(g, fedit, rank=int(g.rank) + self.rank, fingerprint=fp),
+        } if self.same_updates_eval else {}
 
     def epsilon(self, rounds: int) -> float | None:
         if not self.noise_multiplier:
@@ -268,7 +273,7 @@ class TailorLoRA(FedAvg):
             if server_round > 0 and self._shadow and "same_updates" in row:
                 for k, shadow in self._shadow.items():
                     row["same_updates"][f"{k}_nll"] = float(tailor.mean_nll(self.eng, heldout, adapter=shadow))
-                row["same_updates"]["exact_rank_R_nll"] = nll
+                row["same_updates"]["global_nll"] = nll
                 self._shadow = {}
             eps = self.epsilon(server_round) if server_round > 0 else None
             row["epsilon"] = eps
@@ -285,10 +290,11 @@ class TailorLoRA(FedAvg):
                           f"entry, median update norm {row.get('median_norm') or 0:.3g} clipped to {self.clip})")
                 same = row.get("same_updates") or {}
                 if "fedit_nll" in same:
-                    dp += (f" | same updates: exact rank {same['lossless_rank']} {same['exact_lossless_nll']:.4f}, "
-                           f"exact rank {self.global_rank or self.rank} {nll:.4f}, FedIT {same['fedit_nll']:.4f}")
+                    dp += (f" | same updates added to the global adapter: exact rank {same['lossless_rank']} "
+                           f"{same['exact_lossless_nll']:.4f}, exact rank {self.rank} {same['exact_rank_R_nll']:.4f}, "
+                           f"FedIT {same['fedit_nll']:.4f}")
                 if same:
-                    dp += (f" | rel. error vs exact sum: rank-{self.global_rank or self.rank} exact "
+                    dp += (f" | rel. error vs exact sum: rank-{self.rank} exact "
                            f"{same['exact_rank_R_rel_error']:.3g}, FedIT {same['fedit_rel_error']:.3g}")
                 _say(
                     f"[tailor] round {server_round} ({self.method}): held-out NLL {nll:.4f}{dp} | "
@@ -338,7 +344,7 @@ def main(grid: Grid, context: Context) -> None:
         method=method,
         rank=rank,
         alpha=alpha,
-        global_rank=int(config_value(rc, "global-rank", 0)),
+        global_rank=int(config_value(rc, "global-rank", 0)) or num_clients * rank,
         same_updates_eval=bool(config_value(rc, "same-updates-eval", False)),
         clip=clip,
         noise_multiplier=noise,

@@ -2,7 +2,7 @@
 //! cancellation and limits stop a run cleanly.
 
 use candle_core::quantized::GgmlDType;
-use tailor::adapters::LoraAdapter;
+use tailor::adapters::{LoraAdapter, LoraConfig, LoraWeights, Target};
 use tailor_trainer::{
     mean_nll, score_answers, ErrorKind, Flow, PreferenceExample, SftExample, StopReason, TrainConfig, TrainData, Trainer,
 };
@@ -83,6 +83,58 @@ fn freeze_a_trains_b_only() {
     }
     assert!(moved > 0.0, "no B moved");
     assert!(after < 0.7 * before, "seed {seed}: NLL {before} -> {after}");
+}
+
+/// `frozen_rank` (FLoRA's stacking): a rank-4 adapter from another run stacked with a fresh
+/// rank-2 LoRA (`B = 0`) into one rank-6 adapter scores exactly as the rank-4 one; trained with
+/// the first 4 components frozen, those come out bit-identical, the fresh ones move, and the
+/// loss falls below the frozen adapter's. Freezing every component is refused.
+#[test]
+fn frozen_rank_trains_only_the_stacked_update() {
+    let seed = fresh_seed();
+    let (_d, engine) = tiny(GgmlDType::Q8_0, seed);
+    let data = sft_data(&engine, seed, 4);
+    let start = Trainer::new(&engine, config(3, 1e-2, seed)).unwrap().train(&TrainData::sft(data.clone()), &mut |_| Flow::Continue).unwrap().adapter;
+    let nll_start = mean_nll(&score_answers(&engine, Some(&start), &data, 2).unwrap());
+    // Same scale (alpha / r = 2) for the stacked adapter, so B keeps its values.
+    let targets: Vec<Target> = Target::ALL.iter().copied().filter(|&t| start.iter().any(|((_, u), _)| u == t)).collect();
+    let mut stacked = LoraAdapter::new(LoraConfig::new(6, 12.0, &targets)).unwrap();
+    let mut state = seed | 1;
+    for ((l, t), w) in start.iter() {
+        let (r, d_in, d_out) = (w.r(), w.in_features(), w.out_features());
+        let mut a = w.a().to_vec();
+        a.extend((0..2 * d_in).map(|_| {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) / (d_in as f32).sqrt()
+        }));
+        let b: Vec<f32> = (0..d_out).flat_map(|o| w.b()[o * r..(o + 1) * r].iter().copied().chain([0.0, 0.0])).collect();
+        stacked.insert(l, t, LoraWeights::new(6, d_in, d_out, a, b).unwrap()).unwrap();
+    }
+    let nll_stacked = mean_nll(&score_answers(&engine, Some(&stacked), &data, 2).unwrap());
+    assert!((nll_stacked - nll_start).abs() <= 1e-4 * nll_start.abs().max(1.0), "stacking changed the NLL: {nll_start} -> {nll_stacked}");
+
+    let mut c = config(30, 1e-2, seed + 1);
+    c.lora_rank = 6;
+    c.frozen_rank = 4;
+    let out = Trainer::new(&engine, c.clone()).unwrap().with_initial_adapter(stacked.clone()).unwrap()
+        .train(&TrainData::sft(data.clone()), &mut |_| Flow::Continue).unwrap();
+    let after = mean_nll(&score_answers(&engine, Some(&out.adapter), &data, 2).unwrap());
+    let mut moved = 0.0f32;
+    for ((key, w), (_, w0)) in out.adapter.iter().zip(stacked.iter()) {
+        let d_in = w.in_features();
+        assert_eq!(w.a()[..4 * d_in], w0.a()[..4 * d_in], "frozen rows of A of {key:?} moved");
+        for (row, row0) in w.b().chunks_exact(6).zip(w0.b().chunks_exact(6)) {
+            assert_eq!(row[..4], row0[..4], "frozen columns of B of {key:?} moved");
+            moved += row[4..].iter().map(|x| x.abs()).sum::<f32>();
+        }
+        moved += w.a()[4 * d_in..].iter().zip(&w0.a()[4 * d_in..]).map(|(x, y)| (x - y).abs()).sum::<f32>();
+    }
+    assert!(moved > 0.0, "the fresh components did not move");
+    assert!(after < 0.7 * nll_start, "seed {seed}: NLL {nll_start} -> {after}");
+
+    c.frozen_rank = 6;
+    let err = Trainer::new(&engine, c).and_then(|t| t.with_initial_adapter(stacked)).and_then(|t| t.train(&TrainData::sft(data), &mut |_| Flow::Continue)).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
 }
 
 /// DPO on three pairs: the chosen-minus-rejected log-probability margin rises (by more than
