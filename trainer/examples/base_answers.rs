@@ -1,5 +1,5 @@
 //! Writes `trainer/data/base-answers.json`: the default base model's greedy answers to the
-//! gate's specificity questions (16 tokens) and to the distillation questions (40 tokens),
+//! gate's specificity questions (`SPECIFICITY_TOKENS`) and to the distillation questions (40 tokens),
 //! which `personal` ships so that a profile's first training run does not decode them (~20 s
 //! on two cores). Derived data: rerun after changing either question list or the default model.
 //!
@@ -12,7 +12,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use tailor::{Engine, EngineConfig, ModelCache};
-use tailor_trainer::personal::{distill_questions, greedy_answers, specificity_questions, PersonalOptions};
+use tailor_trainer::personal::{distill_questions, greedy_answers, specificity_questions, PersonalOptions, SPECIFICITY_TOKENS};
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -36,7 +36,7 @@ fn main() -> Result<()> {
     let fp = engine.base_fingerprint().as_str().to_string();
     let mut all: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
     let sets: [(Vec<String>, usize); 2] =
-        [(specificity_questions().into_iter().map(|(q, _)| q).collect(), 16), (distill_questions(o.distill), o.distill_tokens)];
+        [(specificity_questions().into_iter().map(|(q, _)| q).collect(), SPECIFICITY_TOKENS), (distill_questions(o.distill), o.distill_tokens)];
     for (questions, max_tokens) in sets {
         let answers = greedy_answers(&engine, None, &questions, max_tokens)?;
         let entry = all.entry(format!("{fp}:{max_tokens}")).or_default();

@@ -484,7 +484,8 @@ pub fn greedy_answers(engine: &Engine, adapter: Option<&LoraAdapter>, questions:
 /// questions (keyed by the base fingerprint; derived data, rebuilt when missing or damaged).
 pub const GATE_CACHE_FILE: &str = ".gate-cache.json";
 
-/// The default base model's greedy answers to the gate's specificity questions (16 tokens) and
+/// The default base model's greedy answers to the gate's specificity questions
+/// ([`SPECIFICITY_TOKENS`]) and
 /// to the distillation questions (40 tokens), keyed like [`GATE_CACHE_FILE`] by `<base
 /// fingerprint>:<max tokens>`; made by `cargo run --release -p tailor-trainer --example
 /// base_answers` (derived data: any other base, or a question not in it, is answered at run
@@ -528,6 +529,11 @@ fn base_answers_cached(engine: &Engine, adapters_dir: &Path, questions: &[String
     }
     Ok(questions.iter().map(|q| cache[&key][q].clone()).collect())
 }
+
+/// How many tokens of an answer to a specificity question the gate reads (greedy). 16 judged
+/// truncation, not knowledge: "A week is a standard unit of time in the Gregorian calendar, and
+/// it's" counted as a lost answer; 32 lets a sentence finish.
+pub const SPECIFICITY_TOKENS: usize = 32;
 
 /// The specificity set of the gate (`data/specificity.json`): general questions and what a
 /// right answer contains (alternatives split by `|`).
@@ -956,10 +962,10 @@ fn gate(
     if let Some(limit) = options.max_specificity_loss {
         let set = specificity_questions();
         let questions: Vec<String> = set.iter().map(|(q, _)| q.clone()).collect();
-        let base = base_answers_cached(engine, adapters_dir, &questions, 16)?;
+        let base = base_answers_cached(engine, adapters_dir, &questions, SPECIFICITY_TOKENS)?;
         let known: Vec<usize> = (0..set.len()).filter(|&i| right_any(&base[i], &set[i].1)).collect();
         let asked: Vec<String> = known.iter().map(|&i| questions[i].clone()).collect();
-        let after = greedy_answers(engine, Some(adapter), &asked, 16)?;
+        let after = greedy_answers(engine, Some(adapter), &asked, SPECIFICITY_TOKENS)?;
         outcome.specificity_base_right = known.len();
         for (&i, a) in known.iter().zip(&after) {
             if !right_any(a, &set[i].1) {

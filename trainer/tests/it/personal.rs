@@ -285,7 +285,7 @@ fn a_stopped_profile_run_resumes_and_forgetting_removes_its_checkpoint() {
 #[test]
 fn shipped_base_answers_cover_the_current_questions() {
     use std::collections::HashMap;
-    use tailor_trainer::personal::{distill_questions, specificity_questions, PersonalOptions, SHIPPED_BASE_ANSWERS};
+    use tailor_trainer::personal::{distill_questions, specificity_questions, PersonalOptions, SHIPPED_BASE_ANSWERS, SPECIFICITY_TOKENS};
     let shipped: HashMap<String, HashMap<String, String>> = serde_json::from_str(SHIPPED_BASE_ANSWERS).unwrap();
     let o = PersonalOptions::default();
     let set = |suffix: &str| {
@@ -293,7 +293,7 @@ fn shipped_base_answers_cover_the_current_questions() {
         assert_eq!(keys.len(), 1, "one base, keyed <fingerprint>{suffix}: {keys:?}");
         &shipped[keys[0]]
     };
-    let spec = set(":16");
+    let spec = set(&format!(":{SPECIFICITY_TOKENS}"));
     for (q, _) in specificity_questions() {
         assert!(spec.get(&q).is_some_and(|a| !a.is_empty()), "no shipped answer to {q:?}");
     }
