@@ -132,24 +132,45 @@ enum Pass<'a> {
     Pref(usize),
 }
 
-/// SFT sequences concatenated for one pass.
+/// SFT sequences concatenated for one pass. The tokens all of them start with (a chat
+/// template's system prompt, up to the first scored position of any) are kept once, in the
+/// first sequence, and shared by the others ([`Net::forward_packed`]'s `prefix`).
 struct Packed {
     tokens: Vec<u32>,
     lens: Vec<usize>,
+    prefix: usize,
     targets: Vec<(usize, u32)>,
 }
 
 impl Packed {
     fn new(seqs: &[&Seq]) -> Self {
-        let mut p = Packed { tokens: Vec::new(), lens: Vec::new(), targets: Vec::new() };
-        for s in seqs {
+        let prefix = shared_prefix(seqs);
+        let mut p = Packed { tokens: Vec::new(), lens: Vec::new(), prefix, targets: Vec::new() };
+        for (i, s) in seqs.iter().enumerate() {
+            let skip = if i == 0 { 0 } else { prefix };
             let t0 = p.tokens.len();
-            p.tokens.extend_from_slice(&s.tokens);
-            p.lens.push(s.tokens.len());
-            p.targets.extend(s.targets.iter().map(|&(pos, tok)| (t0 + pos, tok)));
+            p.tokens.extend_from_slice(&s.tokens[skip..]);
+            p.lens.push(s.tokens.len() - skip);
+            p.targets.extend(s.targets.iter().map(|&(pos, tok)| (t0 + pos - skip, tok)));
         }
         p
     }
+}
+
+/// How many first tokens every one of several sequences shares, stopping at the first scored
+/// position of any (a scored position's logits must be computed in its own sequence); 0 for
+/// one sequence.
+fn shared_prefix(seqs: &[&Seq]) -> usize {
+    let [first, rest @ ..] = seqs else { return 0 };
+    if rest.is_empty() {
+        return 0;
+    }
+    let limit = seqs.iter().map(|s| s.targets.first().map_or(s.tokens.len().saturating_sub(1), |t| t.0)).min().unwrap_or(0);
+    let mut n = 0;
+    while n < limit && rest.iter().all(|s| s.tokens.get(n) == first.tokens.get(n)) {
+        n += 1;
+    }
+    n
 }
 
 /// Trains LoRA adapters on one engine's base.
@@ -496,7 +517,7 @@ impl Trainer {
                             net.forward(&s.tokens, &s.targets, Some(&params), keep)?
                         } else {
                             let p = Packed::new(&seqs);
-                            net.forward_packed(&p.tokens, &p.lens, &p.targets, Some(&params), keep)?
+                            net.forward_packed(&p.tokens, &p.lens, p.prefix, &p.targets, Some(&params), keep)?
                         };
                         loss -= logp.iter().map(|&x| x as f64).sum::<f64>() * coef as f64;
                         net.backward(tape.expect("kept"), coef, &params, &mut grads);
@@ -654,6 +675,24 @@ mod tests {
         assert_eq!(cut.targets, vec![(2, 8)]);
         // No prompt: the first answer token has no context to be predicted from.
         assert_eq!(sequence(&[], &[1, 2, 3], 10).targets, vec![(0, 2), (1, 3)]);
+    }
+
+    /// The shared prefix stops where the sequences differ and before the first scored
+    /// position of any; the packed targets point at the same tokens.
+    #[test]
+    fn packing_keeps_a_shared_prefix_once() {
+        let a = sequence(&[1, 2, 3, 4, 5], &[6, 7], 100);
+        let b = sequence(&[1, 2, 3, 9], &[8], 100);
+        let c = sequence(&[1, 2], &[3, 4, 5, 6], 100);
+        assert_eq!(shared_prefix(&[&a, &b]), 3);
+        // c is scored from position 1 (its answer starts at token 2): the prefix stops there.
+        assert_eq!(shared_prefix(&[&a, &b, &c]), 1);
+        assert_eq!(shared_prefix(&[&a]), 0);
+        let p = Packed::new(&[&a, &b]);
+        assert_eq!((p.prefix, p.lens.clone()), (3, vec![7, 2]));
+        assert_eq!(p.tokens, vec![1, 2, 3, 4, 5, 6, 7, 9, 8]);
+        // b's target (3, 8): the logits at its token 9 (packed position 7) predict 8.
+        assert_eq!(p.targets, vec![(4, 6), (5, 7), (7, 8)]);
     }
 
     /// SFT examples are packed in order up to `pack_tokens` (a longer one alone), a DPO pair
