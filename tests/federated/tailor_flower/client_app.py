@@ -1,8 +1,8 @@
 """The ClientApp: one device. It holds its own local data (a slice of the fact set no other
 client has), trains its LoRA adapter from the global one with Tailor's on-device trainer on the
 real quantized model, and sends back only the adapter's factors and its sample count. With the
-exact method (FLoRA's stacking) it trains a fresh LoRA on top of the frozen global adapter and
-sends that update only; with FedIT / FFA-LoRA it trains the global factors themselves.
+exact method the global adapter carries the server's exact residual as frozen components
+(FedEx-LoRA), which the client keeps frozen while it trains the rest as a FedIT client does.
 
 Fault injection (run config, for the robustness test): ``fault-die-partition`` dies after it
 received the round's global adapter (``fault-die-mode``: ``raise`` or ``exit``), ``fault-nan-partition`` sends an
@@ -26,12 +26,10 @@ from .common import (
     adapter_to_records,
     config_value,
     engine,
-    fresh_a,
-    fresh_part,
     load_client_data,
     optional_float,
     records_to_adapter,
-    stacked,
+    split,
     targets_of,
 )
 
@@ -80,16 +78,15 @@ def train(msg: Message, context: Context) -> Message:
         batch_size=int(config_value(rc, "batch-size", 2)),
         chat_template=True,
     )
+    frozen_rank = int(msg.content["adapter"].get("frozen-rank", 0))
     t_train0 = time.time()
     if method == "exact":
-        # FLoRA's stacking: a fresh rank-r LoRA (the round's shared A, B = 0) trained on top of
-        # the global adapter, which stays frozen; only the fresh factors are sent back, and the
-        # server adds their exact weighted sum to the global adapter.
-        init = stacked(glob, fresh_a(glob, rank, int(cfg["round-seed"])), rank=rank, alpha=alpha,
-                       fingerprint=eng.fingerprint)
-        trained, metrics = tailor.train_lora(eng, data["train"], rank=int(init.rank), alpha=float(init.alpha),
-                                             init=init, frozen_rank=int(glob.rank), **common)
-        adapter = fresh_part(trained, int(glob.rank), rank=rank, alpha=alpha, fingerprint=eng.fingerprint)
+        # The global adapter's first `frozen-rank` components are the server's exact residual
+        # (FedEx-LoRA): frozen here; the rest are the trainable factors, trained as FedIT's
+        # clients train theirs. Only the trainable factors go back.
+        trained, metrics = tailor.train_lora(eng, data["train"], rank=int(glob.rank), alpha=float(glob.alpha),
+                                             init=glob, frozen_rank=frozen_rank, **common)
+        _, adapter = split(trained, frozen_rank, rank=rank, alpha=alpha, fingerprint=eng.fingerprint)
     else:
         # FedIT / FFA-LoRA: the global factors themselves are trained on (FFA: B only).
         adapter, metrics = tailor.train_lora(eng, data["train"], rank=int(glob.rank), alpha=float(glob.alpha),

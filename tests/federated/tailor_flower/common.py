@@ -36,7 +36,9 @@ def engine(threads: int | None = None):
     return _ENGINE
 
 
-def adapter_to_records(adapter, fingerprint: str | None) -> tuple[ArrayRecord, ConfigRecord]:
+def adapter_to_records(adapter, fingerprint: str | None, *, frozen_rank: int = 0) -> tuple[ArrayRecord, ConfigRecord]:
+    """The adapter's factors as arrays, its rank/alpha/fingerprint as config; ``frozen_rank``:
+    how many of its first components the clients keep frozen (the exact method's residual)."""
     arrays = {}
     for module, (a, b) in sorted(adapter.factors().items()):
         arrays[module + A_SUFFIX] = Array(np.ascontiguousarray(a, dtype=np.float32))
@@ -45,6 +47,7 @@ def adapter_to_records(adapter, fingerprint: str | None) -> tuple[ArrayRecord, C
         {
             "rank": int(adapter.rank),
             "alpha": float(adapter.alpha),
+            "frozen-rank": int(frozen_rank),
             "base-fingerprint": "" if fingerprint is None else str(fingerprint),
         }
     )
@@ -53,51 +56,83 @@ def adapter_to_records(adapter, fingerprint: str | None) -> tuple[ArrayRecord, C
 
 def add(a, b, *, rank: int, fingerprint: str | None):
     """``a + b`` at ``rank`` (Tailor's exact aggregation of the two, each weighted 1/2 and
-    doubled: exact when rank ≥ rank(a) + rank(b), else the best rank-``rank`` approximation)."""
-    def doubled(x):
-        return tailor.Adapter.from_factors({m: (p, 2.0 * q) for m, (p, q) in x.factors().items()},
-                                           rank=int(x.rank), alpha=float(x.alpha), base_fingerprint=fingerprint)
-    out, _ = tailor.federated.aggregate([("a", doubled(a), 1), ("b", doubled(b), 1)], method="exact", rank=rank,
-                                        max_norm_ratio=None, expected_fingerprint=fingerprint)
+    doubled: exact when rank ≥ rank(a) + rank(b), else the best rank-``rank`` approximation).
+    Either may be None (nothing): the other is refactored to ``rank``."""
+    items = [x for x in (a, b) if x is not None]
+    k = float(len(items))
+
+    def scaled(x):
+        return tailor.Adapter.from_factors({m: (p, k * q) for m, (p, q) in x.factors().items()},
+                                           rank=int(x.rank), alpha=float(x.alpha), base_fingerprint=fingerprint,
+                                           check_finite=False)
+    out, _ = tailor.federated.aggregate([(f"t{i}", scaled(x), 1) for i, x in enumerate(items)], method="exact",
+                                        rank=rank, max_norm_ratio=None, expected_fingerprint=fingerprint)
     return out
 
 
-def fresh_a(global_adapter, rank: int, seed: int) -> dict[str, np.ndarray]:
-    """A fresh LoRA A for every module of ``global_adapter``, drawn as PEFT draws it
-    (U(±1/sqrt(in))) from a numpy RNG seeded with ``seed``: the server's seed of the round, so
-    that every client of a round starts its update from the same A."""
+def fresh_a(adapter, rank: int, seed: int) -> dict[str, np.ndarray]:
+    """A fresh LoRA A for every module of ``adapter``, drawn as PEFT draws it (U(±1/sqrt(in)))
+    from a numpy RNG seeded with ``seed``."""
     rng = np.random.default_rng(seed)
     out = {}
-    for m, (a, _) in sorted(global_adapter.factors().items()):
+    for m, (a, _) in sorted(adapter.factors().items()):
         d_in = int(np.shape(a)[1])
         bound = 1.0 / math.sqrt(d_in)
         out[m] = rng.uniform(-bound, bound, size=(rank, d_in)).astype(np.float32)
     return out
 
 
-def stacked(global_adapter, a_fresh: dict[str, np.ndarray], *, rank: int, alpha: float, fingerprint: str | None):
-    """One adapter of rank ``R + rank`` whose first ``R`` components are ``global_adapter`` (rank
-    R) and the rest a fresh LoRA (``a_fresh``, ``B = 0``), at the scale ``alpha / rank`` of the
-    fresh part: trained with ``frozen_rank = R`` (FLoRA's stacking) the fresh part learns as a
-    fresh rank-``rank`` LoRA would, on top of the global model, which stays frozen."""
-    R = int(global_adapter.rank)
-    s = float(alpha) / rank
-    g = float(global_adapter.scale) / s
+def stacked(frozen, trainable, *, fingerprint: str | None):
+    """One adapter whose first components are ``frozen`` (rank F; None: none) and the rest
+    ``trainable`` (rank r), at ``trainable``'s scale: trained with ``frozen_rank = F`` only the
+    trainable part moves, and it learns exactly as ``trainable`` alone would on top of a base
+    that includes ``frozen`` (FLoRA's stacking, FedEx-LoRA's residual)."""
+    if frozen is None:
+        return trainable
+    F, r = int(frozen.rank), int(trainable.rank)
+    s = float(trainable.scale)
+    g = float(frozen.scale) / s
+    ft = trainable.factors()
     factors = {}
-    for m, (a, b) in global_adapter.factors().items():
-        af = a_fresh[m]
+    for m, (a, b) in frozen.factors().items():
+        at, bt = ft[m]
         factors[m] = (
-            np.vstack([a, af]).astype(np.float32),
-            np.hstack([g * b.astype(np.float64), np.zeros((b.shape[0], rank))]).astype(np.float32),
+            np.vstack([a, at]).astype(np.float32),
+            np.hstack([g * b.astype(np.float64), bt.astype(np.float64)]).astype(np.float32),
         )
-    return tailor.Adapter.from_factors(factors, rank=R + rank, alpha=s * (R + rank), base_fingerprint=fingerprint)
+    return tailor.Adapter.from_factors(factors, rank=F + r, alpha=s * (F + r), base_fingerprint=fingerprint)
 
 
-def fresh_part(trained, global_rank: int, *, rank: int, alpha: float, fingerprint: str | None):
-    """The update a stacked run learned: its components after the first ``global_rank``, as a
-    rank-``rank`` adapter at ``alpha`` (the same scale, so the same ΔW)."""
-    factors = {m: (a[global_rank:], b[:, global_rank:]) for m, (a, b) in trained.factors().items()}
-    return tailor.Adapter.from_factors(factors, rank=rank, alpha=float(alpha), base_fingerprint=fingerprint,
+def split(adapter, frozen_rank: int, *, rank: int, alpha: float, fingerprint: str | None):
+    """``(frozen, trainable)`` of an adapter made by :func:`stacked`: its first ``frozen_rank``
+    components (None when 0) and the rest as a rank-``rank`` adapter at ``alpha``."""
+    fa = adapter.factors()
+    s = float(adapter.scale)
+    trainable = tailor.Adapter.from_factors(
+        {m: (a[frozen_rank:], b[:, frozen_rank:] * (s / (float(alpha) / rank))) for m, (a, b) in fa.items()},
+        rank=rank, alpha=float(alpha), base_fingerprint=fingerprint, check_finite=False)
+    if frozen_rank == 0:
+        return None, trainable
+    frozen = tailor.Adapter.from_factors(
+        {m: (a[:frozen_rank], b[:, :frozen_rank]) for m, (a, b) in fa.items()},
+        rank=frozen_rank, alpha=s * frozen_rank, base_fingerprint=fingerprint, check_finite=False)
+    return frozen, trainable
+
+
+def difference(adapter, base, fingerprint: str | None):
+    """``adapter − base`` as an adapter (``ΔW`` per pair, in factor form: A stacked, B side by
+    side with the scales folded in and base's negated; rank ``r₁ + r₂``, scale 1). NaN/Inf
+    values are kept (Tailor's aggregation refuses them by name)."""
+    fa, fb = adapter.factors(), base.factors()
+    r = int(adapter.rank) + int(base.rank)
+    factors = {}
+    for m, (a1, b1) in fa.items():
+        a2, b2 = fb[m]
+        factors[m] = (
+            np.vstack([a1, a2]).astype(np.float32),
+            np.hstack([float(adapter.scale) * b1, -float(base.scale) * b2]).astype(np.float32),
+        )
+    return tailor.Adapter.from_factors(factors, rank=r, alpha=float(r), base_fingerprint=fingerprint,
                                        check_finite=False)
 
 

@@ -3,11 +3,12 @@ exact LoRA aggregation by default, FedIT / FFA-LoRA as baselines), with per-clie
 Gaussian noise (central or local DP) and the RDP accountant as run-config options.
 
 The global adapter starts as a fixed seeded init (B = 0, A seeded; for FFA the A every client
-keeps frozen) and travels as LoRA factors only. With the exact method (FLoRA's stacking) each
-client trains a fresh rank-r LoRA on top of the frozen global adapter and sends only that; the
-server adds the exact weighted sum of the updates to the global adapter (rank ``global-rank``,
-default Σ rᵢ of a round). FedIT and FFA-LoRA clients train the global factors themselves, and
-the server averages them. After each round the server measures the global
+keeps frozen) and travels as LoRA factors only. FedIT and FFA-LoRA clients train the global
+factors and the server averages them. With the exact method (FedEx-LoRA) the global adapter is
+a frozen residual (rank ``global-rank``, default Σ rᵢ of a round) stacked with trainable factors:
+the clients train the factors as FedIT's do and send them back; the server keeps FedIT's means
+as the next factors and puts the rest of the exact weighted sum, exact sum − FedIT's product,
+into the residual, so that the global model is the exact average of the clients' models. After each round the server measures the global
 adapter's NLL on the union of the clients' held-out splits (a test oracle: the harness reads the
 held-out files; training data never leaves a client) and prints it with the round's wall time
 split into train / transfer / aggregate / eval, the bytes per client, and ε at δ when DP is on.
@@ -34,10 +35,13 @@ import tailor
 from .common import (
     adapter_to_records,
     add,
+    difference,
     config_value,
     engine,
     optional_float,
     records_to_adapter,
+    split,
+    stacked,
     targets_of,
     union_heldout,
 )
@@ -126,8 +130,6 @@ class TailorLoRA(FedAvg):
         config["method"] = self.method
         config["seed"] = self.seed
         config["dp"] = self.dp
-        # The fresh A every client of this round starts its update from (exact method).
-        config["round-seed"] = self.seed * 104729 + server_round
         num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
         sample = max(num_nodes, self.min_train_nodes)
         from flwr.serverapp.strategy.strategy_utils import sample_nodes
@@ -177,21 +179,35 @@ class TailorLoRA(FedAvg):
                     max_norm_ratio=self.max_norm_ratio,
                     expected_fingerprint=self.eng.fingerprint,
                 )
+                frozen_rank = 0
                 if self.method == "exact":
-                    # The clients' updates are fresh LoRAs trained on top of the frozen global
-                    # adapter (FLoRA's stacking): their exact weighted sum (rank Σ rᵢ; with
-                    # central noise, the noisy dense sum refactored to the global rank) is added
-                    # to the global adapter, refactored to the global rank (exact while the
-                    # ranks fit, else the best approximation of that rank).
-                    noisy = bool(common["noise_multiplier"])
-                    agg, report = tailor.federated.aggregate(
-                        updates, rank=self.global_rank if noisy else None, method="exact", **common)
-                    agg = add(self._global, agg, rank=self.global_rank, fingerprint=self.eng.fingerprint)
-                    if not noisy:
-                        self._same_updates(updates, report)
+                    # FedEx-LoRA: the clients trained the trainable factors on top of the frozen
+                    # residual, so their models average exactly to residual + Σ wᵢ·sᵢ·Bᵢ·Aᵢ. The
+                    # next trainable factors are FedIT's means (what the clients go on from, as
+                    # in a FedIT run); the residual takes the rest, exact sum − FedIT's product,
+                    # refactored to the global rank (exact while the ranks fit).
+                    fp = self.eng.fingerprint
+                    residual, trainable = split(self._global, int(self.adapter_meta.get("frozen-rank", 0)),
+                                                rank=self.rank, alpha=self.alpha, fingerprint=fp)
+                    if self.clip:
+                        # DP: only the clipped, noised mean of the clients' changes may reach the
+                        # model; it all goes to the residual, the trainable factors stay.
+                        updates_in = updates
+                        updates = [(n, difference(ad, trainable, fp), k) for n, ad, k in updates]
+                        agg, report = tailor.federated.aggregate(updates, rank=self.global_rank, method="exact", **common)
+                        updates = updates_in
+                        new_trainable = trainable
+                    else:
+                        agg, report = tailor.federated.aggregate(updates, rank=None, method="exact", **common)
+                        new_trainable, _ = tailor.federated.aggregate(updates, rank=self.rank, method="fedit", **common)
+                        self._same_updates(updates, report, residual)
+                        agg = difference(agg, new_trainable, fp)
+                    residual = add(residual, agg, rank=self.global_rank, fingerprint=fp)
+                    frozen_rank = int(residual.rank)
+                    agg = stacked(residual, new_trainable, fingerprint=fp)
                 else:
                     agg, report = tailor.federated.aggregate(updates, rank=self.rank, method=self.method, **common)
-                new_arrays, self.adapter_meta = adapter_to_records(agg, self.eng.fingerprint)
+                new_arrays, self.adapter_meta = adapter_to_records(agg, self.eng.fingerprint, frozen_rank=frozen_rank)
             except tailor.TailorError as e:
                 log(WARNING, "round %d: aggregation failed, global adapter kept: %s", server_round, e)
                 report = {"accepted": [], "refused": [{"client": "*", "reason": str(e)}]}
@@ -231,13 +247,13 @@ class TailorLoRA(FedAvg):
         )
         return new_arrays, mr
 
-    def _same_updates(self, updates, report) -> None:
+    def _same_updates(self, updates, report, residual) -> None:
         """The round's updates aggregated three ways, for comparison only (the run goes on with
-        its own global adapter): exactly at rank Σ rᵢ (lossless), exactly at the clients' rank r
-        (the best rank-r approximation) and by FedIT (mean B · mean A, rank r; the clients share
-        the round's initial A). The relative Frobenius error of the last two against the exact
-        weighted sum is recorded; with `same-updates-eval` the held-out NLL of the global adapter
-        plus each of the three too (evaluate_fn)."""
+        its own global adapter): exactly at rank Σ rᵢ (lossless: what the run's global adapter
+        holds), exactly at the clients' rank r (the best rank-r approximation) and by FedIT (mean
+        B · mean A, rank r). The relative Frobenius error of the last two against the exact
+        weighted sum is recorded; with `same-updates-eval` the held-out NLL of the residual plus
+        each of the three too (evaluate_fn)."""
         common = dict(clip=self.clip, max_norm_ratio=self.max_norm_ratio, expected_fingerprint=self.eng.fingerprint)
         lossless, rep_l = tailor.federated.aggregate(updates, method="exact", rank=None, **common)
         exact_r, rep_r = tailor.federated.aggregate(updates, method="exact", rank=self.rank, **common)
@@ -247,12 +263,12 @@ class TailorLoRA(FedAvg):
             "exact_rank_R_rel_error": rep_r["relative_error_vs_exact"],
             "fedit_rel_error": rep_f["relative_error_vs_exact"],
         }
-        g, fp = self._global, self.eng.fingerprint
-        full = int(g.rank) + int(rep_l["rank"])
+        fp = self.eng.fingerprint
+        full = (int(residual.rank) if residual is not None else 0) + int(rep_l["rank"])
         self._shadow = {
-            "exact_lossless": add(g, lossless, rank=full, fingerprint=fp),
-            "exact_rank_R": add(g, exact_r, rank=int(g.rank) + self.rank, fingerprint=fp),
-            "fedit": add(g, fedit, rank=int(g.rank) + self.rank, fingerprint=fp),
+            "exact_lossless": add(residual, lossless, rank=full, fingerprint=fp),
+            "exact_rank_R": add(residual, exact_r, rank=full, fingerprint=fp),
+            "fedit": add(residual, fedit, rank=full, fingerprint=fp),
         } if self.same_updates_eval else {}
 
     def epsilon(self, rounds: int) -> float | None:
@@ -290,7 +306,7 @@ class TailorLoRA(FedAvg):
                           f"entry, median update norm {row.get('median_norm') or 0:.3g} clipped to {self.clip})")
                 same = row.get("same_updates") or {}
                 if "fedit_nll" in same:
-                    dp += (f" | same updates added to the global adapter: exact rank {same['lossless_rank']} "
+                    dp += (f" | same updates added to the residual: exact rank {same['lossless_rank']} "
                            f"{same['exact_lossless_nll']:.4f}, exact rank {self.rank} {same['exact_rank_R_nll']:.4f}, "
                            f"FedIT {same['fedit_nll']:.4f}")
                 if same:
