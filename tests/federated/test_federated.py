@@ -248,8 +248,9 @@ def render(runs: dict) -> str:
                            f"ε = {r['epsilon']:.2f} at δ = {DP['delta']:g} (q = 1, RDP accountant)")
         out.append("")
         out.append("The DP run clips and noises each client's change of the global adapter (DP-FedAvg), "
-                   "central noise on the weighted mean; with 8 clients the noise that buys this ε leaves "
-                   "the held-out NLL near the base model's.")
+                   "central noise on the weighted mean, which goes into the frozen residual; with 8 clients "
+                   "the noise that buys this ε takes the utility: the held-out NLL stays at or above the "
+                   "base model's.")
         out.append("")
     out.append("| run | round | wall s | train busy s (Σ clients) | transfer+sched s | aggregate s | eval s | "
                "bytes/client down / up | accepted | refused | failed |")
