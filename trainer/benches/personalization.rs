@@ -15,7 +15,7 @@
 //!   with one phrase; the gate's held-out margin before/after, and how many answers to four
 //!   new prompts open with it.
 //!
-//! Prints a Markdown table and writes it (with JSON) to `--out` (default
+//! Prints a Markdown table and writes it (with JSON) to `--out` (default, from the workspace root:
 //! `bench/results/personalization.md`).
 //!
 //! ```text
@@ -82,7 +82,7 @@ struct Args {
 }
 
 fn parse() -> Result<Args> {
-    let mut a = Args { model: None, facts: 10, threads: 2, out: "bench/results/personalization.md".into(), lr: None, epochs: None, batch: None, accum: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None, only_prefs: false, distill_tokens: None };
+    let mut a = Args { model: None, facts: 10, threads: 2, out: concat!(env!("CARGO_MANIFEST_DIR"), "/../bench/results/personalization.md").into(), lr: None, epochs: None, batch: None, accum: None, prefs: true, replay: None, distill: None, paraphrases: None, pref_sft: None, dpo_beta: None, only_prefs: false, distill_tokens: None };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
         let mut val = |name: &str| it.next().with_context(|| format!("{name} needs a value"));
