@@ -72,7 +72,7 @@ def train(msg: Message, context: Context) -> Message:
     alpha = float(config_value(rc, "alpha", 8.0))
     common = dict(
         steps=int(config_value(rc, "local-steps", 4)),
-        learning_rate=float(config_value(rc, "learning-rate", 3e-3)),
+        learning_rate=float(config_value(rc, "learning-rate", 6e-3)),
         targets=targets_of(rc),
         seed=seed,
         batch_size=int(config_value(rc, "batch-size", 2)),
