@@ -19,7 +19,9 @@
 //! they, attention and norms sum in the same order; the `gemm` crate used elsewhere, and the
 //! LoRA products, may round differently). The frozen weights are dequantized once per
 //! pass instead of once per sequence; the LoRA gradients sum over all the pass's tokens at
-//! once (the same sum in another order).
+//! once (the same sum in another order). The tokens every sequence of a pass starts with (a
+//! chat template's system prompt) can be held once: the later sequences attend to the first's
+//! (`prefix` of [`Net::forward_packed`]), which saves their forward and backward.
 //!
 //! Everything heavy runs on the pool, split so that no result depends on the thread count:
 //! the frozen products by tiles of weight rows (forward) or a fixed number of partial sums
