@@ -61,11 +61,11 @@ pub struct TrainConfig {
     pub freeze_a: bool,
     /// The first `frozen_rank` rank components of every A/B pair (rows of `A`, columns of
     /// `B`) keep their initial values; only the rest train. With an initial adapter whose
-    /// first components are an earlier adapter and the rest a fresh LoRA (`B = 0`), this
-    /// trains a new low-rank update on top of a frozen one: FLoRA's stacking, where clients
-    /// of a federated round train fresh factors on top of the frozen global adapter so that
-    /// the server can sum their updates exactly. `0` = nothing frozen; otherwise every pair's
-    /// rank must exceed it.
+    /// first components are a fixed low-rank term and the rest trainable factors, this trains
+    /// the factors on top of the frozen term: FLoRA's stacking (a fresh LoRA on top of an
+    /// earlier adapter) or FedEx-LoRA's residual (the federated harness's clients train the
+    /// global factors on top of the server's exact-aggregation residual). `0` = nothing
+    /// frozen; otherwise every pair's rank must exceed it.
     pub frozen_rank: usize,
     /// DPO temperature `beta`.
     pub dpo_beta: f32,

@@ -780,6 +780,51 @@ mod tests {
         (num / den.max(1e-30)).sqrt()
     }
 
+    /// Token sequences with their `(position, token)` targets.
+    type Seq = (Vec<u32>, Vec<(usize, u32)>);
+
+    /// `seqs` concatenated for one pass, each after the first without its first `prefix`
+    /// tokens (the shared prefix the first one holds).
+    fn pack(seqs: &[Seq], prefix: usize) -> (Vec<u32>, Vec<usize>, Vec<(usize, u32)>) {
+        let (mut tokens, mut lens, mut targets) = (Vec::new(), Vec::new(), Vec::new());
+        for (i, (t, tg)) in seqs.iter().enumerate() {
+            let skip = if i == 0 { 0 } else { prefix };
+            targets.extend(tg.iter().map(|&(p, tok)| (tokens.len() + p - skip, tok)));
+            tokens.extend_from_slice(&t[skip..]);
+            lens.push(t.len() - skip);
+        }
+        (tokens, lens, targets)
+    }
+
+    /// `seqs` packed in one pass (sharing `prefix` tokens) give the log-probabilities of
+    /// separate passes within 1e-5 relative and the sum of their gradients within 1e-5
+    /// relative L2; with activation checkpointing the packed pass is bit-identical.
+    fn assert_packed_matches_separate(net: &Net<'_>, params: &LoraParams, seqs: &[Seq], prefix: usize, seed: u64) {
+        let (mut want_logp, mut want_grads) = (Vec::new(), vec![0f32; params.len()]);
+        for (tokens, targets) in seqs {
+            let (lp, tape) = net.forward(tokens, targets, Some(params), Keep::All).unwrap();
+            want_logp.extend(lp);
+            net.backward(tape.unwrap(), 0.7, params, &mut want_grads);
+        }
+        let (tokens, lens, targets) = pack(seqs, prefix);
+        let mut runs = Vec::new();
+        for keep in [Keep::All, Keep::LayerInputs] {
+            let (lp, tape) = net.forward_packed(&tokens, &lens, prefix, &targets, Some(params), keep).unwrap();
+            let mut grads = vec![0f32; params.len()];
+            net.backward(tape.unwrap(), 0.7, params, &mut grads);
+            runs.push((lp, grads));
+        }
+        let (logp, grads) = &runs[0];
+        assert_eq!(logp.len(), want_logp.len());
+        for (i, (a, b)) in logp.iter().zip(&want_logp).enumerate() {
+            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "seed {seed}, prefix {prefix}: log p {i}: packed {a} vs separate {b}");
+        }
+        let e = rel_l2(grads, &want_grads);
+        assert!(e < 1e-5, "seed {seed}, prefix {prefix}: gradients differ by {e} relative L2");
+        assert!(want_grads.iter().any(|&g| g != 0.0));
+        assert_eq!(&runs[1], &runs[0], "seed {seed}, prefix {prefix}: checkpointing changed the packed pass");
+    }
+
     /// Sequences of different lengths (one past the 48-row attention block, one of a single
     /// scored token) packed in one pass give the log-probabilities of separate passes and
     /// the sum of their gradients. Without LoRA bit for bit (attention, frozen products and
@@ -800,7 +845,6 @@ mod tests {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         // (length, first scored position)
         let shapes = [(9usize, 4usize), (57, 20), (2, 0), (31, 29), (16, 5)];
-        type Seq = (Vec<u32>, Vec<(usize, u32)>);
         let seqs: Vec<Seq> = shapes
             .iter()
             .map(|&(n, first)| {
@@ -810,22 +854,10 @@ mod tests {
             })
             .collect();
 
-        let (mut want_logp, mut want_grads) = (Vec::new(), vec![0f32; params.len()]);
-        for (tokens, targets) in &seqs {
-            let (lp, tape) = net.forward(tokens, targets, Some(&params), Keep::All).unwrap();
-            want_logp.extend(lp);
-            net.backward(tape.unwrap(), 0.7, &params, &mut want_grads);
-        }
-
-        let (mut tokens, mut lens, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-        for (t, tg) in &seqs {
-            targets.extend(tg.iter().map(|&(p, tok)| (tokens.len() + p, tok)));
-            tokens.extend_from_slice(t);
-            lens.push(t.len());
-        }
         // Without LoRA every product sums in the same order: bit-identical where this crate's
         // kernel runs (AVX-512F); the `gemm` crate (elsewhere) blocks the frozen products by
         // the row count, within 1e-5 relative (measured up to ~2e-6).
+        let (tokens, lens, targets) = pack(&seqs, 0);
         let base: Vec<f32> = seqs.iter().flat_map(|(t, tg)| net.forward(t, tg, None, Keep::Nothing).unwrap().0).collect();
         let (packed_base, _) = net.forward_packed(&tokens, &lens, 0, &targets, None, Keep::Nothing).unwrap();
         if crate::kernels::has_bcast_kernel() {
@@ -835,23 +867,7 @@ mod tests {
                 assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "seed {seed}: base log p {i}: packed {a} vs separate {b}");
             }
         }
-
-        let mut runs = Vec::new();
-        for keep in [Keep::All, Keep::LayerInputs] {
-            let (lp, tape) = net.forward_packed(&tokens, &lens, 0, &targets, Some(&params), keep).unwrap();
-            let mut grads = vec![0f32; params.len()];
-            net.backward(tape.unwrap(), 0.7, &params, &mut grads);
-            runs.push((lp, grads));
-        }
-        let (logp, grads) = &runs[0];
-        assert_eq!(logp.len(), want_logp.len());
-        for (i, (a, b)) in logp.iter().zip(&want_logp).enumerate() {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "seed {seed}: log p {i}: packed {a} vs separate {b}");
-        }
-        let e = rel_l2(grads, &want_grads);
-        assert!(e < 1e-5, "seed {seed}: gradients differ by {e} relative L2");
-        assert!(want_grads.iter().any(|&g| g != 0.0));
-        assert_eq!(&runs[1], &runs[0], "seed {seed}: checkpointing changed the packed pass");
+        assert_packed_matches_separate(&net, &params, &seqs, 0, seed);
     }
 
     /// Sequences that share their first 13 tokens (one past a 48-row block after the prefix,
@@ -873,7 +889,6 @@ mod tests {
         let shared: Vec<u32> = (0..prefix).map(|_| rng.random_range(0..vocab)).collect();
         // (own length after the prefix, first scored position)
         let shapes = [(9usize, 15usize), (57, 13), (2, 13), (20, 30)];
-        type Seq = (Vec<u32>, Vec<(usize, u32)>);
         let seqs: Vec<Seq> = shapes
             .iter()
             .map(|&(own, first)| {
@@ -883,34 +898,7 @@ mod tests {
                 (tokens, targets)
             })
             .collect();
-        let (mut want_logp, mut want_grads) = (Vec::new(), vec![0f32; params.len()]);
-        for (tokens, targets) in &seqs {
-            let (lp, tape) = net.forward(tokens, targets, Some(&params), Keep::All).unwrap();
-            want_logp.extend(lp);
-            net.backward(tape.unwrap(), 0.7, &params, &mut want_grads);
-        }
-        let (mut tokens, mut lens, mut targets) = (Vec::new(), Vec::new(), Vec::new());
-        for (i, (t, tg)) in seqs.iter().enumerate() {
-            let skip = if i == 0 { 0 } else { prefix };
-            targets.extend(tg.iter().map(|&(p, tok)| (tokens.len() + p - skip, tok)));
-            tokens.extend_from_slice(&t[skip..]);
-            lens.push(t.len() - skip);
-        }
-        let mut runs = Vec::new();
-        for keep in [Keep::All, Keep::LayerInputs] {
-            let (lp, tape) = net.forward_packed(&tokens, &lens, prefix, &targets, Some(&params), keep).unwrap();
-            let mut grads = vec![0f32; params.len()];
-            net.backward(tape.unwrap(), 0.7, &params, &mut grads);
-            runs.push((lp, grads));
-        }
-        let (logp, grads) = &runs[0];
-        assert_eq!(logp.len(), want_logp.len());
-        for (i, (a, b)) in logp.iter().zip(&want_logp).enumerate() {
-            assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "seed {seed}: log p {i}: shared {a} vs separate {b}");
-        }
-        let e = rel_l2(grads, &want_grads);
-        assert!(e < 1e-5, "seed {seed}: gradients differ by {e} relative L2");
-        assert_eq!(&runs[1], &runs[0], "seed {seed}: checkpointing changed the shared-prefix pass");
+        assert_packed_matches_separate(&net, &params, &seqs, prefix, seed);
     }
 
     #[test]

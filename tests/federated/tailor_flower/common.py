@@ -9,7 +9,6 @@ Only LoRA factors travel: an adapter becomes an ``ArrayRecord`` with one entry p
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -67,18 +66,6 @@ def add(a, b, *, rank: int, fingerprint: str | None):
                                            check_finite=False)
     out, _ = tailor.federated.aggregate([(f"t{i}", scaled(x), 1) for i, x in enumerate(items)], method="exact",
                                         rank=rank, max_norm_ratio=None, expected_fingerprint=fingerprint)
-    return out
-
-
-def fresh_a(adapter, rank: int, seed: int) -> dict[str, np.ndarray]:
-    """A fresh LoRA A for every module of ``adapter``, drawn as PEFT draws it (U(±1/sqrt(in)))
-    from a numpy RNG seeded with ``seed``."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for m, (a, _) in sorted(adapter.factors().items()):
-        d_in = int(np.shape(a)[1])
-        bound = 1.0 / math.sqrt(d_in)
-        out[m] = rng.uniform(-bound, bound, size=(rank, d_in)).astype(np.float32)
     return out
 
 

@@ -2,6 +2,7 @@
 //! cancellation and limits stop a run cleanly.
 
 use candle_core::quantized::GgmlDType;
+use rand::{Rng, SeedableRng};
 use tailor::adapters::{LoraAdapter, LoraConfig, LoraWeights, Target};
 use tailor_trainer::{
     mean_nll, score_answers, ErrorKind, Flow, PreferenceExample, SftExample, StopReason, TrainConfig, TrainData, Trainer,
@@ -28,6 +29,12 @@ fn config(steps: usize, lr: f32, seed: u64) -> TrainConfig {
     c.seed = seed;
     c.threads = 2;
     c
+}
+
+/// A short unfrozen run on `data`: an adapter whose `B` is not zero and whose `A` is not the
+/// init, for runs that start from another run's adapter.
+fn warm_start(engine: &tailor::Engine, data: &[SftExample], seed: u64) -> LoraAdapter {
+    Trainer::new(engine, config(3, 1e-2, seed)).unwrap().train(&TrainData::sft(data.to_vec()), &mut |_| Flow::Continue).unwrap().adapter
 }
 
 fn flat(a: &LoraAdapter) -> Vec<f32> {
@@ -67,8 +74,7 @@ fn freeze_a_trains_b_only() {
     let seed = fresh_seed();
     let (_d, engine) = tiny(GgmlDType::Q8_0, seed);
     let data = sft_data(&engine, seed, 4);
-    // A shared start: a short unfrozen run, so that B is not zero and A is not the init.
-    let start = Trainer::new(&engine, config(3, 1e-2, seed)).unwrap().train(&TrainData::sft(data.clone()), &mut |_| Flow::Continue).unwrap().adapter;
+    let start = warm_start(&engine, &data, seed);
     let before = mean_nll(&score_answers(&engine, Some(&start), &data, 2).unwrap());
     let mut c = config(30, 1e-2, seed + 1);
     c.freeze_a = true;
@@ -94,19 +100,17 @@ fn frozen_rank_trains_only_the_stacked_update() {
     let seed = fresh_seed();
     let (_d, engine) = tiny(GgmlDType::Q8_0, seed);
     let data = sft_data(&engine, seed, 4);
-    let start = Trainer::new(&engine, config(3, 1e-2, seed)).unwrap().train(&TrainData::sft(data.clone()), &mut |_| Flow::Continue).unwrap().adapter;
+    let start = warm_start(&engine, &data, seed);
     let nll_start = mean_nll(&score_answers(&engine, Some(&start), &data, 2).unwrap());
     // Same scale (alpha / r = 2) for the stacked adapter, so B keeps its values.
     let targets: Vec<Target> = Target::ALL.iter().copied().filter(|&t| start.iter().any(|((_, u), _)| u == t)).collect();
     let mut stacked = LoraAdapter::new(LoraConfig::new(6, 12.0, &targets)).unwrap();
-    let mut state = seed | 1;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
     for ((l, t), w) in start.iter() {
         let (r, d_in, d_out) = (w.r(), w.in_features(), w.out_features());
+        let bound = 1.0 / (d_in as f32).sqrt();
         let mut a = w.a().to_vec();
-        a.extend((0..2 * d_in).map(|_| {
-            state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) / (d_in as f32).sqrt()
-        }));
+        a.extend((0..2 * d_in).map(|_| rng.random_range(-bound..bound)));
         let b: Vec<f32> = (0..d_out).flat_map(|o| w.b()[o * r..(o + 1) * r].iter().copied().chain([0.0, 0.0])).collect();
         stacked.insert(l, t, LoraWeights::new(6, d_in, d_out, a, b).unwrap()).unwrap();
     }
