@@ -47,6 +47,8 @@ pub(crate) struct Inner {
     load_time: Duration,
     /// The memory-reading adapter, prepared on first use (`None`: not trained for this base).
     pub(crate) reader: std::sync::OnceLock<Option<Arc<crate::lora::PreparedLora>>>,
+    /// llguidance's view of the tokenizer, built on the first constrained generation.
+    pub(crate) grammar: std::sync::OnceLock<std::result::Result<Arc<crate::grammar::GrammarFactory>, String>>,
     /// Generations running now on any session of this engine.
     pub(crate) generating: std::sync::atomic::AtomicUsize,
 }
@@ -104,6 +106,7 @@ impl Engine {
                 threads,
                 load_time: start.elapsed(),
                 reader: std::sync::OnceLock::new(),
+                grammar: std::sync::OnceLock::new(),
                 generating: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
@@ -114,6 +117,21 @@ impl Engine {
     /// Q4_1); prepared on the first call.
     pub fn memory_reader(&self) -> Option<Arc<crate::lora::PreparedLora>> {
         self.inner.reader.get_or_init(|| crate::memory_reader::load(self)).clone()
+    }
+
+    /// The grammar engine for this model's tokenizer (built on first use).
+    pub(crate) fn grammar_factory(&self) -> Result<Arc<crate::grammar::GrammarFactory>> {
+        self.inner
+            .grammar
+            .get_or_init(|| crate::grammar::GrammarFactory::new(&self.inner.tokenizer).map(Arc::new).map_err(|e| e.to_string()))
+            .clone()
+            .map_err(|reason| Error::Grammar { reason })
+    }
+
+    /// Checks that `grammar` compiles for this model (what a server does before accepting a
+    /// request); the error names the problem.
+    pub fn check_grammar(&self, grammar: &crate::grammar::Grammar) -> Result<()> {
+        crate::grammar::Constraint::new(&*self.grammar_factory()?, grammar).map(|_| ())
     }
 
     /// How many generations are running now on sessions of this engine (background work such

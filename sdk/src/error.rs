@@ -84,6 +84,13 @@ pub enum Error {
         /// What failed.
         reason: String,
     },
+    /// A grammar (JSON schema, regex, Lark) that cannot be compiled, or a generation that
+    /// can no longer follow it.
+    #[error("grammar: {reason}")]
+    Grammar {
+        /// What is wrong.
+        reason: String,
+    },
     /// The prompt tokenizes to nothing.
     #[error("the prompt is empty")]
     EmptyPrompt,
@@ -178,6 +185,7 @@ impl Error {
             }
             Error::Tokenizer { .. }
             | Error::ChatTemplate { .. }
+            | Error::Grammar { .. }
             | Error::EmptyPrompt
             | Error::InvalidArgument { .. } => ErrorKind::InvalidArgument,
             Error::ContextOverflow { .. } => ErrorKind::ContextOverflow,

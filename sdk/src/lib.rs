@@ -26,6 +26,7 @@
 pub mod decode;
 mod engine;
 mod error;
+pub mod grammar;
 pub mod kernels;
 pub mod lora;
 pub mod memory;
@@ -48,6 +49,7 @@ pub use tailor_adapters as adapters;
 pub use tailor_memory as profile;
 pub use memory::{MemoryPromptConfig, RecalledMemory, SharedMemory};
 pub use error::{Error, ErrorKind, Result};
+pub use grammar::Grammar;
 pub use model::config::ModelConfig;
 pub use model_files::ModelCache;
 pub use session::{
@@ -56,3 +58,4 @@ pub use session::{
 };
 pub use text::chat_template::ChatMessage;
 pub use text::tokenizer::Tokenizer;
+pub use text::tools::{Tool, ToolCall, ToolChoice, ToolDelta, ToolSet, ToolStream};

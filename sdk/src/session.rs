@@ -21,7 +21,9 @@ use crate::decode::sampler::{log_softmax, Sampler, SamplingParams};
 use crate::decode::team::Par;
 use crate::engine::Engine;
 use crate::memory::{MemoryPromptConfig, RecalledMemory, SharedMemory};
+use crate::grammar::Grammar;
 use crate::text::chat_template::ChatMessage;
+use crate::text::tools::{ToolDelta, ToolStream};
 use crate::{Error, Result};
 
 /// Settings of one session.
@@ -68,11 +70,20 @@ pub struct GenerateParams {
     /// Report the log-probability of each generated token and the `top` most likely
     /// alternatives (`Some(0)`: only the chosen token's).
     pub logprobs: Option<usize>,
+    /// Constrain the answer to a grammar (JSON Schema, any JSON object, regex, Lark); the
+    /// generation ends by itself once the grammar is complete. With `tools` (and a choice
+    /// other than `none`) only a JSON Schema or JSON object may be given: it constrains the
+    /// answer when the model answers instead of calling.
+    pub grammar: Option<crate::grammar::Grammar>,
+    /// Tools the model may call, for [`Prompt::Chat`] prompts ([`crate::text::tools`]): the
+    /// definitions go into the prompt, the answer is constrained to calls or a response, and
+    /// the [`Generation`] carries the calls.
+    pub tools: Option<crate::text::tools::ToolSet>,
 }
 
 impl Default for GenerateParams {
     fn default() -> Self {
-        Self { sampling: SamplingParams::default(), max_tokens: 256, stop: Vec::new(), ignore_eos: false, logprobs: None }
+        Self { sampling: SamplingParams::default(), max_tokens: 256, stop: Vec::new(), ignore_eos: false, logprobs: None, grammar: None, tools: None }
     }
 }
 
@@ -138,6 +149,9 @@ pub struct TokenEvent<'a> {
     pub text: &'a str,
     /// The token's log-probabilities, when asked for.
     pub logprob: Option<&'a TokenLogprob>,
+    /// With [`GenerateParams::tools`]: calls that began and their arguments' new text (the
+    /// answer's text to the user comes in `text`, the tool format's JSON taken off).
+    pub tool_deltas: &'a [crate::text::tools::ToolDelta],
 }
 
 /// Time spent, in milliseconds, and rates.
@@ -190,6 +204,10 @@ pub struct Generation {
     /// The memories retrieved into the prompt (empty without a profile store or when none
     /// was relevant).
     pub memories: Vec<RecalledMemory>,
+    /// With [`GenerateParams::tools`]: the calls the model made (then `text` is empty, or
+    /// holds the answer to the user when it answered instead).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<crate::text::tools::ToolCall>,
 }
 
 /// Stops a session's generation from another thread. `Send + Sync`, cheap to clone; it
@@ -432,6 +450,25 @@ impl Session {
         self.cancel.0.store(false, Ordering::SeqCst);
         self.refresh_hooks();
         params.sampling.validate().map_err(Error::invalid)?;
+        // Compile the grammar before any work, so a bad one fails at once.
+        let tools = params.tools.as_ref().filter(|t| t.active() && matches!(prompt, Prompt::Chat(_)));
+        let grammar = match tools {
+            Some(t) => {
+                let response = match &params.grammar {
+                    None => None,
+                    Some(Grammar::JsonSchema(s)) => Some(s.clone()),
+                    Some(Grammar::JsonObject) => Some(serde_json::json!({"type": "object"})),
+                    Some(_) => return Err(Error::invalid("with tools, the answer's grammar must be a JSON schema or a JSON object")),
+                };
+                t.grammar(response.as_ref())
+            }
+            None => params.grammar.clone(),
+        };
+        let mut constraint = match &grammar {
+            Some(g) => Some(crate::grammar::Constraint::new(&*self.engine.grammar_factory()?, g)?),
+            None => None,
+        };
+        let mut tool_stream = tools.map(|_| ToolStream::new());
         let (augmented, memories) = match (prompt, &self.memory) {
             (Prompt::Chat(messages), Some((store, cfg))) => {
                 let (m, used) = crate::memory::augment(messages, store, cfg, &self.engine.inner.tokenizer)?;
@@ -441,7 +478,13 @@ impl Session {
         };
         let reader = !memories.is_empty() && self.memory.as_ref().is_some_and(|(_, c)| c.reader);
         self.use_reader(reader && self.engine.memory_reader().is_some());
-        let tokens = self.prompt_tokens(augmented.as_ref().unwrap_or(prompt))?;
+        let tokens = match (augmented.as_ref().unwrap_or(prompt), tools) {
+            (Prompt::Chat(m), Some(t)) => {
+                let inner = &self.engine.inner;
+                inner.tokenizer.encode(&inner.template.render_with_tools(m, Some(t), true)?, true)?
+            }
+            (p, _) => self.prompt_tokens(p)?,
+        };
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
@@ -468,6 +511,7 @@ impl Session {
             timings: Timings::default(),
             logprobs: params.logprobs.map(|_| Vec::new()),
             memories,
+            tool_calls: Vec::new(),
         };
         match self.run(&tokens[common..], Logits::Last) {
             Ok(()) => {}
@@ -495,6 +539,9 @@ impl Session {
                 break FinishReason::Length;
             }
             let lp = params.logprobs.map(|top| logprob_of(tok, &logits, top));
+            if let Some(c) = constraint.as_mut() {
+                c.mask(&mut logits)?;
+            }
             let id = sampler.sample(&mut logits, &history);
             let index = out.token_ids.len();
             if index == 0 {
@@ -505,12 +552,17 @@ impl Session {
                 break FinishReason::Stop;
             }
             let lp = lp.map(|f| f(id));
+            let mut grammar_done = false;
+            if let Some(c) = constraint.as_mut() {
+                c.commit(id)?;
+                grammar_done = c.is_finished();
+            }
             out.token_ids.push(id);
             history.push(id);
             out.text.push_str(&stream.step(tok, id));
             let at_length = out.token_ids.len() >= params.max_tokens;
             let at_ctx = self.cached.len() + 1 > ctx;
-            if at_length || at_ctx {
+            if at_length || at_ctx || grammar_done {
                 out.text.push_str(&stream.finish());
             }
             // Stop strings: cut the text at the first match; hold back a tail that may
@@ -520,19 +572,32 @@ impl Session {
                 search_from -= 1;
             }
             let hit = params.stop.iter().filter(|s| !s.is_empty()).filter_map(|s| out.text[search_from..].find(s.as_str()).map(|i| search_from + i)).min();
-            let final_text = hit.is_some() || at_length || at_ctx;
+            let final_text = hit.is_some() || at_length || at_ctx || grammar_done;
             if let Some(cut) = hit {
                 out.text.truncate(cut);
             }
             let ready = if final_text { out.text.len() } else { safe_len(&out.text, &params.stop) };
             let ready = ready.max(emitted);
             let piece = &out.text[emitted..ready];
-            let flow = on_token(&TokenEvent { token_id: id, index, text: piece, logprob: lp.as_ref() });
+            let (content, deltas);
+            let (text, tool_deltas) = match tool_stream.as_mut() {
+                None => (piece, &[][..]),
+                Some(ts) => {
+                    let mut d = ts.push(piece);
+                    if final_text {
+                        d.extend(ts.finish());
+                    }
+                    content = d.iter().filter_map(|x| if let ToolDelta::Content(t) = x { Some(t.as_str()) } else { None }).collect::<String>();
+                    deltas = d.into_iter().filter(|x| !matches!(x, ToolDelta::Content(_))).collect::<Vec<_>>();
+                    (content.as_str(), &deltas[..])
+                }
+            };
+            let flow = on_token(&TokenEvent { token_id: id, index, text, logprob: lp.as_ref(), tool_deltas });
             emitted = ready;
             if let (Some(v), Some(lp)) = (out.logprobs.as_mut(), lp) {
                 v.push(lp);
             }
-            if hit.is_some() {
+            if hit.is_some() || grammar_done {
                 break FinishReason::Stop;
             }
             if at_length {
@@ -565,6 +630,14 @@ impl Session {
         }
         out.finish_reason = reason;
         out.timings = timings;
+        if let Some(mut ts) = tool_stream {
+            if let Some(rest) = out.text.strip_prefix(ts.raw()).map(str::to_string) {
+                ts.push(&rest);
+            }
+            let (content, calls) = ts.output();
+            out.text = content;
+            out.tool_calls = calls;
+        }
         Ok(out)
     }
 }

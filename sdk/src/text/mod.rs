@@ -1,5 +1,6 @@
 //! Text in and out of the model: the tokenizer built from GGUF metadata, streaming
-//! detokenization, and the chat template.
+//! detokenization, the chat template, and tool calling's prompt and answer format.
 
 pub mod chat_template;
 pub mod tokenizer;
+pub mod tools;

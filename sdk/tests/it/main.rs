@@ -1,6 +1,7 @@
 //! Behaviour tests of the `tailor` crate (one binary, a module per feature).
 
 mod bad_input;
+mod grammar;
 mod lora;
 mod memory_prompt;
 mod common;
