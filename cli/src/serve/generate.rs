@@ -1,5 +1,7 @@
 //! Running one generation on a blocking thread: a session from the pool (or a new one), tokens
-//! streamed through a channel, the session returned to the pool afterwards. A request whose
+//! streamed through a channel, the session returned to the pool afterwards. `n` choices run
+//! one after another on that session, so the prompt's prefill is done once and reused from the
+//! KV cache by every later choice. A request whose
 //! client goes away (its response future or SSE stream dropped) cancels its generation, in
 //! prefill through the session's cancel handle and in decoding at the next token.
 
@@ -8,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tailor::{CancelHandle, FinishReason, Flow, GenerateParams, Generation, Hooks, Prompt, TokenLogprob};
+use tailor::{CancelHandle, FinishReason, Flow, GenerateParams, Generation, Hooks, Prompt, TokenLogprob, ToolDelta};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
@@ -18,10 +20,11 @@ use super::state::{AppState, Model, Stats};
 
 /// What the generation thread sends.
 pub(crate) enum Event {
-    /// Text that became final (may be empty when only log-probabilities are asked for).
-    Token { text: String, logprob: Option<TokenLogprob> },
-    /// The end: the generation, or why it failed.
-    Done(Result<Generation, ApiError>),
+    /// Text that became final in choice `choice` (may be empty when only log-probabilities or
+    /// tool-call pieces come with it).
+    Token { choice: usize, text: String, logprob: Option<TokenLogprob>, deltas: Vec<ToolDelta> },
+    /// The end: the generation of every choice, or why it failed.
+    Done(Result<Vec<Generation>, ApiError>),
 }
 
 /// A generation to run.
@@ -36,6 +39,8 @@ pub(crate) struct Job {
     pub(crate) tokens: Vec<u32>,
     pub(crate) params: GenerateParams,
     pub(crate) use_pool: bool,
+    /// Choices to generate.
+    pub(crate) n: usize,
 }
 
 #[derive(Default)]
@@ -94,9 +99,13 @@ pub(crate) fn prepare(state: &AppState, model: Arc<Model>, prompt: Prompt, token
     } else {
         (None, None)
     };
+    let vocab = state.engine.model_config().vocab_size;
+    if let Some((id, _)) = params.sampling.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+        return Err(ApiError::invalid("logit_bias", format!("Invalid 'logit_bias': token id {id} is outside the vocabulary of {vocab}.")));
+    }
     let key = AppState::key(&model, selection, memory);
     let use_pool = state.prefix_cache && t.prefix_cache.unwrap_or(true);
-    Ok(Job { model, key, hooks, memory, prompt, tokens, params, use_pool })
+    Ok(Job { model, key, hooks, memory, prompt, tokens, params, use_pool, n: checked.n })
 }
 
 /// Waits for a generation slot, then starts `job` on a blocking thread. The receiver yields
@@ -116,20 +125,24 @@ pub(crate) async fn start(state: Arc<AppState>, job: Job) -> Result<(mpsc::Recei
         stats.active.fetch_sub(1, Ordering::Relaxed);
         let gone = c.gone.load(Ordering::SeqCst);
         match &r {
-            Ok(g) => {
-                Stats::add(&stats.prompt_tokens, g.prompt_tokens as u64);
-                Stats::add(&stats.cached_tokens, g.reused_tokens as u64);
-                Stats::add(&stats.completion_tokens, g.token_ids.len() as u64);
-                if gone || g.finish_reason == FinishReason::Cancelled {
+            Ok(gs) => {
+                for g in gs {
+                    Stats::add(&stats.prompt_tokens, g.prompt_tokens as u64);
+                    Stats::add(&stats.cached_tokens, g.reused_tokens as u64);
+                    Stats::add(&stats.completion_tokens, g.token_ids.len() as u64);
+                }
+                let g = &gs[0];
+                if gone || gs.iter().any(|g| g.finish_reason == FinishReason::Cancelled) {
                     Stats::add(&stats.cancelled, 1);
                 } else {
                     Stats::add(&stats.completed, 1);
                 }
                 eprintln!(
-                    "[serve] {model_id}: prompt {} ({} cached) · {} tokens · {:?}{} · ttft {:.0} ms · {:.0} ms",
+                    "[serve] {model_id}: prompt {} ({} cached) · {} tokens{} · {:?}{} · ttft {:.0} ms · {:.0} ms",
                     g.prompt_tokens,
                     g.reused_tokens,
                     g.token_ids.len(),
+                    if gs.len() > 1 { format!(" ×{} choices", gs.len()) } else { String::new() },
                     g.finish_reason,
                     if gone { " (client gone)" } else { "" },
                     g.timings.ttft_ms,
@@ -151,7 +164,7 @@ pub(crate) async fn start(state: Arc<AppState>, job: Job) -> Result<(mpsc::Recei
     Ok((rx, CancelGuard(cancel)))
 }
 
-fn run(state: &AppState, job: Job, tx: &mpsc::Sender<Event>, cancel: &Cancel) -> Result<Generation, ApiError> {
+fn run(state: &AppState, job: Job, tx: &mpsc::Sender<Event>, cancel: &Cancel) -> Result<Vec<Generation>, ApiError> {
     let pooled = if job.use_pool { state.pool.take(&job.key, &job.tokens) } else { None };
     Stats::add(if pooled.is_some() { &state.stats.pool_hits } else { &state.stats.pool_misses }, 1);
     let mut session = match pooled {
@@ -162,22 +175,44 @@ fn run(state: &AppState, job: Job, tx: &mpsc::Sender<Event>, cancel: &Cancel) ->
     if cancel.gone.load(Ordering::SeqCst) {
         return Err(ApiError::invalid(None, "the client went away"));
     }
-    let result = session.generate(&job.prompt, &job.params, &mut |ev| {
-        if cancel.gone.load(Ordering::SeqCst) {
-            return Flow::Stop;
-        }
-        if !ev.text.is_empty() || ev.logprob.is_some() {
-            let e = Event::Token { text: ev.text.to_string(), logprob: ev.logprob.cloned() };
-            if tx.blocking_send(e).is_err() {
-                cancel.gone.store(true, Ordering::SeqCst);
+    let mut result = Ok(Vec::with_capacity(job.n));
+    for choice in 0..job.n {
+        // Each choice draws its own numbers: seed + choice when a seed was given.
+        let mut params = job.params.clone();
+        params.sampling.seed = params.sampling.seed.map(|s| s.wrapping_add(choice as u64));
+        let r = session.generate(&job.prompt, &params, &mut |ev| {
+            if cancel.gone.load(Ordering::SeqCst) {
                 return Flow::Stop;
             }
+            if !ev.text.is_empty() || ev.logprob.is_some() || !ev.tool_deltas.is_empty() {
+                let e = Event::Token { choice, text: ev.text.to_string(), logprob: ev.logprob.cloned(), deltas: ev.tool_deltas.to_vec() };
+                if tx.blocking_send(e).is_err() {
+                    cancel.gone.store(true, Ordering::SeqCst);
+                    return Flow::Stop;
+                }
+            }
+            Flow::Continue
+        });
+        match r {
+            Ok(g) => {
+                let stop = g.finish_reason == FinishReason::Cancelled || cancel.gone.load(Ordering::SeqCst);
+                if let Ok(v) = result.as_mut() {
+                    v.push(g);
+                }
+                if stop {
+                    break;
+                }
+            }
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
         }
-        Flow::Continue
-    });
+    }
     if job.use_pool {
         let mut held = job.tokens;
-        if let Ok(g) = &result {
+        // The session's cache ends with the last choice.
+        if let Some(g) = result.as_ref().ok().and_then(|v| v.last()) {
             held.extend_from_slice(&g.token_ids);
         }
         state.pool.put(job.key, session, held);
@@ -185,8 +220,8 @@ fn run(state: &AppState, job: Job, tx: &mpsc::Sender<Event>, cancel: &Cancel) ->
     Ok(result?)
 }
 
-/// Collects a whole generation (non-streamed responses).
-pub(crate) async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Generation, ApiError> {
+/// Collects a whole generation (non-streamed responses): one per choice.
+pub(crate) async fn collect(mut rx: mpsc::Receiver<Event>) -> Result<Vec<Generation>, ApiError> {
     while let Some(e) = rx.recv().await {
         if let Event::Done(r) = e {
             return r;

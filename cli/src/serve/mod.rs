@@ -1,8 +1,9 @@
 //! `tailor serve`: an OpenAI-compatible HTTP server (axum) over the base model and each
 //! profile's personal model, with Tailor's extensions under `/v1/tailor/`.
 //!
-//! - `/v1/models`, `/v1/chat/completions` (streamed as SSE or not), `/v1/completions`,
-//!   `/v1/embeddings`, in OpenAI's request, response and error shapes ([`openai`], [`error`]);
+//! - `/v1/models`, `/v1/chat/completions` (streamed as SSE or not; tools, structured outputs,
+//!   `n` choices), `/v1/completions`, `/v1/embeddings`, `/v1/responses` ([`responses`]), in
+//!   OpenAI's request, response and error shapes ([`openai`], [`error`]);
 //! - generations run on blocking threads, at most `--parallel` at once; a client that goes
 //!   away cancels its generation ([`generate`]);
 //! - the prefix cache keeps recent conversations' KV caches so a follow-up turn only prefills
@@ -15,6 +16,7 @@ mod error;
 mod generate;
 mod openai;
 mod pool;
+mod responses;
 mod routes;
 mod state;
 mod tailor_api;
@@ -237,6 +239,7 @@ fn router(state: Arc<AppState>) -> Router {
         .route("/v1/models/{*id}", get(routes::model))
         .route("/v1/chat/completions", post(routes::chat_completions))
         .route("/v1/completions", post(routes::completions))
+        .route("/v1/responses", post(responses::create))
         .route("/v1/embeddings", post(routes::embeddings))
         .route("/v1/tailor/stats", get(t::stats))
         .route("/v1/tailor/feedback", post(t::feedback_add).get(t::feedback_list))

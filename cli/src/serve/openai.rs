@@ -1,13 +1,19 @@
 //! OpenAI's request shapes for chat completions, completions and embeddings, parsed and
 //! checked into what the engine runs. Every rejection names the field (`param`) as OpenAI does.
 //!
+//! Sampling: a request without `temperature` samples with the model's recommended settings
+//! ([`tailor::Engine::recommended_sampling`]: SmolLM2's are temperature 0.2, top-p 0.9, with
+//! min-p 0.05 and a repetition penalty of 1.1 as a loop guard); `temperature: 0` is greedy;
+//! a request that gives `temperature` gets exactly what it asks (top-p, penalties) and
+//! nothing else.
+//!
 //! Unknown top-level fields are ignored (clients send many). Tailor's own per-request options
 //! go in one object, `"tailor": {"adapters": [...], "steering": [...], "memory": bool,
 //! "prefix_cache": bool}` (the Python client's `extra_body`), whose fields are checked strictly.
 
 use serde::Deserialize;
 use serde_json::Value;
-use tailor::{ChatMessage, GenerateParams, SamplingParams};
+use tailor::{ChatMessage, GenerateParams, Grammar, SamplingParams, Tool, ToolCall, ToolChoice, ToolSet};
 
 use super::error::ApiError;
 
@@ -15,6 +21,10 @@ use super::error::ApiError;
 pub(crate) const MAX_TOP_LOGPROBS: usize = 20;
 /// The most stop sequences (OpenAI's limit).
 pub(crate) const MAX_STOP: usize = 4;
+/// The most choices per request (`n`).
+pub(crate) const MAX_N: usize = 8;
+/// The most tools per request (OpenAI's limit).
+pub(crate) const MAX_TOOLS: usize = 128;
 
 /// `stop`: one string or a list.
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +81,10 @@ pub(crate) struct TailorOptions {
     /// Reuse a pooled session's KV cache (default true; false starts cold, for comparison).
     #[serde(default)]
     pub(crate) prefix_cache: Option<bool>,
+    /// A grammar beyond `response_format`: `{"type": "regex" | "lark" | "json_schema" |
+    /// "json_object", "value": ...}`.
+    #[serde(default)]
+    pub(crate) grammar: Option<Grammar>,
 }
 
 /// The sampling and streaming fields chat and completions share.
@@ -103,6 +117,10 @@ pub(crate) struct Common {
     pub(crate) min_p: Option<f32>,
     #[serde(default)]
     pub(crate) repetition_penalty: Option<f32>,
+    /// `{"type": "text" | "json_object" | "json_schema", "json_schema": {"name", "schema",
+    /// "strict"}}` (llama-server also takes it on completions).
+    #[serde(default)]
+    pub(crate) response_format: Option<Value>,
     #[serde(default)]
     pub(crate) tailor: Option<TailorOptions>,
 }
@@ -121,6 +139,14 @@ pub(crate) struct InMessage {
     pub(crate) role: String,
     #[serde(default)]
     pub(crate) content: Option<Content>,
+    /// An assistant message's calls.
+    #[serde(default)]
+    pub(crate) tool_calls: Option<Vec<Value>>,
+    /// A tool message's call.
+    #[serde(default)]
+    pub(crate) tool_call_id: Option<String>,
+    #[serde(default)]
+    pub(crate) name: Option<String>,
 }
 
 /// `POST /v1/chat/completions`.
@@ -137,9 +163,11 @@ pub(crate) struct ChatRequest {
     #[serde(default)]
     pub(crate) top_logprobs: Option<i64>,
     #[serde(default)]
-    pub(crate) response_format: Option<Value>,
-    #[serde(default)]
     pub(crate) tools: Option<Vec<Value>>,
+    #[serde(default)]
+    pub(crate) tool_choice: Option<Value>,
+    #[serde(default)]
+    pub(crate) parallel_tool_calls: Option<bool>,
     #[serde(flatten)]
     pub(crate) common: Common,
 }
@@ -185,6 +213,8 @@ pub(crate) struct Checked {
     pub(crate) stream: bool,
     pub(crate) include_usage: bool,
     pub(crate) tailor: TailorOptions,
+    /// Choices to generate (`n`).
+    pub(crate) n: usize,
 }
 
 /// Parses a JSON body into `T`, as a 400 naming the problem.
@@ -201,8 +231,14 @@ fn positive(v: i64, param: &'static str) -> Result<usize, ApiError> {
 
 impl Common {
     /// Checks the shared fields into `GenerateParams`.
-    fn check(&self, max_tokens: Option<i64>, max_tokens_param: &'static str, limit: usize) -> Result<Checked, ApiError> {
-        let mut s = SamplingParams::default();
+    fn check(&self, max_tokens: Option<i64>, max_tokens_param: &'static str, limit: usize, recommended: &SamplingParams) -> Result<Checked, ApiError> {
+        self.check_with(max_tokens, max_tokens_param, limit, recommended, "response_format")
+    }
+
+    /// [`Common::check`] with the name of the field that carries `response_format`
+    /// (`text.format` in the Responses API).
+    pub(crate) fn check_with(&self, max_tokens: Option<i64>, max_tokens_param: &'static str, limit: usize, recommended: &SamplingParams, format_param: &'static str) -> Result<Checked, ApiError> {
+        let mut s = if self.temperature.is_none() { recommended.clone() } else { SamplingParams::default() };
         if let Some(t) = self.temperature {
             if !(0.0..=2.0).contains(&t) {
                 return Err(ApiError::invalid("temperature", format!("Invalid 'temperature': {t} is not in [0, 2].")));
@@ -236,24 +272,24 @@ impl Common {
             s.repeat_penalty = r;
         }
         for (name, v) in [("presence_penalty", self.presence_penalty), ("frequency_penalty", self.frequency_penalty)] {
-            match v {
-                Some(v) if !(-2.0..=2.0).contains(&v) => {
+            if let Some(v) = v {
+                if !(-2.0..=2.0).contains(&v) {
                     return Err(ApiError::invalid(name, format!("Invalid '{name}': {v} is not in [-2, 2].")));
                 }
-                Some(v) if v != 0.0 => {
-                    return Err(ApiError::invalid(name, format!("'{name}' is not supported by this server (use 'repetition_penalty').")));
-                }
-                _ => {}
             }
         }
-        if self.logit_bias.as_ref().is_some_and(|m| !m.is_empty()) {
-            return Err(ApiError::invalid("logit_bias", "'logit_bias' is not supported by this server."));
+        s.presence_penalty = self.presence_penalty.unwrap_or(0.0);
+        s.frequency_penalty = self.frequency_penalty.unwrap_or(0.0);
+        for (k, v) in self.logit_bias.iter().flatten() {
+            let id: u32 = k.parse().map_err(|_| ApiError::invalid("logit_bias", format!("Invalid 'logit_bias': the key `{k}` is not a token id.")))?;
+            let b = v.as_f64().filter(|b| (-100.0..=100.0).contains(b)).ok_or_else(|| ApiError::invalid("logit_bias", format!("Invalid 'logit_bias': the bias of token {k} must be a number in [-100, 100], got {v}.")))?;
+            s.logit_bias.push((id, b as f32));
         }
-        if let Some(n) = self.n {
-            if n != 1 {
-                return Err(ApiError::invalid("n", format!("Invalid 'n': only n = 1 is supported, got {n}.")));
-            }
-        }
+        let n = match self.n {
+            None => 1,
+            Some(n) if (1..=MAX_N as i64).contains(&n) => n as usize,
+            Some(n) => return Err(ApiError::invalid("n", format!("Invalid 'n': {n} is not in [1, {MAX_N}]."))),
+        };
         s.seed = self.seed.map(|v| v as u64);
         s.validate().map_err(|e| ApiError::invalid(None, e))?;
         let stop = match &self.stop {
@@ -291,6 +327,16 @@ impl Common {
         let mut params = GenerateParams::default();
         params.sampling = s;
         params.stop = stop.into_iter().filter(|s| !s.is_empty()).collect();
+        params.grammar = match &self.response_format {
+            Some(f) => response_format(f, format_param)?,
+            None => None,
+        };
+        if let Some(g) = &tailor.grammar {
+            if params.grammar.is_some() {
+                return Err(ApiError::invalid("tailor.grammar", "'tailor.grammar' and 'response_format' cannot both constrain the answer."));
+            }
+            params.grammar = Some(g.clone());
+        }
         let stream = self.stream.unwrap_or(false);
         Ok(Checked {
             params,
@@ -298,13 +344,84 @@ impl Common {
             stream,
             include_usage: stream && self.stream_options.as_ref().is_some_and(|o| o.include_usage),
             tailor,
+            n,
         })
     }
 }
 
+/// `response_format` (Chat Completions: `{"type", "json_schema": {"name", "schema", "strict"}}`)
+/// or the Responses API's `text.format` (`{"type", "name", "schema", "strict"}`).
+pub(crate) fn response_format(f: &Value, param: &'static str) -> Result<Option<Grammar>, ApiError> {
+    let bad = |m: String| ApiError::invalid(param, m);
+    match f.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(Grammar::JsonObject)),
+        Some("json_schema") => {
+            let holder = f.get("json_schema").unwrap_or(f);
+            let schema = holder.get("schema").cloned().unwrap_or_else(|| serde_json::json!({"type": "object"}));
+            if !schema.is_object() && schema != Value::Bool(true) {
+                return Err(bad(format!("Invalid '{param}': the schema must be a JSON object.")));
+            }
+            Ok(Some(Grammar::JsonSchema(schema)))
+        }
+        Some(t) => Err(bad(format!("Invalid '{param}': type `{t}` (text, json_object or json_schema)."))),
+        None => Err(bad(format!("Invalid '{param}': missing 'type'."))),
+    }
+}
+
+/// `tools`, `tool_choice` and `parallel_tool_calls` (Chat Completions or Responses shapes).
+pub(crate) fn tool_set(tools: Option<&[Value]>, choice: Option<&Value>, parallel: Option<bool>) -> Result<Option<ToolSet>, ApiError> {
+    let tools = tools.unwrap_or_default();
+    if tools.len() > MAX_TOOLS {
+        return Err(ApiError::invalid("tools", format!("Invalid 'tools': at most {MAX_TOOLS} tools, got {}.", tools.len())));
+    }
+    let tools: Vec<Tool> = tools.iter().enumerate().map(|(i, t)| Tool::from_openai(t).map_err(|e| ApiError::invalid("tools", format!("Invalid 'tools[{i}]': {e}")))).collect::<Result<_, _>>()?;
+    let choice = match choice {
+        None | Some(Value::Null) => {
+            if tools.is_empty() {
+                return Ok(None);
+            }
+            ToolChoice::Auto
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => return Err(ApiError::invalid("tool_choice", format!("Invalid 'tool_choice': `{other}` (none, auto, required or a function)."))),
+        },
+        Some(v) => {
+            let name = v.pointer("/function/name").or_else(|| v.get("name")).and_then(Value::as_str);
+            match (v.get("type").and_then(Value::as_str), name) {
+                (Some("function"), Some(n)) => ToolChoice::Function(n.to_string()),
+                _ => return Err(ApiError::invalid("tool_choice", "Invalid 'tool_choice': expected none, auto, required or {\"type\": \"function\", \"function\": {\"name\": ...}}.")),
+            }
+        }
+    };
+    if tools.is_empty() {
+        return match choice {
+            ToolChoice::None => Ok(None),
+            _ => Err(ApiError::invalid("tool_choice", "Invalid 'tool_choice': no tools were given.")),
+        };
+    }
+    ToolSet::new(tools, choice, parallel.unwrap_or(true)).map(Some).map_err(|e| ApiError::invalid("tool_choice", format!("Invalid 'tool_choice': {e}")))
+}
+
+/// A call of an assistant message in history (`{"id", "type": "function", "function": {"name",
+/// "arguments"}}`).
+fn history_call(v: &Value, at: &str) -> Result<ToolCall, ApiError> {
+    let f = v.get("function").ok_or_else(|| ApiError::invalid("messages", format!("Invalid '{at}': a tool call needs 'function'.")))?;
+    let name = f.get("name").and_then(Value::as_str).ok_or_else(|| ApiError::invalid("messages", format!("Invalid '{at}': a tool call needs 'function.name'.")))?;
+    let arguments = match f.get("arguments") {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "{}".into(),
+    };
+    Ok(ToolCall { id: v.get("id").and_then(Value::as_str).unwrap_or_default().to_string(), name: name.to_string(), arguments })
+}
+
 impl ChatRequest {
     /// The conversation and the checked parameters; `limit` caps `max_tokens`.
-    pub(crate) fn check(&self, limit: usize) -> Result<(Vec<ChatMessage>, Checked), ApiError> {
+    pub(crate) fn check(&self, limit: usize, recommended: &SamplingParams) -> Result<(Vec<ChatMessage>, Checked), ApiError> {
         if self.messages.is_empty() {
             return Err(ApiError::invalid("messages", "Invalid 'messages': empty array. Expected an array with minimum length 1."));
         }
@@ -314,8 +431,9 @@ impl ChatRequest {
                 "system" | "developer" => "system",
                 "user" => "user",
                 "assistant" => "assistant",
+                "tool" => "tool",
                 other => {
-                    return Err(ApiError::invalid("messages", format!("Invalid 'messages[{i}].role': `{other}` is not supported (system, developer, user, assistant).")));
+                    return Err(ApiError::invalid("messages", format!("Invalid 'messages[{i}].role': `{other}` is not supported (system, developer, user, assistant, tool).")));
                 }
             };
             let text = match &m.content {
@@ -337,21 +455,30 @@ impl ChatRequest {
                     t
                 }
             };
-            messages.push(ChatMessage::new(role, text));
-        }
-        if self.tools.as_ref().is_some_and(|t| !t.is_empty()) {
-            return Err(ApiError::invalid("tools", "'tools' (function calling) is not supported by this server."));
-        }
-        if let Some(f) = &self.response_format {
-            if f.get("type").and_then(Value::as_str) != Some("text") {
-                return Err(ApiError::invalid("response_format", "Only response_format {\"type\": \"text\"} is supported."));
+            let mut msg = ChatMessage::new(role, text);
+            if role == "assistant" {
+                for (j, c) in m.tool_calls.iter().flatten().enumerate() {
+                    msg.tool_calls.push(history_call(c, &format!("messages[{i}].tool_calls[{j}]"))?);
+                }
             }
+            if role == "tool" {
+                if m.tool_call_id.is_none() {
+                    return Err(ApiError::invalid("messages", format!("Invalid 'messages[{i}]': a tool message needs 'tool_call_id'.")));
+                }
+                msg.tool_call_id = m.tool_call_id.clone();
+                msg.name = m.name.clone();
+            }
+            messages.push(msg);
         }
         let (max, param) = match (self.max_completion_tokens, self.max_tokens) {
             (Some(v), _) => (Some(v), "max_completion_tokens"),
             (None, v) => (v, "max_tokens"),
         };
-        let mut checked = self.common.check(max, param, limit)?;
+        let mut checked = self.common.check(max, param, limit, recommended)?;
+        checked.params.tools = tool_set(self.tools.as_deref(), self.tool_choice.as_ref(), self.parallel_tool_calls)?;
+        if checked.params.tools.as_ref().is_some_and(ToolSet::active) && matches!(checked.params.grammar, Some(Grammar::Regex(_) | Grammar::Lark(_))) {
+            return Err(ApiError::invalid("tailor.grammar", "A regex or Lark grammar cannot be combined with tools."));
+        }
         match (self.logprobs.unwrap_or(false), self.top_logprobs) {
             (false, Some(_)) => {
                 return Err(ApiError::invalid("top_logprobs", "Invalid 'top_logprobs': 'logprobs' must be set to true when 'top_logprobs' is used."));
@@ -379,6 +506,8 @@ impl CompletionRequest {
 
     /// The prompt and the checked parameters.
     pub(crate) fn check(&self, limit: usize) -> Result<(CompletionPrompt, Checked), ApiError> {
+        // Raw completions continue text: greedy unless asked (benchmarks and evaluations
+        // depend on it), not the chat defaults.
         let bad = || ApiError::invalid("prompt", "Invalid 'prompt': expected a string, an array of one string, or an array of token ids (one prompt per request).");
         let prompt = match &self.prompt {
             Value::String(s) => CompletionPrompt::Text(s.clone()),
@@ -395,7 +524,7 @@ impl CompletionRequest {
         if self.best_of.is_some_and(|b| b != 1) {
             return Err(ApiError::invalid("best_of", "Invalid 'best_of': only 1 is supported."));
         }
-        let mut checked = self.common.check(Some(self.max_tokens.unwrap_or(Self::DEFAULT_MAX_TOKENS as i64)), "max_tokens", limit)?;
+        let mut checked = self.common.check(Some(self.max_tokens.unwrap_or(Self::DEFAULT_MAX_TOKENS as i64)), "max_tokens", limit, &SamplingParams::default())?;
         if let Some(k) = self.logprobs {
             if !(0..=5).contains(&k) {
                 return Err(ApiError::invalid("logprobs", format!("Invalid 'logprobs': {k} is not in [0, 5].")));
@@ -456,7 +585,7 @@ mod tests {
     use super::*;
 
     fn chat(v: serde_json::Value) -> Result<(Vec<ChatMessage>, Checked), ApiError> {
-        parse::<ChatRequest>(v.to_string().as_bytes())?.check(1024)
+        parse::<ChatRequest>(v.to_string().as_bytes())?.check(1024, &SamplingParams::chat())
     }
 
     #[test]
@@ -490,13 +619,22 @@ mod tests {
         assert_eq!(with("top_p", 1.5.into()).param.as_deref(), Some("top_p"));
         assert_eq!(with("max_tokens", 0.into()).param.as_deref(), Some("max_tokens"));
         assert_eq!(with("max_tokens", 5000.into()).param.as_deref(), Some("max_tokens"));
-        assert_eq!(with("n", 2.into()).param.as_deref(), Some("n"));
+        assert_eq!(with("n", 9.into()).param.as_deref(), Some("n"));
+        assert_eq!(with("n", 0.into()).param.as_deref(), Some("n"));
+        assert_eq!(with("logit_bias", serde_json::json!({"x": 1})).param.as_deref(), Some("logit_bias"));
+        assert_eq!(with("logit_bias", serde_json::json!({"5": 101})).param.as_deref(), Some("logit_bias"));
+        assert_eq!(with("presence_penalty", 2.5.into()).param.as_deref(), Some("presence_penalty"));
+        assert_eq!(with("response_format", serde_json::json!({"type": "xml"})).param.as_deref(), Some("response_format"));
+        assert_eq!(with("tool_choice", "sometimes".into()).param.as_deref(), Some("tool_choice"));
+        assert_eq!(with("tool_choice", "required".into()).param.as_deref(), Some("tool_choice"));
         assert_eq!(with("top_logprobs", 3.into()).param.as_deref(), Some("top_logprobs"));
         assert_eq!(with("stop", serde_json::json!(["a", "b", "c", "d", "e"])).param.as_deref(), Some("stop"));
-        assert_eq!(with("frequency_penalty", 0.5.into()).param.as_deref(), Some("frequency_penalty"));
+        assert_eq!(with("frequency_penalty", 2.5.into()).param.as_deref(), Some("frequency_penalty"));
         assert_eq!(with("messages", serde_json::json!([])).param.as_deref(), Some("messages"));
         assert_eq!(with("messages", serde_json::json!([{"role": "tool", "content": "x"}])).param.as_deref(), Some("messages"));
+        assert_eq!(with("messages", serde_json::json!([{"role": "robot", "content": "x"}])).param.as_deref(), Some("messages"));
         assert_eq!(with("tools", serde_json::json!([{"type": "function"}])).param.as_deref(), Some("tools"));
+        assert_eq!(with("tools", serde_json::json!([{"type": "code_interpreter"}])).param.as_deref(), Some("tools"));
         let e = with("temperature", "hot".into());
         assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
         // Tailor's options are checked strictly.
@@ -505,6 +643,51 @@ mod tests {
         b["logprobs"] = true.into();
         b["top_logprobs"] = 21.into();
         assert_eq!(chat(b).unwrap_err().param.as_deref(), Some("top_logprobs"));
+    }
+
+    #[test]
+    fn sampling_defaults_tools_and_formats() {
+        let base = serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "Hi"}]});
+        // Without a temperature: the recommended settings; with one, exactly what was asked.
+        let (_, c) = chat(base.clone()).unwrap();
+        assert_eq!(c.params.sampling, SamplingParams::chat());
+        let mut b = base.clone();
+        b["temperature"] = 0.into();
+        assert_eq!(chat(b).unwrap().1.params.sampling, SamplingParams::default());
+        let mut b = base.clone();
+        b["n"] = 3.into();
+        b["seed"] = 5.into();
+        b["logit_bias"] = serde_json::json!({"17": -100, "4": 2.5});
+        b["presence_penalty"] = 0.5.into();
+        b["frequency_penalty"] = (-1.0).into();
+        let (_, c) = chat(b).unwrap();
+        assert_eq!(c.n, 3);
+        assert_eq!((c.params.sampling.presence_penalty, c.params.sampling.frequency_penalty), (0.5, -1.0));
+        let mut lb = c.params.sampling.logit_bias.clone();
+        lb.sort_by_key(|x| x.0);
+        assert_eq!(lb, vec![(4, 2.5), (17, -100.0)]);
+        // Formats.
+        let mut b = base.clone();
+        b["response_format"] = serde_json::json!({"type": "json_schema", "json_schema": {"name": "x", "strict": true, "schema": {"type": "object"}}});
+        assert_eq!(chat(b).unwrap().1.params.grammar, Some(Grammar::JsonSchema(serde_json::json!({"type": "object"}))));
+        let mut b = base.clone();
+        b["response_format"] = serde_json::json!({"type": "json_object"});
+        assert_eq!(chat(b).unwrap().1.params.grammar, Some(Grammar::JsonObject));
+        // Tools, a named choice, history with a call and its result.
+        let mut b = base.clone();
+        b["tools"] = serde_json::json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]);
+        b["tool_choice"] = serde_json::json!({"type": "function", "function": {"name": "f"}});
+        b["parallel_tool_calls"] = false.into();
+        b["messages"] = serde_json::json!([{"role": "user", "content": "go"},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "done"}]);
+        let (m, c) = chat(b.clone()).unwrap();
+        let t = c.params.tools.unwrap();
+        assert_eq!((t.choice, t.parallel), (ToolChoice::Function("f".into()), false));
+        assert_eq!(m[1].tool_calls[0].name, "f");
+        assert_eq!(m[2].tool_call_id.as_deref(), Some("call_1"));
+        b["tool_choice"] = serde_json::json!({"type": "function", "function": {"name": "g"}});
+        assert_eq!(chat(b).unwrap_err().param.as_deref(), Some("tool_choice"));
     }
 
     #[test]

@@ -14,7 +14,7 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use tailor::{FinishReason, Generation, Prompt, TokenLogprob};
+use tailor::{FinishReason, Generation, Prompt, TokenLogprob, ToolDelta};
 use tokio::sync::mpsc;
 
 use super::error::ApiError;
@@ -38,7 +38,7 @@ pub(crate) fn body(b: Result<Bytes, BytesRejection>) -> Result<Bytes, ApiError> 
     })
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
@@ -78,26 +78,55 @@ pub(crate) async fn model(State(state): St, Path(id): Path<String>) -> Result<Js
     models_list(&state).into_iter().find(|m| m["id"] == id.as_str()).map(Json).ok_or_else(|| ApiError::model_not_found(&id))
 }
 
-fn finish_reason(r: FinishReason) -> &'static str {
-    match r {
+pub(crate) fn finish_reason(g: &Generation) -> &'static str {
+    if !g.tool_calls.is_empty() {
+        return "tool_calls";
+    }
+    match g.finish_reason {
         FinishReason::Length | FinishReason::ContextFull => "length",
         _ => "stop",
     }
 }
 
-fn usage(g: &Generation) -> Value {
+/// Usage over the choices of one request: the prompt once (its prefill is shared), every
+/// choice's completion.
+pub(crate) fn usage(gs: &[Generation]) -> Value {
+    let prompt = gs.first().map_or(0, |g| g.prompt_tokens);
+    let cached = gs.first().map_or(0, |g| g.reused_tokens);
+    let completion: usize = gs.iter().map(|g| g.token_ids.len()).sum();
     json!({
-        "prompt_tokens": g.prompt_tokens,
-        "completion_tokens": g.token_ids.len(),
-        "total_tokens": g.prompt_tokens + g.token_ids.len(),
-        "prompt_tokens_details": {"cached_tokens": g.reused_tokens},
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
         "completion_tokens_details": {"reasoning_tokens": 0},
     })
 }
 
-/// Tailor's additions to a response: memories used, timings, the raw finish reason.
-fn tailor_extra(g: &Generation) -> Value {
-    json!({"memories": g.memories, "finish_reason": g.finish_reason, "timings": g.timings})
+/// Tailor's additions to a response: memories used, timings, the raw finish reason (of the
+/// first choice).
+pub(crate) fn tailor_extra(gs: &[Generation]) -> Value {
+    match gs.first() {
+        Some(g) => json!({"memories": g.memories, "finish_reason": g.finish_reason, "timings": g.timings}),
+        None => json!({}),
+    }
+}
+
+/// A call in a response message.
+fn tool_call_json(c: &tailor::ToolCall) -> Value {
+    json!({"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}})
+}
+
+/// Streamed tool-call pieces in OpenAI's `delta.tool_calls` shape.
+fn tool_deltas_json(deltas: &[ToolDelta]) -> Vec<Value> {
+    deltas
+        .iter()
+        .filter_map(|d| match d {
+            ToolDelta::CallStart { index, id, name } => Some(json!({"index": index, "id": id, "type": "function", "function": {"name": name, "arguments": ""}})),
+            ToolDelta::Arguments { index, text } => Some(json!({"index": index, "function": {"arguments": text}})),
+            ToolDelta::Content(_) => None,
+        })
+        .collect()
 }
 
 /// Which API a generation answers: the two differ in their chunk and response shapes.
@@ -115,8 +144,8 @@ struct Meta {
     fingerprint: String,
     api: Api,
     include_usage: bool,
-    /// Text so far (legacy `text_offset`).
-    offset: usize,
+    /// Text so far of each choice (legacy `text_offset`).
+    offsets: Vec<usize>,
 }
 
 impl Meta {
@@ -146,33 +175,42 @@ impl Meta {
         json!({"tokens": tokens, "token_logprobs": lp, "top_logprobs": tops, "text_offset": offsets})
     }
 
-    fn chunk(&mut self, text: &str, lp: Option<&TokenLogprob>, finish: Option<&str>, first: bool) -> Value {
+    fn chunk(&mut self, choice: usize, text: &str, lp: Option<&TokenLogprob>, deltas: &[ToolDelta], finish: Option<&str>, first: bool) -> Value {
         let mut m;
         match &self.api {
             Api::Chat => {
                 m = self.head("chat.completion.chunk");
-                let delta = match (first, finish) {
+                let mut delta = match (first, finish) {
                     (true, _) => json!({"role": "assistant", "content": ""}),
                     (_, Some(_)) => json!({}),
+                    _ if text.is_empty() && !deltas.is_empty() => json!({}),
                     _ => json!({"content": text}),
                 };
+                let calls = tool_deltas_json(deltas);
+                if !calls.is_empty() {
+                    delta["tool_calls"] = Value::Array(calls);
+                }
                 let logprobs = lp.map(|l| json!({"content": [l], "refusal": null})).unwrap_or(Value::Null);
-                m.insert("choices".into(), json!([{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]));
+                m.insert("choices".into(), json!([{"index": choice, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]));
             }
             Api::Completion { .. } => {
                 m = self.head("text_completion");
-                let logprobs = lp.map(|l| Self::legacy_logprobs(std::slice::from_ref(l), self.offset)).unwrap_or(Value::Null);
-                m.insert("choices".into(), json!([{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]));
+                let offset = self.offsets.get(choice).copied().unwrap_or(0);
+                let logprobs = lp.map(|l| Self::legacy_logprobs(std::slice::from_ref(l), offset)).unwrap_or(Value::Null);
+                m.insert("choices".into(), json!([{"index": choice, "text": text, "logprobs": logprobs, "finish_reason": finish}]));
             }
         }
-        self.offset += text.len();
+        if self.offsets.len() <= choice {
+            self.offsets.resize(choice + 1, 0);
+        }
+        self.offsets[choice] += text.len();
         if self.include_usage {
             m.insert("usage".into(), Value::Null);
         }
         Value::Object(m)
     }
 
-    fn usage_chunk(&self, g: &Generation) -> Value {
+    fn usage_chunk(&self, g: &[Generation]) -> Value {
         let mut m = self.head(match self.api {
             Api::Chat => "chat.completion.chunk",
             Api::Completion { .. } => "text_completion",
@@ -183,26 +221,44 @@ impl Meta {
         Value::Object(m)
     }
 
-    fn response(&self, g: &Generation) -> Value {
+    fn response(&self, gs: &[Generation]) -> Value {
         let mut m;
+        let choices: Vec<Value>;
         match &self.api {
             Api::Chat => {
                 m = self.head("chat.completion");
-                let logprobs = g.logprobs.as_ref().map(|l| json!({"content": l, "refusal": null})).unwrap_or(Value::Null);
-                m.insert(
-                    "choices".into(),
-                    json!([{"index": 0, "message": {"role": "assistant", "content": g.text, "refusal": null}, "logprobs": logprobs, "finish_reason": finish_reason(g.finish_reason)}]),
-                );
+                choices = gs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| {
+                        let logprobs = g.logprobs.as_ref().map(|l| json!({"content": l, "refusal": null})).unwrap_or(Value::Null);
+                        let mut message = json!({"role": "assistant", "content": g.text, "refusal": null});
+                        if !g.tool_calls.is_empty() {
+                            if g.text.is_empty() {
+                                message["content"] = Value::Null;
+                            }
+                            message["tool_calls"] = g.tool_calls.iter().map(tool_call_json).collect();
+                        }
+                        json!({"index": i, "message": message, "logprobs": logprobs, "finish_reason": finish_reason(g)})
+                    })
+                    .collect();
             }
             Api::Completion { echo } => {
                 m = self.head("text_completion");
                 let prefix = echo.as_deref().unwrap_or("");
-                let logprobs = g.logprobs.as_ref().map(|l| Self::legacy_logprobs(l, prefix.len())).unwrap_or(Value::Null);
-                m.insert("choices".into(), json!([{"index": 0, "text": format!("{prefix}{}", g.text), "logprobs": logprobs, "finish_reason": finish_reason(g.finish_reason)}]));
+                choices = gs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, g)| {
+                        let logprobs = g.logprobs.as_ref().map(|l| Self::legacy_logprobs(l, prefix.len())).unwrap_or(Value::Null);
+                        json!({"index": i, "text": format!("{prefix}{}", g.text), "logprobs": logprobs, "finish_reason": finish_reason(g)})
+                    })
+                    .collect();
             }
         }
-        m.insert("usage".into(), usage(g));
-        m.insert("tailor".into(), tailor_extra(g));
+        m.insert("choices".into(), Value::Array(choices));
+        m.insert("usage".into(), usage(gs));
+        m.insert("tailor".into(), tailor_extra(gs));
         Value::Object(m)
     }
 }
@@ -221,15 +277,17 @@ struct Streamer {
 
 /// The SSE response: chunks as tokens come, the final chunk, the usage chunk when asked for,
 /// `[DONE]`. Dropped when the client goes away, which cancels the generation.
-fn stream_response(rx: mpsc::Receiver<Event>, guard: CancelGuard, mut meta: Meta) -> Response {
+fn stream_response(rx: mpsc::Receiver<Event>, guard: CancelGuard, mut meta: Meta, n: usize) -> Response {
     let mut pending = VecDeque::new();
-    match &meta.api {
-        Api::Chat => pending.push_back(sse(&meta.chunk("", None, None, true))),
-        Api::Completion { echo: Some(p) } => {
-            let p = p.clone();
-            pending.push_back(sse(&meta.chunk(&p, None, None, false)));
+    for choice in 0..n {
+        match &meta.api {
+            Api::Chat => pending.push_back(sse(&meta.chunk(choice, "", None, &[], None, true))),
+            Api::Completion { echo: Some(p) } => {
+                let p = p.clone();
+                pending.push_back(sse(&meta.chunk(choice, &p, None, &[], None, false)));
+            }
+            Api::Completion { echo: None } => {}
         }
-        Api::Completion { echo: None } => {}
     }
     let st = Streamer { rx, _guard: guard, meta, pending, finished: false };
     let stream = futures_util::stream::unfold(st, |mut st| async move {
@@ -241,16 +299,18 @@ fn stream_response(rx: mpsc::Receiver<Event>, guard: CancelGuard, mut meta: Meta
                 return None;
             }
             match st.rx.recv().await {
-                Some(Event::Token { text, logprob }) => {
-                    let c = st.meta.chunk(&text, logprob.as_ref(), None, false);
+                Some(Event::Token { choice, text, logprob, deltas }) => {
+                    let c = st.meta.chunk(choice, &text, logprob.as_ref(), &deltas, None, false);
                     st.pending.push_back(sse(&c));
                 }
-                Some(Event::Done(Ok(g))) => {
+                Some(Event::Done(Ok(gs))) => {
                     st.finished = true;
-                    let c = st.meta.chunk("", None, Some(finish_reason(g.finish_reason)), false);
-                    st.pending.push_back(sse(&c));
+                    for (i, g) in gs.iter().enumerate() {
+                        let c = st.meta.chunk(i, "", None, &[], Some(finish_reason(g)), false);
+                        st.pending.push_back(sse(&c));
+                    }
                     if st.meta.include_usage {
-                        st.pending.push_back(sse(&st.meta.usage_chunk(&g)));
+                        st.pending.push_back(sse(&st.meta.usage_chunk(&gs)));
                     }
                     st.pending.push_back(SseEvent::default().data("[DONE]"));
                 }
@@ -270,9 +330,10 @@ fn stream_response(rx: mpsc::Receiver<Event>, guard: CancelGuard, mut meta: Meta
 }
 
 async fn answer(state: Arc<AppState>, job: generate::Job, stream: bool, meta: Meta) -> Result<Response, ApiError> {
+    let n = job.n;
     let (rx, guard) = generate::start(state, job).await?;
     if stream {
-        return Ok(stream_response(rx, guard, meta));
+        return Ok(stream_response(rx, guard, meta, n));
     }
     let g = generate::collect(rx).await;
     drop(guard);
@@ -281,8 +342,45 @@ async fn answer(state: Arc<AppState>, job: generate::Job, stream: bool, meta: Me
 
 /// Runs CPU work (templating and tokenizing a prompt of up to the body limit) off the async
 /// threads.
-async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> Result<T, tailor::Error> + Send + 'static) -> Result<T, ApiError> {
+pub(crate) async fn off_thread<T: Send + 'static>(f: impl FnOnce() -> Result<T, tailor::Error> + Send + 'static) -> Result<T, ApiError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal(format!("worker thread failed: {e}")))?.map_err(ApiError::from)
+}
+
+/// Renders and tokenizes a conversation (with its tools) off the async threads, and checks
+/// the answer's grammar compiles (a 400 naming `response_format`, or `tools` when the tools'
+/// schemas are at fault).
+pub(crate) async fn chat_tokens(state: &AppState, messages: Vec<tailor::ChatMessage>, checked: openai::Checked) -> Result<(Vec<tailor::ChatMessage>, openai::Checked, Vec<u32>), ApiError> {
+    let engine = state.engine.clone();
+    let r = tokio::task::spawn_blocking(move || {
+        let grammar_check = grammar_error(&engine, &checked.params);
+        let text = engine.chat_template().render_with_tools(&messages, checked.params.tools.as_ref().filter(|t| t.active()), true);
+        (messages, checked, text.and_then(|t| engine.tokenize(&t)), grammar_check)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("worker thread failed: {e}")))?;
+    let (messages, checked, tokens, grammar_check) = r;
+    grammar_check?;
+    Ok((messages, checked, tokens?))
+}
+
+/// Whether the grammar a request's answer will follow compiles.
+pub(crate) fn grammar_error(engine: &tailor::Engine, params: &tailor::GenerateParams) -> Result<(), ApiError> {
+    let tools = params.tools.as_ref().filter(|t| t.active());
+    let (grammar, param) = match tools {
+        Some(t) => {
+            let response = match &params.grammar {
+                Some(tailor::Grammar::JsonSchema(s)) => Some(s.clone()),
+                Some(tailor::Grammar::JsonObject) => Some(json!({"type": "object"})),
+                _ => None,
+            };
+            (t.grammar(response.as_ref()), if params.grammar.is_some() { "response_format" } else { "tools" })
+        }
+        None => (params.grammar.clone(), "response_format"),
+    };
+    match grammar {
+        Some(g) => engine.check_grammar(&g).map_err(|e| ApiError::invalid(param, format!("Invalid '{param}': {e}"))),
+        None => Ok(()),
+    }
 }
 
 /// `POST /v1/chat/completions`.
@@ -290,16 +388,11 @@ pub(crate) async fn chat_completions(State(state): St, b: Result<Bytes, BytesRej
     Stats::add(&state.stats.requests, 1);
     let req: ChatRequest = openai::parse(&body(b)?)?;
     let model = state.model(&req.model)?.clone();
-    let (messages, checked) = req.check(state.limits.max_tokens)?;
-    let engine = state.engine.clone();
-    let (messages, tokens) = off_thread(move || {
-        let tokens = engine.tokenize(&engine.render_chat(&messages)?)?;
-        Ok((messages, tokens))
-    })
-    .await?;
+    let (messages, checked) = req.check(state.limits.max_tokens, &state.engine.recommended_sampling())?;
+    let (messages, checked, tokens) = chat_tokens(&state, messages, checked).await?;
     let (stream, include_usage) = (checked.stream, checked.include_usage);
     let job = generate::prepare(&state, model, Prompt::Chat(messages), tokens, checked, "messages")?;
-    let meta = Meta { id: new_id("chatcmpl"), created: now(), model: req.model, fingerprint: state.fingerprint.clone(), api: Api::Chat, include_usage, offset: 0 };
+    let meta = Meta { id: new_id("chatcmpl"), created: now(), model: req.model, fingerprint: state.fingerprint.clone(), api: Api::Chat, include_usage, offsets: Vec::new() };
     answer(state, job, stream, meta).await
 }
 
@@ -332,10 +425,14 @@ pub(crate) async fn completions(State(state): St, b: Result<Bytes, BytesRejectio
             (Prompt::Tokens(ids.clone()), ids, text)
         }
     };
+    if let Some(g) = checked.params.grammar.clone() {
+        let engine = state.engine.clone();
+        off_thread(move || engine.check_grammar(&g)).await.map_err(|e| ApiError::invalid("response_format", format!("Invalid 'response_format': {}", e.message)))?;
+    }
     let (stream, include_usage) = (checked.stream, checked.include_usage);
     let job = generate::prepare(&state, model, prompt, tokens, checked, "prompt")?;
     let api = Api::Completion { echo: echo.then_some(text) };
-    let meta = Meta { id: new_id("cmpl"), created: now(), model: req.model, fingerprint: state.fingerprint.clone(), api, include_usage, offset: 0 };
+    let meta = Meta { id: new_id("cmpl"), created: now(), model: req.model, fingerprint: state.fingerprint.clone(), api, include_usage, offsets: Vec::new() };
     answer(state, job, stream, meta).await
 }
 
@@ -402,7 +499,7 @@ mod tests {
     }
 
     fn meta(api: Api, include_usage: bool) -> Meta {
-        Meta { id: "x-1".into(), created: 7, model: "m".into(), fingerprint: "fp".into(), api, include_usage, offset: 0 }
+        Meta { id: "x-1".into(), created: 7, model: "m".into(), fingerprint: "fp".into(), api, include_usage, offsets: Vec::new() }
     }
 
     #[test]
@@ -417,21 +514,28 @@ mod tests {
     #[test]
     fn chat_chunks_have_openais_shape() {
         let mut m = meta(Api::Chat, true);
-        let first = m.chunk("", None, None, true);
+        let first = m.chunk(0, "", None, &[], None, true);
         assert_eq!(first["object"], "chat.completion.chunk");
         assert_eq!(first["choices"][0]["delta"], json!({"role": "assistant", "content": ""}));
         assert!(first["usage"].is_null() && first.get("usage").is_some());
         let l = lp("Hi", -0.1);
-        let c = m.chunk("Hi", Some(&l), None, false);
+        let c = m.chunk(0, "Hi", Some(&l), &[], None, false);
         assert_eq!(c["choices"][0]["delta"], json!({"content": "Hi"}));
         assert_eq!(c["choices"][0]["logprobs"]["content"][0]["token"], "Hi");
-        let last = m.chunk("", None, Some("stop"), false);
+        let last = m.chunk(0, "", None, &[], Some("stop"), false);
         assert_eq!(last["choices"][0]["delta"], json!({}));
         assert_eq!(last["choices"][0]["finish_reason"], "stop");
+        // Tool calls: the first piece names the call, the next ones add arguments.
+        let start = ToolDelta::CallStart { index: 0, id: "call_a".into(), name: "f".into() };
+        let c = m.chunk(1, "", None, &[start], None, false);
+        assert_eq!(c["choices"][0]["index"], 1);
+        assert_eq!(c["choices"][0]["delta"], json!({"tool_calls": [{"index": 0, "id": "call_a", "type": "function", "function": {"name": "f", "arguments": ""}}]}));
+        let c = m.chunk(1, "", None, &[ToolDelta::Arguments { index: 0, text: "{\"a\"".into() }], None, false);
+        assert_eq!(c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"], "{\"a\"");
         // Streamed completions: text pieces with their offsets.
         let mut m = meta(Api::Completion { echo: None }, false);
-        m.chunk("ab", None, None, false);
-        let c = m.chunk("c", Some(&lp("c", -1.0)), None, false);
+        m.chunk(0, "ab", None, &[], None, false);
+        let c = m.chunk(0, "c", Some(&lp("c", -1.0)), &[], None, false);
         assert_eq!(c["object"], "text_completion");
         assert_eq!(c["choices"][0]["logprobs"]["text_offset"], json!([2]));
         assert!(c.get("usage").is_none());
