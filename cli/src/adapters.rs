@@ -209,7 +209,7 @@ pub(crate) fn steer_apply(vector: &Path, prompt: &str, scales: &[f32], gen: &Gen
     let engine = model.load()?;
     let v = std::sync::Arc::new(load_steering(&engine, vector).with_context(|| format!("loading {}", vector.display()))?);
     let layers = model.steer_layer_range(&engine)?;
-    let params = gen.params(None);
+    let params = gen.params(None)?;
     for &scale in scales {
         let mut session = engine.new_session();
         session.set_hooks(tailor::SteeringHook::new(v.clone(), scale, layers.clone()).into_hooks());

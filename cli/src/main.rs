@@ -219,8 +219,9 @@ pub(crate) fn path_and_weight(spec: &str) -> Result<(PathBuf, f32)> {
 
 #[derive(Args, Clone)]
 pub(crate) struct GenArgs {
-    /// Sampling temperature; 0 is greedy (the default; `chat` samples at 0.2, top-p 0.9, min-p 0.05,
-    /// repeat penalty 1.1 unless these flags are given).
+    /// Sampling temperature; 0 is greedy (the default for `generate`; `chat` samples with the
+    /// model's recommended settings — SmolLM2: 0.2, top-p 0.9, min-p 0.05, repeat penalty 1.1 —
+    /// unless these flags are given).
     #[arg(long)]
     temperature: Option<f32>,
     /// Top-k (0: off).
@@ -247,16 +248,25 @@ pub(crate) struct GenArgs {
     /// Do not stop at end-of-generation tokens (benchmarks).
     #[arg(long)]
     ignore_eos: bool,
+    /// Constrain the answer to this JSON Schema (a file): it always parses and validates.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["grammar", "regex"])]
+    json_schema: Option<PathBuf>,
+    /// Constrain the answer to this Lark grammar (a file, llguidance's dialect).
+    #[arg(long, value_name = "FILE", conflicts_with = "regex")]
+    grammar: Option<PathBuf>,
+    /// Constrain the answer to match this regular expression.
+    #[arg(long, value_name = "REGEX")]
+    regex: Option<String>,
 }
 
 impl GenArgs {
     /// The request: greedy unless sampling flags are given.
-    pub(crate) fn params(&self, logprobs: Option<usize>) -> GenerateParams {
+    pub(crate) fn params(&self, logprobs: Option<usize>) -> Result<GenerateParams> {
         self.params_over(SamplingParams::default(), logprobs)
     }
 
     /// The request over `base` sampling settings: each flag given replaces its setting.
-    pub(crate) fn params_over(&self, base: SamplingParams, logprobs: Option<usize>) -> GenerateParams {
+    pub(crate) fn params_over(&self, base: SamplingParams, logprobs: Option<usize>) -> Result<GenerateParams> {
         let mut sampling = base;
         if let Some(t) = self.temperature {
             sampling.temperature = t;
@@ -282,7 +292,15 @@ impl GenArgs {
         p.stop = self.stop.clone();
         p.ignore_eos = self.ignore_eos;
         p.logprobs = logprobs;
-        p
+        let read = |f: &PathBuf| std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()));
+        p.grammar = if let Some(f) = &self.json_schema {
+            Some(tailor::Grammar::json_schema_str(&read(f)?).with_context(|| format!("{}", f.display()))?)
+        } else if let Some(f) = &self.grammar {
+            Some(tailor::Grammar::Lark(read(f)?))
+        } else {
+            self.regex.clone().map(tailor::Grammar::Regex)
+        };
+        Ok(p)
     }
 }
 
@@ -425,7 +443,7 @@ fn run(cli: Cli) -> Result<()> {
                 m.push(ChatMessage::user(prompt));
                 Prompt::Chat(m)
             };
-            let params = gen.params(logprobs);
+            let params = gen.params(logprobs)?;
             let mut stdout = std::io::stdout();
             let g = session.generate(&prompt, &params, &mut |ev| {
                 if !json {
@@ -520,9 +538,10 @@ fn chat(system: Option<String>, profile: Option<PathBuf>, no_memory: bool, gen: 
     }
     let start: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     session.set_history(start.clone());
-    // A conversation samples with the chat settings (`SamplingParams::chat`: greedy decoding
-    // of a model this small loops); `--temperature 0` is greedy.
-    let params = gen.params_over(SamplingParams::chat(), None);
+    // A conversation samples with the model's recommended settings (`Engine::
+    // recommended_sampling`: greedy decoding of a model this small loops); `--temperature 0`
+    // is greedy.
+    let params = gen.params_over(engine.recommended_sampling(), None)?;
     eprintln!("tailor chat — model {} · /reset to start over, /exit or Ctrl-D to quit", engine.model_config().name.as_deref().unwrap_or("?"));
     let stdin = std::io::stdin();
     let mut stdout = std::io::stdout();

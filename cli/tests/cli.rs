@@ -48,12 +48,33 @@ fn tokenize_generate_json_and_errors() {
     let out = tailor(&["generate", "hi", "--model", m, "--raw", "--max-tokens", "3", "--ignore-eos"]);
     assert!(out.status.success());
 
+    // Constrained answers: a JSON schema from a file, a regex, a Lark grammar.
+    let schema = dir.join("schema.json");
+    std::fs::write(&schema, r#"{"type": "object", "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 1, "maximum": 9}}, "required": ["ok", "n"], "additionalProperties": false}"#).unwrap();
+    let out = tailor(&["generate", "hi", "--model", m, "--json-schema", schema.to_str().unwrap(), "--temperature", "1", "--seed", "3", "--max-tokens", "40", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let answer: serde_json::Value = serde_json::from_str(v["text"].as_str().unwrap()).unwrap();
+    assert!(answer["ok"].is_boolean() && (1..=9).contains(&answer["n"].as_i64().unwrap()), "{answer}");
+    let out = tailor(&["generate", "hi", "--model", m, "--regex", "[xyz]{3}", "--max-tokens", "10"]);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(text.len() == 3 && text.bytes().all(|b| b"xyz".contains(&b)), "{text:?}");
+    let lark = dir.join("g.lark");
+    std::fs::write(&lark, "start: \"on\" | \"off\"").unwrap();
+    let out = tailor(&["generate", "hi", "--model", m, "--grammar", lark.to_str().unwrap(), "--max-tokens", "10"]);
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(text == "on" || text == "off", "{text:?}");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, "{\"type\": 12}").unwrap();
+
     // Bad input: a clear message and a failing exit status, never a panic.
     for (args, needle) in [
         (vec!["generate", "", "--raw", "--model", m], "empty"),
         (vec!["generate", "x", "--model", "/nonexistent.gguf"], "not found"),
         (vec!["generate", "the the the the", "--raw", "--model", m, "--ctx", "2"], "context"),
         (vec!["generate", "x", "--model", m, "--top-p", "0"], "top_p"),
+        (vec!["generate", "x", "--model", m, "--json-schema", bad.to_str().unwrap()], "grammar"),
+        (vec!["generate", "x", "--model", m, "--regex", "(open"], "grammar"),
     ] {
         let out = tailor(&args);
         let err = String::from_utf8_lossy(&out.stderr);
