@@ -243,12 +243,20 @@ pub(crate) fn parse_messages(json: &str) -> FfiResult<Vec<ChatMessage>> {
 ///   holds is reused).
 /// - `params_json`: NULL or `{"max_tokens": 256, "stop": ["..."], "ignore_eos": false,
 ///   "logprobs": null, "sampling": {"temperature": 0, "top_k": 0, "top_p": 1, "min_p": 0,
-///   "repeat_penalty": 1, "repeat_last_n": 64, "seed": null}}` (any subset).
+///   "repeat_penalty": 1, "repeat_last_n": 64, "seed": null, "presence_penalty": 0,
+///   "frequency_penalty": 0, "logit_bias": [[token_id, bias], ...]}, "grammar": null,
+///   "tools": null}` (any subset). `grammar` constrains the answer: `{"type": "json_schema",
+///   "value": {...schema...}}`, `{"type": "json_object"}`, `{"type": "regex", "value": "..."}`
+///   or `{"type": "lark", "value": "..."}`; a grammar that does not compile fails with
+///   `TAILOR_ERR_INVALID_ARGUMENT` before any work. `tools` (chat prompts only): `{"tools":
+///   [{"name", "description", "parameters": {...schema...}}], "choice": "auto" | "none" |
+///   "required" | {"function": "name"}, "parallel": true}`; the result then carries
+///   `"tool_calls": [{"id", "name", "arguments"}]`.
 /// - `callback`: NULL (no streaming) or called with each chunk; `user_data` is passed to it.
 /// - `out_result_json`: NULL, or receives `{"text", "token_ids", "finish_reason" ("stop",
 ///   "length", "context_full", "callback", "cancelled"), "prompt_tokens", "reused_tokens",
-///   "timings": {...}, "logprobs", "memories": [{"id", "text", "score"}]}`, also when
-///   cancelled; free it with `tailor_string_free`.
+///   "timings": {...}, "logprobs", "memories": [{"id", "text", "score"}], "tool_calls"
+///   (when any)}`, also when cancelled; free it with `tailor_string_free`.
 ///
 /// Returns `TAILOR_ERR_CANCELLED` when a cancel token stopped it, `TAILOR_ERR_BUSY` when the
 /// session is generating on another thread.

@@ -49,6 +49,8 @@ pub(crate) struct Inner {
     pub(crate) reader: std::sync::OnceLock<Option<Arc<crate::lora::PreparedLora>>>,
     /// llguidance's view of the tokenizer, built on the first constrained generation.
     pub(crate) grammar: std::sync::OnceLock<std::result::Result<Arc<crate::grammar::GrammarFactory>, String>>,
+    /// Sampling settings for conversations ([`Engine::recommended_sampling`]).
+    recommended: crate::decode::sampler::SamplingParams,
     /// Generations running now on any session of this engine.
     pub(crate) generating: std::sync::atomic::AtomicUsize,
 }
@@ -89,6 +91,7 @@ impl Engine {
             });
         }
         let template = ChatTemplate::from_gguf(&g, &tokenizer)?;
+        let recommended = recommended_sampling(&g);
         let threads = if config.threads == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         } else {
@@ -107,6 +110,7 @@ impl Engine {
                 load_time: start.elapsed(),
                 reader: std::sync::OnceLock::new(),
                 grammar: std::sync::OnceLock::new(),
+                recommended,
                 generating: std::sync::atomic::AtomicUsize::new(0),
             }),
         })
@@ -117,6 +121,16 @@ impl Engine {
     /// Q4_1); prepared on the first call.
     pub fn memory_reader(&self) -> Option<Arc<crate::lora::PreparedLora>> {
         self.inner.reader.get_or_init(|| crate::memory_reader::load(self)).clone()
+    }
+
+    /// How to sample a conversation with this model when the caller does not say: the
+    /// model's own recommendation where its GGUF carries one (llama.cpp's
+    /// `general.sampling.temp`, `top_k`, `top_p`, `min_p`, `penalty_repeat`,
+    /// `penalty_last_n` keys), the rest from [`SamplingParams::chat`](crate::SamplingParams::chat)
+    /// (SmolLM2's recommended temperature 0.2 and top-p 0.9, with min-p 0.05 and a repetition
+    /// penalty of 1.1 as a loop guard). `chat` and `serve` use it when no temperature is given.
+    pub fn recommended_sampling(&self) -> crate::decode::sampler::SamplingParams {
+        self.inner.recommended.clone()
     }
 
     /// The grammar engine for this model's tokenizer (built on first use).
@@ -202,4 +216,30 @@ impl Engine {
             .min(self.inner.model.cfg.context_length)
             .max(1)
     }
+}
+
+/// [`Engine::recommended_sampling`] from a file's `general.sampling.*` keys.
+fn recommended_sampling(g: &GgufFile) -> crate::decode::sampler::SamplingParams {
+    let mut s = crate::decode::sampler::SamplingParams::chat();
+    let f = |k: &str| g.get_f32_opt(k).ok().flatten().filter(|v| v.is_finite());
+    let u = |k: &str| g.get_usize_opt(k).ok().flatten();
+    if let Some(t) = f("general.sampling.temp").filter(|t| *t >= 0.0) {
+        s.temperature = t;
+    }
+    if let Some(p) = f("general.sampling.top_p").filter(|p| *p > 0.0 && *p <= 1.0) {
+        s.top_p = p;
+    }
+    if let Some(p) = f("general.sampling.min_p").filter(|p| (0.0..=1.0).contains(p)) {
+        s.min_p = p;
+    }
+    if let Some(r) = f("general.sampling.penalty_repeat").filter(|r| *r > 0.0) {
+        s.repeat_penalty = r;
+    }
+    if let Some(k) = u("general.sampling.top_k") {
+        s.top_k = k;
+    }
+    if let Some(n) = u("general.sampling.penalty_last_n") {
+        s.repeat_last_n = n;
+    }
+    s
 }

@@ -478,7 +478,7 @@ impl Session {
         };
         let reader = !memories.is_empty() && self.memory.as_ref().is_some_and(|(_, c)| c.reader);
         self.use_reader(reader && self.engine.memory_reader().is_some());
-        let tokens = match (augmented.as_ref().unwrap_or(prompt), tools) {
+        let tokens = match (augmented.as_ref().unwrap_or(prompt), params.tools.as_ref()) {
             (Prompt::Chat(m), Some(t)) => {
                 let inner = &self.engine.inner;
                 inner.tokenizer.encode(&inner.template.render_with_tools(m, Some(t), true)?, true)?

@@ -359,7 +359,8 @@ impl Events {
         let ids: Vec<String> = self.calls.iter().map(|c| c.0.clone()).collect();
         let output = self.head.output(&g2, &ids);
         let resp = self.head.response("completed", output, Some(g));
-        self.emit("response.completed", json!({"response": resp}));
+        let kind = if resp["status"] == "incomplete" { "response.incomplete" } else { "response.completed" };
+        self.emit(kind, json!({"response": resp}));
     }
 }
 

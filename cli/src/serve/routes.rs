@@ -353,7 +353,7 @@ pub(crate) async fn chat_tokens(state: &AppState, messages: Vec<tailor::ChatMess
     let engine = state.engine.clone();
     let r = tokio::task::spawn_blocking(move || {
         let grammar_check = grammar_error(&engine, &checked.params);
-        let text = engine.chat_template().render_with_tools(&messages, checked.params.tools.as_ref().filter(|t| t.active()), true);
+        let text = engine.chat_template().render_with_tools(&messages, checked.params.tools.as_ref(), true);
         (messages, checked, text.and_then(|t| engine.tokenize(&t)), grammar_check)
     })
     .await

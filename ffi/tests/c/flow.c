@@ -141,6 +141,35 @@ int main(int argc, char **argv) {
     ASSERT_CONTAINS(result, "\"finish_reason\":\"callback\"");
     tailor_string_free(result);
 
+    /* 1b. A constrained answer: a JSON schema and a forced tool call always parse; a bad
+     * grammar is an invalid argument before any work. */
+    CHECK(tailor_session_generate_chat(session, "[{\"role\": \"user\", \"content\": \"Is Paris in France?\"}]",
+                                       "{\"max_tokens\": 96, \"grammar\": {\"type\": \"json_schema\", \"value\": {\"type\": \"object\", "
+                                       "\"properties\": {\"answer\": {\"enum\": [\"yes\", \"no\"]}}, \"required\": [\"answer\"], "
+                                       "\"additionalProperties\": false}}}",
+                                       NULL, NULL, &result));
+    printf("schema: %s\n", result);
+    ASSERT(strstr(result, "\"text\":\"{\\\"answer\\\": \\\"yes\\\"}\"") || strstr(result, "\"text\":\"{\\\"answer\\\": \\\"no\\\"}\""));
+    ASSERT_CONTAINS(result, "\"finish_reason\":\"stop\"");
+    tailor_string_free(result);
+    CHECK(tailor_session_generate_chat(session, "[{\"role\": \"user\", \"content\": \"Turn the lights on.\"}]",
+                                       "{\"max_tokens\": 96, \"tools\": {\"tools\": [{\"name\": \"lights\", \"parameters\": "
+                                       "{\"properties\": {\"on\": {\"type\": \"boolean\"}}, \"required\": [\"on\"]}}], \"choice\": \"required\"}}",
+                                       NULL, NULL, &result));
+    printf("tool call: %s\n", result);
+    ASSERT_CONTAINS(result, "\"tool_calls\":[{\"id\":\"call_");
+    ASSERT_CONTAINS(result, "\"name\":\"lights\",\"arguments\":\"{\\\"on\\\": ");
+    tailor_string_free(result);
+    result = NULL;
+    EXPECT_STATUS(tailor_session_generate(session, "x", "{\"grammar\": {\"type\": \"regex\", \"value\": \"(unclosed\"}}", NULL, NULL, &result),
+                  TAILOR_ERR_INVALID_ARGUMENT);
+    ASSERT(result == NULL);
+    need = tailor_last_error_message(NULL, 0);
+    big = malloc(need);
+    tailor_last_error_message(big, need);
+    ASSERT_CONTAINS(big, "grammar");
+    free(big);
+
     /* 2. Cancel a generation from another pthread. */
     struct cancel_state cs;
     memset(&cs, 0, sizeof cs);
@@ -181,7 +210,7 @@ int main(int argc, char **argv) {
     tailor_string_free(steered);
     tailor_string_free(again);
     CHECK(tailor_adapter_list(engine, &result));
-    ASSERT_CONTAINS(result, "{\"active_scale\":null,\"name\":\"push\"}");
+    ASSERT_CONTAINS(result, "{\"name\":\"push\",\"active_scale\":null}");
     tailor_string_free(result);
     CHECK(tailor_steering_unload(engine, "push"));
 

@@ -113,14 +113,18 @@ impl ChatTemplate {
     /// [`crate::text::tools`].
     pub fn render_with_tools(&self, messages: &[ChatMessage], tools: Option<&ToolSet>, add_generation_prompt: bool) -> Result<String> {
         let tpl = self.env.get_template("chat").map_err(tpl_err)?;
-        let native = tools.is_some() && self.supports_tools();
+        let native = self.supports_tools();
+        // Without native support, earlier calls and tool results are written in the generic
+        // format (even with no tools offered now), and offered tools go into the system prompt.
         let generic;
-        let messages = match tools {
-            Some(t) if !native => {
-                generic = t.generic_messages(messages);
-                &generic[..]
-            }
-            _ => messages,
+        let messages = if native {
+            messages
+        } else {
+            generic = match tools {
+                Some(t) => t.generic_messages(messages),
+                None => crate::text::tools::generic_history(messages),
+            };
+            &generic[..]
         };
         let view: Vec<serde_json::Value> = messages.iter().map(message_view).collect();
         let tools_view: Option<Vec<serde_json::Value>> = match tools {

@@ -32,8 +32,10 @@ use crate::grammar::Grammar;
 use crate::text::chat_template::ChatMessage;
 use crate::{Error, Result};
 
-/// A function the model may call.
+/// A function the model may call. Deserialized through [`Tool::from_openai`] (flat or
+/// OpenAI-shaped, checked).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Value")]
 pub struct Tool {
     /// `[A-Za-z0-9_-]{1,64}`.
     pub name: String,
@@ -111,6 +113,13 @@ fn closed(schema: &mut Value) {
     }
 }
 
+impl TryFrom<Value> for Tool {
+    type Error = String;
+    fn try_from(v: Value) -> std::result::Result<Self, String> {
+        Tool::from_openai(&v).map_err(|e| e.to_string())
+    }
+}
+
 /// Which calls the model may make.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -146,8 +155,11 @@ impl ToolCall {
     }
 }
 
-/// The tools of one request and how they may be used.
+/// The tools of one request and how they may be used. As JSON: `{"tools": [...], "choice":
+/// "auto" | "none" | "required" | {"function": "name"}, "parallel": true}` (checked as
+/// [`ToolSet::new`] does; `choice` defaults to `auto`, `parallel` to true).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawToolSet")]
 pub struct ToolSet {
     /// The functions.
     pub tools: Vec<Tool>,
@@ -155,6 +167,30 @@ pub struct ToolSet {
     pub choice: ToolChoice,
     /// More than one call in an answer.
     pub parallel: bool,
+}
+
+#[derive(Deserialize)]
+struct RawToolSet {
+    tools: Vec<Tool>,
+    #[serde(default = "auto")]
+    choice: ToolChoice,
+    #[serde(default = "yes")]
+    parallel: bool,
+}
+
+fn auto() -> ToolChoice {
+    ToolChoice::Auto
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TryFrom<RawToolSet> for ToolSet {
+    type Error = String;
+    fn try_from(r: RawToolSet) -> std::result::Result<Self, String> {
+        ToolSet::new(r.tools, r.choice, r.parallel).map_err(|e| e.to_string())
+    }
 }
 
 /// The generic format's instruction.
@@ -238,7 +274,7 @@ impl ToolSet {
     /// `messages` in the generic format: the tool list and answer format in the system
     /// prompt, earlier calls as the answer JSON, tool results as user messages.
     pub fn generic_messages(&self, messages: &[ChatMessage]) -> Vec<ChatMessage> {
-        let mut out: Vec<ChatMessage> = messages.iter().map(generic_message).collect();
+        let mut out = generic_history(messages);
         if self.active() {
             let text = self.system_text();
             match out.first_mut() {
@@ -248,6 +284,11 @@ impl ToolSet {
         }
         out
     }
+}
+
+/// `messages` with earlier calls and tool results in the generic format (no tool list).
+pub fn generic_history(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    messages.iter().map(generic_message).collect()
 }
 
 /// One history message in the generic format.
@@ -577,6 +618,16 @@ mod tests {
         assert!(Tool::from_openai(&json!({"type": "web_search"})).is_err());
         let flat = Tool::from_openai(&json!({"type": "function", "name": "f", "parameters": {"type": "object"}})).unwrap();
         assert_eq!(flat.name, "f");
+    }
+
+    #[test]
+    fn tool_sets_deserialize_checked() {
+        let set: ToolSet = serde_json::from_value(json!({"tools": [{"name": "f", "parameters": {"properties": {"a": {"type": "string"}}}}], "choice": {"function": "f"}})).unwrap();
+        assert_eq!((set.choice.clone(), set.parallel), (ToolChoice::Function("f".into()), true));
+        assert_eq!(set.tools[0].parameters["additionalProperties"], false);
+        assert_eq!(serde_json::from_value::<ToolSet>(serde_json::to_value(&set).unwrap()).unwrap(), set);
+        assert!(serde_json::from_value::<ToolSet>(json!({"tools": [{"name": "f"}], "choice": {"function": "g"}})).is_err());
+        assert!(serde_json::from_value::<ToolSet>(json!({"tools": [{"name": "bad name"}]})).is_err());
     }
 
     #[test]
