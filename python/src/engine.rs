@@ -37,6 +37,23 @@ pub(crate) fn params(max_tokens: usize, temperature: f32, seed: u64) -> Generate
     p
 }
 
+/// The grammar of the `json_schema` (a dict or JSON text), `regex` or `grammar` (Lark)
+/// keyword arguments; at most one may be given.
+pub(crate) fn grammar_arg(json_schema: Option<&Bound<'_, PyAny>>, regex: Option<String>, grammar: Option<String>) -> Result<Option<tailor::Grammar>> {
+    let given = usize::from(json_schema.is_some()) + usize::from(regex.is_some()) + usize::from(grammar.is_some());
+    if given > 1 {
+        return Err(Error::invalid("give at most one of json_schema, regex and grammar"));
+    }
+    if let Some(s) = json_schema {
+        let v = match s.extract::<String>() {
+            Ok(text) => serde_json::from_str(&text).map_err(|e| Error::invalid(format!("json_schema: not JSON: {e}")))?,
+            Err(_) => crate::convert::from_py(s, "json_schema")?,
+        };
+        return Ok(Some(tailor::Grammar::JsonSchema(v)));
+    }
+    Ok(regex.map(tailor::Grammar::Regex).or(grammar.map(tailor::Grammar::Lark)))
+}
+
 impl PyEngine {
     /// The base fingerprint (computed once).
     pub(crate) fn fingerprint_str(&self) -> &str {
@@ -143,9 +160,10 @@ impl PyEngine {
     }
 
     /// Generates an answer to `prompt` (a user message in the model's chat template, after
-    /// `system` if given; `raw`: the text as is). Greedy at temperature 0. The GIL is released
-    /// while decoding.
-    #[pyo3(signature = (prompt, *, max_tokens = 128, temperature = 0.0, seed = 0, system = None, adapter = None, raw = false))]
+    /// `system` if given; `raw`: the text as is). Greedy at temperature 0. `json_schema` (a
+    /// dict or JSON text), `regex` or `grammar` (Lark) constrain the answer: it always
+    /// parses. The GIL is released while decoding.
+    #[pyo3(signature = (prompt, *, max_tokens = 128, temperature = 0.0, seed = 0, system = None, adapter = None, raw = false, json_schema = None, regex = None, grammar = None))]
     #[allow(clippy::too_many_arguments)]
     fn generate(
         &self,
@@ -157,16 +175,21 @@ impl PyEngine {
         system: Option<String>,
         adapter: Option<Bound<'_, PyAdapter>>,
         raw: bool,
+        json_schema: Option<Bound<'_, PyAny>>,
+        regex: Option<String>,
+        grammar: Option<String>,
     ) -> PyResult<String> {
         if raw && system.is_some() {
             return Err(Error::invalid("a raw prompt has no system message (pass raw=False or leave system out)").into());
         }
         let adapter = adapter_arc(adapter.as_ref());
+        let mut p = params(max_tokens, temperature, seed);
+        p.grammar = grammar_arg(json_schema.as_ref(), regex, grammar)?;
         detach(py, move || {
             let mut session = self.engine.session_with(SessionConfig::default());
             session.set_hooks(self.hooks_for(adapter)?);
             let prompt = if raw { Prompt::Text(prompt) } else { Prompt::Chat(messages(&prompt, system)) };
-            let g = session.generate(&prompt, &params(max_tokens, temperature, seed), &mut |_| Flow::Continue)?;
+            let g = session.generate(&prompt, &p, &mut |_| Flow::Continue)?;
             Ok(g.text)
         })
     }
@@ -236,11 +259,25 @@ impl PySession {
 impl PySession {
     /// Sends a user message and returns the answer, both appended to the history; only the
     /// tokens the cache does not hold yet are run. The GIL is released while decoding.
-    #[pyo3(signature = (text, *, max_tokens = 128, temperature = 0.0, seed = 0))]
-    fn send(&self, py: Python<'_>, text: String, max_tokens: usize, temperature: f32, seed: u64) -> PyResult<String> {
+    /// `json_schema`, `regex`, `grammar`: as `Engine.generate`.
+    #[pyo3(signature = (text, *, max_tokens = 128, temperature = 0.0, seed = 0, json_schema = None, regex = None, grammar = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &self,
+        py: Python<'_>,
+        text: String,
+        max_tokens: usize,
+        temperature: f32,
+        seed: u64,
+        json_schema: Option<Bound<'_, PyAny>>,
+        regex: Option<String>,
+        grammar: Option<String>,
+    ) -> PyResult<String> {
+        let mut p = params(max_tokens, temperature, seed);
+        p.grammar = grammar_arg(json_schema.as_ref(), regex, grammar)?;
         detach(py, move || {
             let mut s = self.lock()?;
-            let g = s.chat(&text, &params(max_tokens, temperature, seed), &mut |_| Flow::Continue)?;
+            let g = s.chat(&text, &p, &mut |_| Flow::Continue)?;
             Ok(g.text)
         })
     }

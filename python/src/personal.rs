@@ -206,12 +206,26 @@ impl PyPersonalModel {
     }
 
     /// Answers `prompt` as `tailor serve` does: the profile's active adapter, its memories in
-    /// the prompt (greedy at temperature 0).
-    #[pyo3(signature = (prompt, *, max_tokens = 128, temperature = 0.0, seed = 0))]
-    fn ask(&self, py: Python<'_>, prompt: String, max_tokens: usize, temperature: f32, seed: u64) -> PyResult<String> {
+    /// the prompt (greedy at temperature 0). `json_schema`, `regex`, `grammar`: as
+    /// `Engine.generate`.
+    #[pyo3(signature = (prompt, *, max_tokens = 128, temperature = 0.0, seed = 0, json_schema = None, regex = None, grammar = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn ask(
+        &self,
+        py: Python<'_>,
+        prompt: String,
+        max_tokens: usize,
+        temperature: f32,
+        seed: u64,
+        json_schema: Option<Bound<'_, PyAny>>,
+        regex: Option<String>,
+        grammar: Option<String>,
+    ) -> PyResult<String> {
+        let mut p = params(max_tokens, temperature, seed);
+        p.grammar = crate::engine::grammar_arg(json_schema.as_ref(), regex, grammar)?;
         detach(py, move || {
             let mut session = self.model.new_session();
-            Ok(session.chat(&prompt, &params(max_tokens, temperature, seed), &mut |_| Flow::Continue)?.text)
+            Ok(session.chat(&prompt, &p, &mut |_| Flow::Continue)?.text)
         })
     }
 

@@ -60,8 +60,12 @@ class Engine:
         system: Optional[str] = None,
         adapter: Optional[Adapter] = None,
         raw: bool = False,
+        json_schema: Optional[Union[Dict[str, Any], str]] = None,
+        regex: Optional[str] = None,
+        grammar: Optional[str] = None,
     ) -> str:
-        """Answers `prompt` (a user message in the chat template; `raw`: the text as is). Releases the GIL."""
+        """Answers `prompt` (a user message in the chat template; `raw`: the text as is). `json_schema`,
+        `regex` or `grammar` (Lark) constrain the answer so that it always parses. Releases the GIL."""
     def session(
         self, *, system: Optional[str] = None, adapter: Optional[Adapter] = None, context_length: Optional[int] = None
     ) -> Session: ...
@@ -69,7 +73,17 @@ class Engine:
 class Session:
     """A conversation with its own KV cache; one call at a time (BusyError otherwise)."""
 
-    def send(self, text: str, *, max_tokens: int = 128, temperature: float = 0.0, seed: int = 0) -> str: ...
+    def send(
+        self,
+        text: str,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        seed: int = 0,
+        json_schema: Optional[Union[Dict[str, Any], str]] = None,
+        regex: Optional[str] = None,
+        grammar: Optional[str] = None,
+    ) -> str: ...
     def reset(self) -> None: ...
     @property
     def history(self) -> List[Tuple[str, str]]: ...
@@ -166,7 +180,17 @@ class PersonalModel:
         thumbs: Optional[int] = None,
         preferred: Optional[str] = None,
     ) -> Dict[str, Any]: ...
-    def ask(self, prompt: str, *, max_tokens: int = 128, temperature: float = 0.0, seed: int = 0) -> str: ...
+    def ask(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        seed: int = 0,
+        json_schema: Optional[Union[Dict[str, Any], str]] = None,
+        regex: Optional[str] = None,
+        grammar: Optional[str] = None,
+    ) -> str: ...
     def train(self, **options: Any) -> Dict[str, Any]: ...
     def training_status(self) -> Optional[Dict[str, Any]]: ...
     def wait_training(self) -> Optional[Dict[str, Any]]: ...

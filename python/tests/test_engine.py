@@ -81,3 +81,27 @@ def test_generate_releases_the_gil(engine):
 def test_default_paths_are_strings():
     assert tailor.default_model_path().endswith(".gguf")
     assert isinstance(tailor.default_embedder_dir(), str)
+
+
+def test_constrained_generation(engine):
+    """A JSON schema (dict or text), a regex or a Lark grammar: the answer always parses."""
+    import json
+
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}, "n": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["ok", "n"],
+        "additionalProperties": False,
+    }
+    for seed in range(4):
+        out = json.loads(engine.generate("JSON", max_tokens=40, temperature=1.0, seed=seed, json_schema=schema))
+        assert isinstance(out["ok"], bool) and 1 <= out["n"] <= 9, out
+    assert json.loads(engine.generate("JSON", max_tokens=40, json_schema=json.dumps(schema)))["n"] in range(1, 10)
+    text = engine.generate("x", max_tokens=10, regex="[ab]{4}")
+    assert len(text) == 4 and set(text) <= {"a", "b"}, text
+    s = engine.session()
+    assert s.send("go", max_tokens=10, grammar='start: "up" | "down"') in ("up", "down")
+    with pytest.raises(tailor.InvalidArgumentError, match="grammar"):
+        engine.generate("x", regex="(unclosed")
+    with pytest.raises(tailor.InvalidArgumentError, match="at most one"):
+        engine.generate("x", regex="a", grammar='start: "a"')
