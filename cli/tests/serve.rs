@@ -3,9 +3,12 @@
 //! OpenAI-shaped errors, 8 concurrent streams, a client disconnect cancelling its generation,
 //! the prefix cache on a follow-up turn, the personal model's memories, feedback, training
 //! jobs (one started by feedback on its own, answers going on meanwhile), and per-request
-//! adapters. Plus raw-HTTP checks of the API key, the body limit and a
-//! graceful SIGTERM. Needs python3 with venv, the package index, and the fetched models
-//! (`tailor models fetch`, which scripts/test.sh runs first).
+//! adapters. Then the assistant features, with the same client (serve_py/assistant.py, and
+//! `jsonschema` validating what the model made): function tools streamed and not with a round
+//! trip, structured output, `n`, seeds, logit_bias, penalties, the sampling defaults, the
+//! Responses API and 16 concurrent requests queueing for the slots. Plus raw-HTTP checks of
+//! the API key, the body limit and a graceful SIGTERM. Needs python3 with venv, the package
+//! index, and the fetched models (`tailor models fetch`, which scripts/test.sh runs first).
 
 mod common;
 
@@ -16,6 +19,9 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// What the Python scripts' venv holds (one venv, shared by the tests that use it).
+const SERVE_VENV: &str = "openai==2.54.0 jsonschema==4.25.1";
 
 /// A running `tailor serve`, killed when dropped; its standard error is collected.
 struct Server {
@@ -110,7 +116,7 @@ impl Drop for Server {
 
 #[test]
 fn official_openai_python_client() {
-    let python = venv_python("serve-venv", "openai==2.54.0");
+    let python = venv_python("serve-venv", SERVE_VENV);
     let dir = tailor::testing::TempDir::new("serve");
     // A random rank-4 adapter in PEFT's layout, to load and choose per request.
     let engine = tailor::Engine::load(model_cache().base_model_path(), tailor::EngineConfig::default()).unwrap();
@@ -168,6 +174,36 @@ fn official_openai_python_client() {
     let status = server.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status:?}\n{}", server.log());
     assert!(server.log().contains("tailor serve: stopped"), "{}", server.log());
+}
+
+/// Tool calls, structured output, `n`, seeds and logit_bias, penalties, the sampling defaults,
+/// the Responses API and load, with the official client against a server with the default
+/// settings (so `--parallel` 8: the 16 concurrent requests of the script queue for slots).
+#[test]
+fn assistant_features_with_the_official_client() {
+    let python = venv_python("serve-venv", SERVE_VENV);
+    let server = Server::start(&[]);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/serve_py/assistant.py");
+    let t = Instant::now();
+    let out = Command::new(&python)
+        .arg(&script)
+        .arg(format!("http://{}/v1", server.addr))
+        .env("TAILOR_BIN", env!("CARGO_BIN_EXE_tailor"))
+        .env("TAILOR_HOME", model_cache().root())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the OpenAI client failed:\n{stderr}\n--- server:\n{}", server.log());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{stderr}\n{stdout}\n({:.1} s)", t.elapsed().as_secs_f64());
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let stats = &summary["stats"];
+    assert_eq!(stats["failed"], 0, "{summary}");
+    assert_eq!(stats["cancelled"], 0, "{summary}");
+    assert_eq!(stats["active"], 0, "{summary}");
+    assert_eq!(summary["load"]["ok"], 16, "{summary}");
+    assert!(summary["load"]["peak_active"].as_u64().unwrap() <= 8, "{summary}");
+    assert!(!server.log().contains("panicked"), "{}", server.log());
 }
 
 /// `--auto-train-after 0`: feedback never starts a training run by itself (the default path,

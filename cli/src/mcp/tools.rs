@@ -266,6 +266,10 @@ pub(crate) struct AskArgs {
     /// asks the personal adapter alone.
     #[serde(default)]
     pub(crate) use_memory: Option<bool>,
+    /// Constrain the answer to this JSON Schema: the answer is then JSON text that parses
+    /// and validates (grammar-constrained decoding).
+    #[serde(default)]
+    pub(crate) json_schema: Option<serde_json::Value>,
 }
 
 impl AskArgs {
@@ -412,6 +416,7 @@ impl Tools {
         let version = self.pm.refresh()?;
         let mut params = GenerateParams::default();
         params.max_tokens = max_tokens;
+        params.grammar = args.json_schema.map(tailor::Grammar::JsonSchema);
         let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
         let mut memory = self.pm.memory_prompt();
         memory.enabled &= args.use_memory.unwrap_or(true);
@@ -639,6 +644,11 @@ mod tests {
         assert!(alone.memories_used.is_empty(), "{alone:?}");
         let again = tools.ask(args(serde_json::json!({"question": "My dog is called Biscuit.", "max_tokens": 4, "use_memory": true})), &|| false).unwrap();
         assert!(again.memories_used.iter().any(|m| m.id == dog.id), "{again:?}");
+        let structured = tools.ask(args(serde_json::json!({"question": "Is it sunny?", "max_tokens": 40,
+            "json_schema": {"type": "object", "properties": {"sunny": {"type": "boolean"}}, "required": ["sunny"], "additionalProperties": false}})), &|| false).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&structured.answer).unwrap_or_else(|e| panic!("{e}: {}", structured.answer));
+        assert!(v["sunny"].is_boolean(), "{v}");
+        assert!(tools.ask(args(serde_json::json!({"question": "x", "json_schema": {"type": 12}})), &|| false).is_err());
         let stopped = tools.ask(args(serde_json::json!({"question": "Tell me a story.", "max_tokens": 50})), &|| true).unwrap();
         assert_eq!(stopped.finish_reason, "cancelled");
         assert!(stopped.tokens <= 1, "{stopped:?}");

@@ -129,8 +129,8 @@ try:
 except openai.BadRequestError as err:
     assert err.status_code == 400 and err.param == "temperature" and err.type == "invalid_request_error", err.body
 try:
-    client.chat.completions.create(model=base, messages=question, max_tokens=2, n=3)
-    raise AssertionError("n = 3 was accepted")
+    client.chat.completions.create(model=base, messages=question, max_tokens=2, n=100)
+    raise AssertionError("n = 100 was accepted")
 except openai.BadRequestError as err:
     assert err.param == "n", err.body
 try:
