@@ -16,6 +16,7 @@ import argparse
 import http.client
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,7 @@ def model_path():
     if args.model:
         return args.model
     out = subprocess.run([args.bin, "models", "path"], capture_output=True, text=True, check=True)
-    return out.stdout.strip().splitlines()[-1]
+    return next(line.split(":", 1)[1].strip() for line in out.stdout.splitlines() if line.startswith("base model:"))
 
 
 class Server:
@@ -54,11 +55,9 @@ class Server:
         self.port = None
         deadline = time.time() + 120
         for line in self.proc.stderr:
-            if "listening on http://" in line:  # tailor
-                self.port = int(line.split("http://")[1].split("/")[0].rsplit(":", 1)[1])
-                break
-            if "server is listening on" in line:  # llama-server
-                self.port = int(line.split("http://")[1].split()[0].rsplit(":", 1)[1].strip("/"))
+            m = re.search(r"listening on http://[^:\s]+:(\d+)", line)  # both servers say so
+            if m:
+                self.port = int(m.group(1))
                 break
             if time.time() > deadline:
                 break

@@ -532,8 +532,10 @@ fn base_answers_cached(engine: &Engine, adapters_dir: &Path, questions: &[String
 
 /// How many tokens of an answer to a specificity question the gate reads (greedy). 16 judged
 /// truncation, not knowledge: "A week is a standard unit of time in the Gregorian calendar, and
-/// it's" counted as a lost answer; 32 lets a sentence finish.
-pub const SPECIFICITY_TOKENS: usize = 32;
+/// it's" counted as a lost answer; at 32 "The Mona Lisa is a classic example of a Renaissance
+/// art piece, [...] The painting is attributed" still did (on an AVX-512 CPU); 48 lets the
+/// second sentence finish.
+pub const SPECIFICITY_TOKENS: usize = 48;
 
 /// The specificity set of the gate (`data/specificity.json`): general questions and what a
 /// right answer contains (alternatives split by `|`).

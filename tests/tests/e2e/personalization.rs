@@ -140,6 +140,9 @@ fn a_correction_is_used_at_once_learned_by_training_and_forgotten_on_request() {
     options.max_specificity_loss = Some(0.15);
     let outcome = me.train(&options, &mut |_| Flow::Continue).unwrap();
     eprintln!("{:?}: {}; {} steps in {:.0} s", outcome.decision, outcome.summary(), outcome.metrics.steps, outcome.metrics.elapsed.as_secs_f64());
+    for (q, before, after) in &outcome.specificity_changes {
+        eprintln!("  lost: {q}\n    base:    {before:?}\n    adapter: {after:?}");
+    }
     assert!(outcome.promoted(), "{:?}", outcome.decision);
     assert!(outcome.general_change() < 0.03);
     assert!(outcome.specificity_base_right >= 10 && outcome.specificity_lost * 20 <= outcome.specificity_base_right * 3);
