@@ -222,6 +222,9 @@ pub(crate) fn parse_gguf(b: &[u8]) -> std::result::Result<ParsedGguf, String> {
     }
     let data_start = (c.pos as u64).next_multiple_of(align);
     let mut tensors = Vec::new();
+    // Each tensor is copied out: together they can hold no more bytes than the file, or a
+    // header pointing many tensors at the same bytes would multiply them.
+    let mut copied = 0u64;
     for (name, dims, ty, off) in infos {
         if ty != GGML_F32 {
             return Err(format!("tensor `{name}` has ggml type {ty}, only F32 tensors are read"));
@@ -232,6 +235,10 @@ pub(crate) fn parse_gguf(b: &[u8]) -> std::result::Result<ParsedGguf, String> {
         }
         let start = data_start.checked_add(off).ok_or("offset overflows")?;
         let end = start.checked_add(n * 4).filter(|e| *e <= b.len() as u64).ok_or_else(|| format!("tensor `{name}` runs past the end of the file"))?;
+        copied += n * 4;
+        if copied > b.len() as u64 {
+            return Err(format!("tensor `{name}` overlaps others (the tensors hold more bytes than the file)"));
+        }
         let data = f32s(&b[start as usize..end as usize]);
         tensors.push((name, dims, ty, data));
     }

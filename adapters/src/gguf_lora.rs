@@ -96,6 +96,11 @@ pub fn from_gguf_bytes(bytes: &[u8], path: &Path, layout: QkLayout) -> Result<Lo
             return Err(Error::Shape { name: tensor_name(layer, t, true), expected: vec![ra as usize, o as usize], actual: vec![rb as usize, o as usize] });
         }
         let (i, o, rank) = (i as usize, o as usize, ra as usize);
+        // An empty tensor can claim any width: refuse it before the row permutation is sized
+        // by that width.
+        if rank == 0 || i == 0 || o == 0 {
+            return Err(Error::Shape { name: tensor_name(layer, t, true), expected: vec![o.max(1), rank.max(1)], actual: vec![o, rank] });
+        }
         let b = layout.file_to_hf(t, &b, o, rank);
         parts.push((layer, t, LoraWeights::new(rank, i, o, a, b)?));
     }

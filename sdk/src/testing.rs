@@ -1,6 +1,7 @@
 //! Tiny llama models written on the fly, for fast tests here and in the crates built on this
 //! one. A [`TinyModel`] is a real GGUF file (weights random, tokenizer a real byte-level BPE)
-//! that every part of the SDK loads like any other model.
+//! that every part of the SDK loads like any other model. [`mutate`] turns real files into
+//! hostile ones for property tests of the parsers of untrusted bytes.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +11,8 @@ use candle_core::{Device, Tensor};
 use rand::{Rng, SeedableRng};
 
 use crate::{Error, Result};
+
+pub mod mutate;
 
 /// Shape and encoding of a tiny model.
 #[derive(Debug, Clone)]

@@ -4,6 +4,7 @@ mod common;
 
 mod atomic_save;
 mod files;
+mod fuzz;
 mod hostile;
 mod math;
 mod merge;

@@ -9,5 +9,6 @@ mod crash;
 mod embedder;
 #[cfg(feature = "encryption")]
 mod encryption;
+mod fuzz;
 mod quality;
 mod search;

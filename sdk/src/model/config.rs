@@ -76,8 +76,13 @@ impl ModelConfig {
         if n_heads % n_kv_heads != 0 {
             return Err(bad(k("attention.head_count_kv"), "does not divide attention.head_count"));
         }
+        // Every block has at least nine tensors (two norms, four attention and three MLP
+        // projections): a larger count is a lie, refused before anything is sized by it.
+        if n_layers > g.tensors().len() / 9 {
+            return Err(bad(k("block_count"), &format!("{n_layers} blocks, but the file has {} tensors", g.tensors().len())));
+        }
         let head_dim = g.get_usize_opt(&k("attention.key_length"))?.unwrap_or(d_model / n_heads);
-        if head_dim * n_heads != d_model {
+        if head_dim.checked_mul(n_heads) != Some(d_model) {
             return Err(bad(k("attention.key_length"), "heads of a width other than d_model / n_heads are not supported"));
         }
         let rope_dims = g.get_usize_opt(&k("rope.dimension_count"))?.unwrap_or(head_dim);

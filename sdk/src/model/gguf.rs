@@ -36,8 +36,9 @@ pub struct GgufFile {
 }
 
 impl GgufFile {
-    /// Maps `path` and parses its header. A missing file, a file that is not GGUF, or a tensor
-    /// whose data lies past the end of the file (a truncated download) is a typed error.
+    /// Maps `path` and parses its header. A missing file, a file that is not GGUF, a tensor
+    /// whose data lies past the end of the file (a truncated download) or overlaps another
+    /// tensor's is a typed error.
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
@@ -84,6 +85,15 @@ impl GgufFile {
                 )));
             }
             tensors.insert(name.clone(), TensorEntry { dtype: info.ggml_dtype, shape, offset: start, len });
+        }
+        // Tensors must not share bytes (writers lay them out one after another): a header
+        // pointing many tensors at the same bytes would have them copied or dequantized once
+        // per tensor, far more memory than the file holds.
+        let mut ranges: Vec<(usize, usize, &str)> =
+            tensors.iter().filter(|(_, e)| e.len > 0).map(|(n, e)| (e.offset, e.offset + e.len, n.as_str())).collect();
+        ranges.sort_unstable();
+        if let Some(w) = ranges.windows(2).find(|w| w[1].0 < w[0].1) {
+            return Err(invalid(format!("tensors `{}` and `{}` overlap", w[0].2, w[1].2)));
         }
         Ok(Self { path, map: Arc::new(map), metadata: parsed.metadata, tensors })
     }
