@@ -142,24 +142,28 @@ int main(int argc, char **argv) {
     tailor_string_free(result);
 
     /* 1b. A constrained answer: a JSON schema and a forced tool call always parse; a bad
-     * grammar is an invalid argument before any work. */
-    CHECK(tailor_session_generate_chat(session, "[{\"role\": \"user\", \"content\": \"Is Paris in France?\"}]",
-                                       "{\"max_tokens\": 96, \"grammar\": {\"type\": \"json_schema\", \"value\": {\"type\": \"object\", "
-                                       "\"properties\": {\"answer\": {\"enum\": [\"yes\", \"no\"]}}, \"required\": [\"answer\"], "
-                                       "\"additionalProperties\": false}}}",
-                                       NULL, NULL, &result));
-    printf("schema: %s\n", result);
-    ASSERT(strstr(result, "\"text\":\"{\\\"answer\\\": \\\"yes\\\"}\"") || strstr(result, "\"text\":\"{\\\"answer\\\": \\\"no\\\"}\""));
-    ASSERT_CONTAINS(result, "\"finish_reason\":\"stop\"");
-    tailor_string_free(result);
-    CHECK(tailor_session_generate_chat(session, "[{\"role\": \"user\", \"content\": \"Turn the lights on.\"}]",
-                                       "{\"max_tokens\": 96, \"tools\": {\"tools\": [{\"name\": \"lights\", \"parameters\": "
-                                       "{\"properties\": {\"on\": {\"type\": \"boolean\"}}, \"required\": [\"on\"]}}], \"choice\": \"required\"}}",
-                                       NULL, NULL, &result));
-    printf("tool call: %s\n", result);
-    ASSERT_CONTAINS(result, "\"tool_calls\":[{\"id\":\"call_");
-    ASSERT_CONTAINS(result, "\"name\":\"lights\",\"arguments\":\"{\\\"on\\\": ");
-    tailor_string_free(result);
+     * grammar is an invalid argument before any work. The answers only on the real model
+     * (MAX_TOKENS >= 16): the valgrind run's tiny byte-level model needs a 376-token prompt
+     * for the tool list, minutes under valgrind, and the C boundary is the same calls. */
+    if (max_tokens >= 16) {
+        CHECK(tailor_session_generate_chat(session, "[{\"role\": \"user\", \"content\": \"Is Paris in France?\"}]",
+                                           "{\"max_tokens\": 96, \"grammar\": {\"type\": \"json_schema\", \"value\": {\"type\": \"object\", "
+                                           "\"properties\": {\"answer\": {\"enum\": [\"yes\", \"no\"]}}, \"required\": [\"answer\"], "
+                                           "\"additionalProperties\": false}}}",
+                                           NULL, NULL, &result));
+        printf("schema: %s\n", result);
+        ASSERT(strstr(result, "\"text\":\"{\\\"answer\\\": \\\"yes\\\"}\"") || strstr(result, "\"text\":\"{\\\"answer\\\": \\\"no\\\"}\""));
+        ASSERT_CONTAINS(result, "\"finish_reason\":\"stop\"");
+        tailor_string_free(result);
+        CHECK(tailor_session_generate_chat(session, "[{\"role\": \"user\", \"content\": \"Turn the lights on.\"}]",
+                                           "{\"max_tokens\": 96, \"tools\": {\"tools\": [{\"name\": \"lights\", \"parameters\": "
+                                           "{\"properties\": {\"on\": {\"type\": \"boolean\"}}, \"required\": [\"on\"]}}], \"choice\": \"required\"}}",
+                                           NULL, NULL, &result));
+        printf("tool call: %s\n", result);
+        ASSERT_CONTAINS(result, "\"tool_calls\":[{\"id\":\"call_");
+        ASSERT_CONTAINS(result, "\"name\":\"lights\",\"arguments\":\"{\\\"on\\\": ");
+        tailor_string_free(result);
+    }
     result = NULL;
     EXPECT_STATUS(tailor_session_generate(session, "x", "{\"grammar\": {\"type\": \"regex\", \"value\": \"(unclosed\"}}", NULL, NULL, &result),
                   TAILOR_ERR_INVALID_ARGUMENT);
