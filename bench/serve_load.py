@@ -202,6 +202,7 @@ def main():
                 samples, done, errors = soak(s, args.soak)
                 print(f"soak: {args.soak} s, {2 * args.parallel} clients, {done} requests, {len(errors)} errors; tailor RSS MB "
                       f"start {samples[0]:.0f}, end {samples[-1]:.0f}, max {max(samples):.0f} ({len(samples)} samples)")
+                print("  RSS MB every 10 s:", " ".join(f"{x:.0f}" for x in samples))
                 if errors:
                     print("  first error:", errors[0])
         finally:
