@@ -72,13 +72,16 @@ impl Grammar {
 }
 
 /// Adds llguidance's compact JSON options unless the schema sets its own.
-fn compact(mut schema: serde_json::Value) -> serde_json::Value {
-    if let Some(o) = schema.as_object_mut() {
-        o.entry("x-guidance").or_insert_with(|| serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}));
-    } else if schema == serde_json::Value::Bool(true) {
-        schema = serde_json::json!({"x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}});
+fn compact(schema: serde_json::Value) -> serde_json::Value {
+    let options = serde_json::json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "});
+    match schema {
+        serde_json::Value::Object(mut o) => {
+            o.entry("x-guidance").or_insert(options);
+            serde_json::Value::Object(o)
+        }
+        serde_json::Value::Bool(true) => serde_json::json!({"x-guidance": options}),
+        other => other,
     }
-    schema
 }
 
 /// The tokenizer as llguidance sees it: every token's bytes in a trie (control tokens marked

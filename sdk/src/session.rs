@@ -81,6 +81,22 @@ pub struct GenerateParams {
     pub tools: Option<crate::text::tools::ToolSet>,
 }
 
+impl GenerateParams {
+    /// The grammar a chat answer follows: with tools that may be called, calls or a response
+    /// (`grammar`, a JSON schema or JSON object, constrains the response); otherwise `grammar`.
+    /// A regex or Lark grammar beside callable tools is an invalid argument.
+    pub fn answer_grammar(&self) -> Result<Option<Grammar>> {
+        let Some(tools) = self.tools.as_ref().filter(|t| t.active()) else { return Ok(self.grammar.clone()) };
+        let response = match &self.grammar {
+            None => None,
+            Some(Grammar::JsonSchema(s)) => Some(s.clone()),
+            Some(Grammar::JsonObject) => Some(serde_json::json!({"type": "object"})),
+            Some(_) => return Err(Error::invalid("with tools, the answer's grammar must be a JSON schema or a JSON object")),
+        };
+        Ok(tools.grammar(response.as_ref()))
+    }
+}
+
 impl Default for GenerateParams {
     fn default() -> Self {
         Self { sampling: SamplingParams::default(), max_tokens: 256, stop: Vec::new(), ignore_eos: false, logprobs: None, grammar: None, tools: None }
@@ -452,18 +468,7 @@ impl Session {
         params.sampling.validate().map_err(Error::invalid)?;
         // Compile the grammar before any work, so a bad one fails at once.
         let tools = params.tools.as_ref().filter(|t| t.active() && matches!(prompt, Prompt::Chat(_)));
-        let grammar = match tools {
-            Some(t) => {
-                let response = match &params.grammar {
-                    None => None,
-                    Some(Grammar::JsonSchema(s)) => Some(s.clone()),
-                    Some(Grammar::JsonObject) => Some(serde_json::json!({"type": "object"})),
-                    Some(_) => return Err(Error::invalid("with tools, the answer's grammar must be a JSON schema or a JSON object")),
-                };
-                t.grammar(response.as_ref())
-            }
-            None => params.grammar.clone(),
-        };
+        let grammar = if tools.is_some() { params.answer_grammar()? } else { params.grammar.clone() };
         let mut constraint = match &grammar {
             Some(g) => Some(crate::grammar::Constraint::new(&*self.engine.grammar_factory()?, g)?),
             None => None,

@@ -290,10 +290,6 @@ impl Events {
         self.pending.push_back(SseEvent::default().event(kind).data(v.to_string()));
     }
 
-    fn message_index(&self) -> usize {
-        0
-    }
-
     fn call_index(&self, i: usize) -> usize {
         i + usize::from(self.text.is_some())
     }
@@ -306,7 +302,7 @@ impl Events {
             self.text = Some(String::new());
             let item = self.head.message_item("", "in_progress");
             let id = self.head.message_id.clone();
-            self.emit("response.output_item.added", json!({"output_index": self.message_index(), "item": item}));
+            self.emit("response.output_item.added", json!({"output_index": 0, "item": item}));
             self.emit("response.content_part.added", json!({"item_id": id, "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}}));
         }
         if let Some(s) = self.text.as_mut() {
@@ -332,7 +328,7 @@ impl Events {
                 let item_id = c.0.clone();
                 self.emit("response.function_call_arguments.delta", json!({"item_id": item_id, "output_index": oi, "delta": text}));
             }
-            ToolDelta::Content(t) => self.on_text(&t.clone()),
+            ToolDelta::Content(t) => self.on_text(t),
         }
     }
 

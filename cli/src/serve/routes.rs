@@ -365,20 +365,11 @@ pub(crate) async fn chat_tokens(state: &AppState, messages: Vec<tailor::ChatMess
 
 /// Whether the grammar a request's answer will follow compiles.
 pub(crate) fn grammar_error(engine: &tailor::Engine, params: &tailor::GenerateParams) -> Result<(), ApiError> {
-    let tools = params.tools.as_ref().filter(|t| t.active());
-    let (grammar, param) = match tools {
-        Some(t) => {
-            let response = match &params.grammar {
-                Some(tailor::Grammar::JsonSchema(s)) => Some(s.clone()),
-                Some(tailor::Grammar::JsonObject) => Some(json!({"type": "object"})),
-                _ => None,
-            };
-            (t.grammar(response.as_ref()), if params.grammar.is_some() { "response_format" } else { "tools" })
-        }
-        None => (params.grammar.clone(), "response_format"),
-    };
-    match grammar {
-        Some(g) => engine.check_grammar(&g).map_err(|e| ApiError::invalid(param, format!("Invalid '{param}': {e}"))),
+    let callable = params.tools.as_ref().is_some_and(|t| t.active());
+    let param = if callable && params.grammar.is_none() { "tools" } else { "response_format" };
+    let bad = |e: tailor::Error| ApiError::invalid(param, format!("Invalid '{param}': {e}"));
+    match params.answer_grammar().map_err(bad)? {
+        Some(g) => engine.check_grammar(&g).map_err(bad),
         None => Ok(()),
     }
 }
