@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::forward::Transformer;
+use crate::decode::kv_cache::{KvCache, KvCacheType};
 use crate::decode::team::Team;
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
@@ -27,11 +28,26 @@ pub struct EngineConfig {
     pub context_length: usize,
     /// Prompt tokens run per forward call during prefill (bounds scratch memory).
     pub prefill_chunk: usize,
+    /// How new sessions store keys in their KV cache (llama.cpp's `-ctk`).
+    pub cache_type_k: KvCacheType,
+    /// How new sessions store values in their KV cache (llama.cpp's `-ctv`).
+    pub cache_type_v: KvCacheType,
+    /// Cores the worker threads run on (`None`: chosen by [`crate::affinity`]: the fastest
+    /// cores of a heterogeneous CPU, no pinning on a symmetric one). Like llama.cpp's
+    /// `--cpu-mask`.
+    pub cpus: Option<Vec<usize>>,
 }
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        Self { threads: 0, context_length: 4096, prefill_chunk: 256 }
+        Self {
+            threads: 0,
+            context_length: 4096,
+            prefill_chunk: 256,
+            cache_type_k: KvCacheType::F16,
+            cache_type_v: KvCacheType::F16,
+            cpus: None,
+        }
     }
 }
 
@@ -44,6 +60,8 @@ pub(crate) struct Inner {
     pub(crate) team: std::sync::Mutex<Team>,
     pub(crate) config: EngineConfig,
     threads: usize,
+    /// The cores the workers are pinned to (`None`: placed by the OS).
+    cpus: Option<Vec<usize>>,
     load_time: Duration,
     /// The memory-reading adapter, prepared on first use (`None`: not trained for this base).
     pub(crate) reader: std::sync::OnceLock<Option<Arc<crate::lora::PreparedLora>>>,
@@ -97,7 +115,15 @@ impl Engine {
         } else {
             config.threads
         };
-        let team = Team::new(threads).map_err(|e| Error::invalid(format!("cannot start {threads} worker threads: {e}")))?;
+        let cpus = match &config.cpus {
+            Some(c) if c.is_empty() => return Err(Error::invalid("the CPU list is empty")),
+            Some(c) => Some(c.clone()),
+            None => crate::affinity::fastest(&crate::affinity::cores(), threads),
+        };
+        let team = Team::with_cpus(threads, cpus.as_deref())
+            .map_err(|e| Error::invalid(format!("cannot start {threads} worker threads: {e}")))?;
+        // A cache type the model's head dimension cannot take is an error now, not per session.
+        KvCache::with_types(1, 1, cfg.head_dim, 1, config.cache_type_k, config.cache_type_v)?;
         let model = Transformer::new(cfg, weights);
         Ok(Self {
             inner: Arc::new(Inner {
@@ -108,6 +134,7 @@ impl Engine {
                 config,
                 threads,
                 load_time: start.elapsed(),
+                cpus,
                 reader: std::sync::OnceLock::new(),
                 grammar: std::sync::OnceLock::new(),
                 recommended,
@@ -175,6 +202,11 @@ impl Engine {
         self.inner.threads
     }
 
+    /// The cores the worker threads are pinned to (`None`: the OS places them).
+    pub fn cpus(&self) -> Option<&[usize]> {
+        self.inner.cpus.as_deref()
+    }
+
     /// How long [`Engine::load`] took.
     pub fn load_time(&self) -> Duration {
         self.inner.load_time
@@ -200,13 +232,29 @@ impl Engine {
         self.inner.template.render(messages, true)
     }
 
-    /// A new session with the engine's default context window.
+    /// A new session with the engine's default context window and cache types.
     pub fn new_session(&self) -> Session {
-        Session::new(self.clone(), SessionConfig::default())
+        self.session_with(SessionConfig::default())
     }
 
-    /// A new session with explicit settings.
+    /// A new session with explicit settings. A quantized cache type this model's head
+    /// dimension cannot take (not a multiple of 32) falls back to f16; use
+    /// [`Engine::try_session_with`] to get the error instead.
     pub fn session_with(&self, config: SessionConfig) -> Session {
+        match Session::new(self.clone(), config.clone()) {
+            Ok(s) => s,
+            Err(_) => {
+                let mut f16 = config;
+                f16.cache_type_k = Some(KvCacheType::F16);
+                f16.cache_type_v = Some(KvCacheType::F16);
+                Session::new(self.clone(), f16).expect("an f16 cache fits every model")
+            }
+        }
+    }
+
+    /// A new session with explicit settings; [`Error::InvalidArgument`] for a cache type the
+    /// model cannot take.
+    pub fn try_session_with(&self, config: SessionConfig) -> Result<Session> {
         Session::new(self.clone(), config)
     }
 

@@ -23,6 +23,7 @@
 //! ```
 #![warn(missing_docs)]
 
+pub mod affinity;
 pub mod decode;
 mod engine;
 mod error;
@@ -39,6 +40,7 @@ pub mod steering;
 pub mod testing;
 pub mod text;
 
+pub use decode::kv_cache::KvCacheType;
 pub use decode::hooks::{HookSource, Hooks, LinearDelta, LowRank, LowRankTerm, Proj, ResidualHook};
 pub use decode::sampler::SamplingParams;
 pub use engine::{Engine, EngineConfig};
@@ -53,7 +55,7 @@ pub use grammar::Grammar;
 pub use model::config::ModelConfig;
 pub use model_files::ModelCache;
 pub use session::{
-    CancelHandle, FinishReason, Flow, GenerateParams, Generation, Prompt, Session, SessionConfig, Timings,
+    CancelHandle, ContextPolicy, FinishReason, Flow, GenerateParams, Generation, Prompt, Session, SessionConfig, Timings,
     TokenEvent, TokenLogprob, TopLogprob,
 };
 pub use text::chat_template::ChatMessage;

@@ -37,6 +37,12 @@ pub struct MemoryPromptConfig {
     /// Run the memory-reading adapter ([`crate::memory_reader`]) on top of the session's
     /// adapters for generations with memories in the prompt, when the engine has one.
     pub reader: bool,
+    /// Conversation memory: [`Session::chat`](crate::Session::chat) stores each finished
+    /// turn's user message in the profile as an episodic memory (metadata
+    /// `{"kind": "conversation", ...}` with the answer and the time), so that what was said
+    /// long ago, after it has slid out of the context window, is still retrieved when
+    /// relevant. Off by default; `tailor chat --profile` turns it on.
+    pub record_turns: bool,
 }
 
 impl Default for MemoryPromptConfig {
@@ -48,6 +54,7 @@ impl Default for MemoryPromptConfig {
             min_similarity: Some(0.2),
             header: "Facts the user told you earlier (use them when relevant):".into(),
             reader: true,
+            record_turns: false,
         }
     }
 }
@@ -78,38 +85,62 @@ pub fn memory_block(header: &str, texts: &[&str]) -> String {
     block
 }
 
-/// `messages` with the memories relevant to the last user message added to the system
-/// prompt, and the memories used.
-pub(crate) fn augment(
+/// The memories relevant to the last user message of `messages` (leaving out the ids in
+/// `exclude`, e.g. turns still in the context window) and the [`memory_block`] that puts them
+/// in the system prompt (`None` when none was retrieved). The block takes at most
+/// `cfg.token_budget` tokens and at most a quarter of the `context` window.
+pub(crate) fn recall(
     messages: &[ChatMessage],
     store: &SharedMemory,
     cfg: &MemoryPromptConfig,
     tokenizer: &Tokenizer,
-) -> Result<(Vec<ChatMessage>, Vec<RecalledMemory>)> {
+    exclude: &[i64],
+    context: usize,
+) -> Result<(Option<String>, Vec<RecalledMemory>)> {
+    let budget = cfg.token_budget.min(context / 4);
     let Some(query) = messages.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()) else {
-        return Ok((messages.to_vec(), Vec::new()));
+        return Ok((None, Vec::new()));
     };
     if !cfg.enabled || cfg.limit == 0 || query.trim().is_empty() {
-        return Ok((messages.to_vec(), Vec::new()));
+        return Ok((None, Vec::new()));
     }
-    let mut q = SearchQuery::new(query, cfg.limit);
+    let mut q = SearchQuery::new(query, cfg.limit + exclude.len().min(16));
     q.min_similarity = cfg.min_similarity;
     let hits = store.lock().unwrap_or_else(|e| e.into_inner()).search(&q)?;
     let mut used = Vec::new();
     let mut spent = 0;
-    for h in hits {
+    for h in hits.into_iter().filter(|h| !exclude.contains(&h.memory.id)) {
+        if used.len() == cfg.limit {
+            break;
+        }
         let cost = tokenizer.encode(&memory_line(&h.memory.text), false)?.len();
-        if spent + cost > cfg.token_budget {
+        if spent + cost > budget {
             continue;
         }
         spent += cost;
         used.push(RecalledMemory { id: h.memory.id, text: h.memory.text, score: h.score });
     }
     if used.is_empty() {
-        return Ok((messages.to_vec(), used));
+        return Ok((None, used));
     }
     let texts: Vec<&str> = used.iter().map(|m| m.text.as_str()).collect();
-    Ok((with_memories(messages, &memory_block(&cfg.header, &texts)), used))
+    Ok((Some(memory_block(&cfg.header, &texts)), used))
+}
+
+/// Whether a user message is worth keeping as a conversation memory: not a question or a
+/// command to the assistant, and long enough to state something.
+pub(crate) fn worth_recording(user: &str) -> bool {
+    let t = user.trim();
+    t.split_whitespace().count() >= 3 && !t.ends_with('?') && !t.starts_with('/')
+}
+
+/// Stores a finished turn as a conversation memory; returns its id.
+pub(crate) fn record_turn(store: &SharedMemory, user: &str, answer: &str) -> Result<i64> {
+    let memory = tailor_memory::NewMemory::new(user.trim()).metadata(serde_json::json!({
+        "kind": "conversation",
+        "answer": answer,
+    }));
+    Ok(store.lock().unwrap_or_else(|e| e.into_inner()).add(memory)?.id)
 }
 
 /// `messages` with a [`memory_block`] appended to the first system message (or made the system

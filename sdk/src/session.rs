@@ -2,11 +2,24 @@
 //! conditions and cancellation.
 //!
 //! # Context policy
-//! A session holds at most its context window of tokens (prompt and answer). A prompt that
-//! does not fit is rejected with [`Error::ContextOverflow`] before any work; a generation that
-//! fills the window stops with [`FinishReason::ContextFull`]. Nothing is dropped silently: a
-//! host that wants a sliding conversation trims its history and sends it again, and the
-//! session re-uses the longest cached prefix.
+//! A session holds at most its context window of tokens (prompt and answer). With
+//! [`ContextPolicy::Slide`] (the default) a conversation never hits that wall:
+//! - a chat prompt that does not fit (with room for the answer) loses its oldest exchanges,
+//!   never the system prompt (with its memories) nor the last user message; the
+//!   [`Generation::dropped_messages`] says how many went, and [`Session::chat`] drops them from
+//!   its history (with conversation memory on, they were stored in the profile and come back
+//!   when relevant);
+//! - an answer that fills the window shifts the cache as llama.cpp's context shift does: the
+//!   system prompt's tokens (at least [`SessionConfig::sink_tokens`], StreamingLLM's attention
+//!   sinks) stay, the older half of the rest goes, and the kept keys are rotated to their new
+//!   positions instead of being run again;
+//! - a prompt that shares a run of tokens with the cache after a gap (turns dropped in the
+//!   middle) reuses that run by shifting it into place.
+//!
+//! A raw text or token prompt longer than the window, or a last user message that alone does
+//! not fit, is rejected with [`Error::ContextOverflow`] before any work. With
+//! [`ContextPolicy::Stop`] nothing is dropped: a prompt that does not fit is rejected and a
+//! generation that fills the window stops with [`FinishReason::ContextFull`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::decode::forward::{Logits, Scratch};
 use crate::decode::hooks::{HookSource, Hooks};
-use crate::decode::kv_cache::KvCache;
+use crate::decode::kv_cache::{KvCache, KvCacheType};
 use crate::decode::sampler::{log_softmax, Sampler, SamplingParams};
 use crate::decode::team::Par;
 use crate::engine::Engine;
@@ -26,19 +39,59 @@ use crate::text::chat_template::ChatMessage;
 use crate::text::tools::{ToolDelta, ToolStream};
 use crate::{Error, Result};
 
+/// What a session does at the end of its context window (see the [module docs](self)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContextPolicy {
+    /// Drop the oldest exchanges of a chat prompt and shift the cache during an answer.
+    #[default]
+    Slide,
+    /// Refuse prompts that do not fit; end a generation that fills the window
+    /// ([`FinishReason::ContextFull`]).
+    Stop,
+}
+
 /// Settings of one session.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
 pub struct SessionConfig {
     /// Context window in tokens (`None`: the engine's default). Clamped to the model's.
     pub context_length: Option<usize>,
+    /// How keys are stored in the KV cache (`None`: the engine's [`EngineConfig::cache_type_k`](crate::EngineConfig)).
+    pub cache_type_k: Option<KvCacheType>,
+    /// How values are stored in the KV cache (`None`: the engine's).
+    pub cache_type_v: Option<KvCacheType>,
+    /// What happens at the end of the window.
+    pub context_policy: ContextPolicy,
+    /// Tokens at the start of the cache a context shift always keeps, when the prompt has no
+    /// longer system part (StreamingLLM's attention sinks).
+    pub sink_tokens: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self { context_length: None, cache_type_k: None, cache_type_v: None, context_policy: ContextPolicy::Slide, sink_tokens: 4 }
+    }
 }
 
 impl SessionConfig {
     /// A session with a context window of `n` tokens.
     pub fn with_context(n: usize) -> Self {
-        Self { context_length: Some(n) }
+        Self { context_length: Some(n), ..Self::default() }
+    }
+
+    /// Stores keys as `k` and values as `v` in the KV cache.
+    pub fn with_cache_types(mut self, k: KvCacheType, v: KvCacheType) -> Self {
+        self.cache_type_k = Some(k);
+        self.cache_type_v = Some(v);
+        self
+    }
+
+    /// Sets the [`ContextPolicy`].
+    pub fn with_policy(mut self, policy: ContextPolicy) -> Self {
+        self.context_policy = policy;
+        self
     }
 }
 
@@ -224,6 +277,18 @@ pub struct Generation {
     /// holds the answer to the user when it answered instead).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tool_calls: Vec<crate::text::tools::ToolCall>,
+    /// Messages of a chat prompt left out because the conversation no longer fitted the
+    /// window (the oldest exchanges after the system prompt; [`ContextPolicy::Slide`]).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dropped_messages: usize,
+    /// Context shifts during the answer (each dropped the older half of the cache after the
+    /// kept start).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub context_shifts: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Stops a session's generation from another thread. `Send + Sync`, cheap to clone; it
@@ -260,6 +325,11 @@ pub struct Session {
     /// The hooks plus the memory reader, while the cache holds a prompt with memories that
     /// was run with them (`None`: the cache was built with `hooks` alone).
     with_reader: Option<Hooks>,
+    policy: ContextPolicy,
+    sinks: usize,
+    /// Conversation memories this session recorded, with their user message: left out of
+    /// retrieval while that message is still in the prompt.
+    recorded: Vec<(i64, String)>,
 }
 
 impl std::fmt::Debug for Session {
@@ -269,11 +339,37 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
-    pub(crate) fn new(engine: Engine, config: SessionConfig) -> Self {
+    pub(crate) fn new(engine: Engine, config: SessionConfig) -> Result<Self> {
         let ctx = engine.context_for(config.context_length);
         let c = &engine.inner.model.cfg;
-        let cache = KvCache::new(c.n_layers, c.n_kv_heads, c.head_dim, ctx);
-        Self { engine, cache, cached: Vec::new(), scratch: Scratch::default(), hooks: Hooks::none(), source: None, cancel: CancelHandle::default(), history: Vec::new(), memory: None, with_reader: None }
+        let ec = &engine.inner.config;
+        let (tk, tv) = (config.cache_type_k.unwrap_or(ec.cache_type_k), config.cache_type_v.unwrap_or(ec.cache_type_v));
+        let cache = KvCache::with_types(c.n_layers, c.n_kv_heads, c.head_dim, ctx, tk, tv)?;
+        Ok(Self {
+            engine,
+            cache,
+            cached: Vec::new(),
+            scratch: Scratch::default(),
+            hooks: Hooks::none(),
+            source: None,
+            cancel: CancelHandle::default(),
+            history: Vec::new(),
+            memory: None,
+            with_reader: None,
+            policy: config.context_policy,
+            sinks: config.sink_tokens,
+            recorded: Vec::new(),
+        })
+    }
+
+    /// How the KV cache stores keys and values.
+    pub fn cache_types(&self) -> (KvCacheType, KvCacheType) {
+        self.cache.types()
+    }
+
+    /// Bytes of KV cache one token takes in this session.
+    pub fn kv_bytes_per_token(&self) -> usize {
+        self.cache.bytes_per_token()
     }
 
     /// The engine this session runs on.
@@ -379,8 +475,21 @@ impl Session {
         let mut messages = self.history.clone();
         messages.push(ChatMessage::user(user));
         let g = self.generate(&Prompt::Chat(messages), params, on_token)?;
+        if g.dropped_messages > 0 {
+            let first = self.history.iter().take_while(|m| m.role == "system").count();
+            let n = g.dropped_messages.min(self.history.len() - first);
+            self.history.drain(first..first + n);
+        }
         self.history.push(ChatMessage::user(user));
         self.history.push(ChatMessage::assistant(g.text.clone()));
+        if let Some((store, cfg)) = &self.memory {
+            if cfg.record_turns && crate::memory::worth_recording(user) {
+                let id = crate::memory::record_turn(store, user, &g.text)?;
+                self.recorded.push((id, user.trim().to_string()));
+            }
+        }
+        let history = &self.history;
+        self.recorded.retain(|(_, text)| history.iter().any(|m| m.role == "user" && m.content.trim() == text));
         Ok(g)
     }
 
@@ -409,6 +518,83 @@ impl Session {
         self.use_reader(false);
         self.run(tokens, Logits::Last)?;
         Ok(self.scratch.logits.clone())
+    }
+
+    /// Renders `messages` (with the memory `block` in the system prompt) to tokens; with
+    /// [`ContextPolicy::Slide`], when they do not fit with room for the answer, without their
+    /// oldest exchanges (down to a quarter of the window below the limit, so that the next
+    /// turns fit again without dropping more each time). Returns the tokens and how many
+    /// messages were dropped.
+    fn fit_chat(&self, messages: &[ChatMessage], block: Option<&str>, params: &GenerateParams) -> Result<(Vec<u32>, usize)> {
+        let ctx = self.cache.capacity();
+        let mut tokens = self.render_chat(messages, block, params, true)?;
+        let room = params.max_tokens.min(ctx / 4).max(1);
+        if self.policy == ContextPolicy::Stop || tokens.len() + room <= ctx {
+            return Ok((tokens, 0));
+        }
+        let target = ctx.saturating_sub(room + ctx / 4).max(1);
+        let first = messages.iter().take_while(|m| m.role == "system").count();
+        let last_user = messages.iter().rposition(|m| m.role == "user").unwrap_or(messages.len().saturating_sub(1));
+        let mut end = first;
+        while tokens.len() > target && end < last_user {
+            // One exchange: up to the next user message.
+            end += 1;
+            while end < last_user && messages[end].role != "user" {
+                end += 1;
+            }
+            let mut kept = messages[..first].to_vec();
+            kept.extend_from_slice(&messages[end..]);
+            tokens = self.render_chat(&kept, block, params, true)?;
+        }
+        Ok((tokens, end - first))
+    }
+
+    fn render_chat(&self, messages: &[ChatMessage], block: Option<&str>, params: &GenerateParams, add_generation_prompt: bool) -> Result<Vec<u32>> {
+        let inner = &self.engine.inner;
+        let with_block;
+        let messages = match block {
+            Some(b) => {
+                with_block = crate::memory::with_memories(messages, b);
+                &with_block[..]
+            }
+            None => messages,
+        };
+        let text = match &params.tools {
+            Some(t) => inner.template.render_with_tools(messages, Some(t), add_generation_prompt)?,
+            None => inner.template.render(messages, add_generation_prompt)?,
+        };
+        inner.tokenizer.encode(&text, true)
+    }
+
+    /// How many leading tokens of `tokens` are the conversation's system part (its system
+    /// messages with the memory block, as the template renders them alone), capped at half
+    /// the window so that a shift always frees room.
+    fn system_tokens(&self, messages: &[ChatMessage], block: Option<&str>, tokens: &[u32]) -> usize {
+        let first = messages.iter().take_while(|m| m.role == "system").count();
+        let params = GenerateParams::default();
+        let n = match self.render_chat(&messages[..first], block, &params, false) {
+            Ok(sys) => sys.iter().zip(tokens).take_while(|(a, b)| a == b).count(),
+            Err(_) => 0,
+        };
+        if n * 2 > self.cache.capacity() { 0 } else { n }
+    }
+
+    /// Whether a context shift can free room (the policy allows it and the cache holds more
+    /// than what it keeps).
+    fn slides(&self, keep: usize) -> bool {
+        self.policy == ContextPolicy::Slide && self.cached.len() > self.shift_keep(keep) + 1
+    }
+
+    fn shift_keep(&self, keep: usize) -> usize {
+        keep.min(self.cache.capacity() / 2)
+    }
+
+    /// Context shift: keeps the first `keep` tokens, drops the older half of the rest.
+    fn shift(&mut self, keep: usize) {
+        let keep = self.shift_keep(keep);
+        let discard = ((self.cached.len() - keep) / 2).max(1);
+        self.engine.inner.model.shift_cache(&mut self.cache, keep, discard);
+        self.cached.drain(keep..keep + discard);
     }
 
     fn run(&mut self, tokens: &[u32], want: Logits) -> Result<()> {
@@ -474,26 +660,28 @@ impl Session {
             None => None,
         };
         let mut tool_stream = tools.map(|_| ToolStream::new());
-        let (augmented, memories) = match (prompt, &self.memory) {
+        let (block, memories) = match (prompt, &self.memory) {
             (Prompt::Chat(messages), Some((store, cfg))) => {
-                let (m, used) = crate::memory::augment(messages, store, cfg, &self.engine.inner.tokenizer)?;
-                (Some(Prompt::Chat(m)), used)
+                let exclude: Vec<i64> = self
+                    .recorded
+                    .iter()
+                    .filter(|(_, t)| messages.iter().any(|m| m.role == "user" && m.content.trim() == t))
+                    .map(|(id, _)| *id)
+                    .collect();
+                crate::memory::recall(messages, store, cfg, &self.engine.inner.tokenizer, &exclude, self.cache.capacity())?
             }
             _ => (None, Vec::new()),
         };
         let reader = !memories.is_empty() && self.memory.as_ref().is_some_and(|(_, c)| c.reader);
         self.use_reader(reader && self.engine.memory_reader().is_some());
-        let tokens = match (augmented.as_ref().unwrap_or(prompt), params.tools.as_ref()) {
-            (Prompt::Chat(m), Some(t)) => {
-                let inner = &self.engine.inner;
-                inner.tokenizer.encode(&inner.template.render_with_tools(m, Some(t), true)?, true)?
-            }
-            (p, _) => self.prompt_tokens(p)?,
+        let ctx = self.cache.capacity();
+        let (tokens, dropped_messages) = match prompt {
+            Prompt::Chat(messages) => self.fit_chat(messages, block.as_deref(), params)?,
+            p => (self.prompt_tokens(p)?, 0),
         };
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);
         }
-        let ctx = self.cache.capacity();
         if tokens.len() > ctx {
             return Err(Error::ContextOverflow { needed: tokens.len(), context: ctx });
         }
@@ -501,9 +689,26 @@ impl Session {
         if let Some(&bad) = tokens.iter().find(|&&t| t as usize >= vocab) {
             return Err(Error::invalid(format!("token id {bad} outside the vocabulary of {vocab}")));
         }
+        // What a context shift keeps: the system part of a chat prompt, at least the sinks.
+        let keep = match prompt {
+            Prompt::Chat(messages) => self.system_tokens(messages, block.as_deref(), &tokens),
+            _ => 0,
+        }
+        .max(self.sinks);
 
-        // Reuse the longest cached prefix, keeping at least one token to run for logits.
-        let common = self.cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
+        // Reuse the longest cached prefix, keeping at least one token to run for logits; after
+        // a gap (turns dropped in the middle), reuse the run that follows it by shifting it.
+        let mut common = self.cached.iter().zip(&tokens).take_while(|(a, b)| a == b).count().min(tokens.len() - 1);
+        if self.policy == ContextPolicy::Slide {
+            if let Some((gap, run)) = shifted_run(&self.cached, &tokens, common) {
+                // Only the run moves: what follows it is dropped first.
+                self.cache.truncate(common + gap + run);
+                self.cached.truncate(common + gap + run);
+                self.engine.inner.model.shift_cache(&mut self.cache, common, gap);
+                self.cached.drain(common..common + gap);
+                common = (common + run).min(tokens.len() - 1);
+            }
+        }
         self.cache.truncate(common);
         self.cached.truncate(common);
         let mut timings = Timings { prefill_tokens: tokens.len() - common, ..Timings::default() };
@@ -517,6 +722,8 @@ impl Session {
             logprobs: params.logprobs.map(|_| Vec::new()),
             memories,
             tool_calls: Vec::new(),
+            dropped_messages,
+            context_shifts: 0,
         };
         match self.run(&tokens[common..], Logits::Last) {
             Ok(()) => {}
@@ -566,7 +773,7 @@ impl Session {
             history.push(id);
             out.text.push_str(&stream.step(tok, id));
             let at_length = out.token_ids.len() >= params.max_tokens;
-            let at_ctx = self.cached.len() + 1 > ctx;
+            let at_ctx = self.cached.len() + 1 > ctx && !self.slides(keep);
             if at_length || at_ctx || grammar_done {
                 out.text.push_str(&stream.finish());
             }
@@ -617,6 +824,10 @@ impl Session {
             if self.cancel.is_cancelled() {
                 break FinishReason::Cancelled;
             }
+            if self.cached.len() + 1 > ctx {
+                self.shift(keep);
+                out.context_shifts += 1;
+            }
             self.scratch.logits = logits;
             match self.run(&[id], Logits::Last) {
                 Ok(()) => {}
@@ -645,6 +856,29 @@ impl Session {
         }
         Ok(out)
     }
+}
+
+/// Shortest run of cached tokens worth shifting into place after a gap.
+const MIN_SHIFTED_RUN: usize = 16;
+
+/// After the common prefix `common` of `cached` and `tokens`: the gap in `cached` after which
+/// the longest run of it continues `tokens` (`(gap, run)`), when that run is worth reusing.
+fn shifted_run(cached: &[u32], tokens: &[u32], common: usize) -> Option<(usize, usize)> {
+    let want = tokens.get(common..).filter(|w| !w.is_empty())?;
+    let mut best: Option<(usize, usize)> = None;
+    for s in common + 1..cached.len() {
+        if cached[s] != want[0] {
+            continue;
+        }
+        let run = cached[s..].iter().zip(want).take_while(|(a, b)| a == b).count();
+        if run >= MIN_SHIFTED_RUN && best.is_none_or(|(_, r)| run > r) {
+            best = Some((s - common, run));
+            if s + run == cached.len() {
+                break;
+            }
+        }
+    }
+    best
 }
 
 /// Counts a generation in [`Engine::generations_running`] while it lives.

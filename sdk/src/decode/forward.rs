@@ -9,11 +9,11 @@ use half::f16;
 use half::slice::HalfFloatSliceExt;
 
 use super::hooks::{Hooks, LowRankTerm, Proj};
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, Rows};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use super::team::{Par, SharedOut};
-use crate::kernels::Kernels;
+use crate::kernels::{kv, BlockQ8_0, Kernels, QK};
 use crate::model::config::{ModelConfig, RopeStyle};
 use crate::model::qmatrix::{matmul, Delta, MatJob, Prepared};
 use crate::model::weights::ModelWeights;
@@ -73,6 +73,8 @@ struct AttnScratch {
     scores: Vec<f32>,
     qh: Vec<f32>,
     h16: Vec<f16>,
+    /// The query quantized to `Q8_0` (against quantized keys).
+    qb: Vec<BlockQ8_0>,
 }
 
 /// `out = f16(x)` as f32 (SIMD conversions both ways).
@@ -161,7 +163,7 @@ impl Transformer {
             for t in 0..n {
                 for h in 0..cfg.n_kv_heads {
                     let o = t * kvd + h * hd;
-                    cache.write(l, h, p0 + t, &scratch.k[o..o + hd], &scratch.v[o..o + hd]);
+                    cache.write(l, h, p0 + t, &scratch.k[o..o + hd], &scratch.v[o..o + hd], k);
                 }
             }
             self.attention(l, p0, n, &scratch.q[..n * qd], cache, sized(&mut scratch.att, n * qd), k, par);
@@ -255,32 +257,29 @@ impl Transformer {
         for t in 0..n {
             let (c, s) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
             for h in 0..heads {
-                let v = &mut x[(t * heads + h) * hd..(t * heads + h + 1) * hd];
-                match self.cfg.rope_style {
-                    RopeStyle::Interleaved => {
-                        for i in 0..half {
-                            let (a, b) = (v[2 * i], v[2 * i + 1]);
-                            v[2 * i] = a * c[i] - b * s[i];
-                            v[2 * i + 1] = a * s[i] + b * c[i];
-                        }
-                    }
-                    RopeStyle::Neox => {
-                        for i in 0..half {
-                            let (a, b) = (v[i], v[i + half]);
-                            v[i] = a * c[i] - b * s[i];
-                            v[i + half] = a * s[i] + b * c[i];
-                        }
-                    }
-                }
+                rotate(self.cfg.rope_style, &mut x[(t * heads + h) * hd..(t * heads + h + 1) * hd], c, s);
             }
         }
     }
 
+    /// Drops positions `keep..keep + discard` from `cache` and moves the later ones down, their
+    /// keys rotated back by `discard` positions (RoPE is a rotation by `position · θ`, so a key
+    /// moved by `-discard` is the key rotated by `-discard · θ`): llama.cpp's context shift,
+    /// in place of running the kept tokens again.
+    pub(crate) fn shift_cache(&self, cache: &mut KvCache, keep: usize, discard: usize) {
+        let angle = -(discard as f32);
+        let c: Vec<f32> = self.inv_freq.iter().map(|f| (angle * f).cos()).collect();
+        let s: Vec<f32> = self.inv_freq.iter().map(|f| (angle * f).sin()).collect();
+        let style = self.cfg.rope_style;
+        cache.shift(keep, discard, &|v: &mut [f32]| rotate(style, v, &c, &s), Kernels::detect());
+    }
+
     /// Causal grouped-query attention of the batch's queries over the cache.
     ///
-    /// Numerics follow llama.cpp's CPU path: keys and values are f16, the query is rounded to
-    /// f16 for `q·k`, the softmax runs in f32 and its weights are rounded to f16 before they
-    /// weight the values; every sum is in f32.
+    /// Numerics follow llama.cpp's CPU path: with f16 keys the query is rounded to f16 for
+    /// `q·k`; with quantized keys it is quantized to `Q8_0` and the block kernels score it; the
+    /// softmax runs in f32 and, against f16 values, its weights are rounded to f16 before they
+    /// weight the values (quantized values are dequantized into f32 sums); every sum is f32.
     #[allow(clippy::too_many_arguments)]
     fn attention(&self, l: usize, p0: usize, n: usize, q: &[f32], cache: &KvCache, out: &mut [f32], k: &Kernels, par: Par<'_>) {
         let cfg = &self.cfg;
@@ -295,15 +294,34 @@ impl Transformer {
             let (ks, vs) = cache.head(l, h / group, upto);
             SCRATCH.with(|s| {
                 let mut s = s.borrow_mut();
-                let AttnScratch { scores, qh, h16 } = &mut *s;
+                let AttnScratch { scores, qh, h16, qb } = &mut *s;
                 scores.resize(upto, 0.0);
                 qh.resize(hd, 0.0);
-                round_f16(&q[i * hd..(i + 1) * hd], qh, h16);
-                let mut max = f32::NEG_INFINITY;
-                for (j, sj) in scores.iter_mut().enumerate() {
-                    *sj = (k.dot_f32_f16)(qh, &ks[j * hd..(j + 1) * hd]) * scale;
-                    max = max.max(*sj);
+                let qi = &q[i * hd..(i + 1) * hd];
+                let nb = hd / QK;
+                match ks {
+                    Rows::F16(ks) => {
+                        round_f16(qi, qh, h16);
+                        for (j, sj) in scores.iter_mut().enumerate() {
+                            *sj = (k.dot_f32_f16)(qh, &ks[j * hd..(j + 1) * hd]) * scale;
+                        }
+                    }
+                    Rows::Q8_0(kb) => {
+                        qb.resize(nb, BlockQ8_0::default());
+                        (k.quantize_q8_0)(qi, qb);
+                        for (j, sj) in scores.iter_mut().enumerate() {
+                            *sj = (k.dot_q8_0_q8_0)(&kb[j * nb..(j + 1) * nb], qb) * scale;
+                        }
+                    }
+                    Rows::Q4_0(kb) => {
+                        qb.resize(nb, BlockQ8_0::default());
+                        (k.quantize_q8_0)(qi, qb);
+                        for (j, sj) in scores.iter_mut().enumerate() {
+                            *sj = (k.dot_q4_0_q8_0)(&kb[j * nb..(j + 1) * nb], qb) * scale;
+                        }
+                    }
                 }
+                let max = scores.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
                 let mut sum = 0f32;
                 for sj in scores.iter_mut() {
                     *sj = (*sj - max).exp();
@@ -311,13 +329,27 @@ impl Transformer {
                 }
                 let inv = 1.0 / sum;
                 scores.iter_mut().for_each(|x| *x *= inv);
-                round_f16_in_place(scores, h16);
                 // SAFETY: item i owns out[i*hd..(i+1)*hd]; members take disjoint items and
                 // `out` outlives the run.
                 let o = unsafe { std::slice::from_raw_parts_mut(optr.ptr().add(i * hd), hd) };
                 o.fill(0.0);
-                for (j, &w) in scores.iter().enumerate() {
-                    (k.axpy_f16)(w, &vs[j * hd..(j + 1) * hd], o);
+                match vs {
+                    Rows::F16(vs) => {
+                        round_f16_in_place(scores, h16);
+                        for (j, &w) in scores.iter().enumerate() {
+                            (k.axpy_f16)(w, &vs[j * hd..(j + 1) * hd], o);
+                        }
+                    }
+                    Rows::Q8_0(vb) => {
+                        for (j, &w) in scores.iter().enumerate() {
+                            kv::axpy_q8_0(w, &vb[j * nb..(j + 1) * nb], o);
+                        }
+                    }
+                    Rows::Q4_0(vb) => {
+                        for (j, &w) in scores.iter().enumerate() {
+                            kv::axpy_q4_0(w, &vb[j * nb..(j + 1) * nb], o);
+                        }
+                    }
                 }
             });
         };
@@ -335,6 +367,28 @@ impl Transformer {
             });
         } else {
             (0..items).for_each(one);
+        }
+    }
+}
+
+/// Rotates one head's vector `v` by the angles whose cosines and sines are `c` and `s` (one per
+/// rotated pair), pairing dimensions as the model's RoPE style does.
+fn rotate(style: RopeStyle, v: &mut [f32], c: &[f32], s: &[f32]) {
+    let half = c.len();
+    match style {
+        RopeStyle::Interleaved => {
+            for i in 0..half {
+                let (a, b) = (v[2 * i], v[2 * i + 1]);
+                v[2 * i] = a * c[i] - b * s[i];
+                v[2 * i + 1] = a * s[i] + b * c[i];
+            }
+        }
+        RopeStyle::Neox => {
+            for i in 0..half {
+                let (a, b) = (v[i], v[i + half]);
+                v[i] = a * c[i] - b * s[i];
+                v[i + half] = a * s[i] + b * c[i];
+            }
         }
     }
 }

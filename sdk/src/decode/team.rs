@@ -51,7 +51,14 @@ pub(crate) struct Team {
 
 impl Team {
     /// A team of `n ≥ 1` members.
+    #[cfg(test)]
     pub(crate) fn new(n: usize) -> std::io::Result<Self> {
+        Self::with_cpus(n, None)
+    }
+
+    /// A team of `n ≥ 1` members whose workers are pinned to `cpus` (worker `tid` on
+    /// `cpus[tid % len]`; the caller, member 0, is the app's thread and is not pinned).
+    pub(crate) fn with_cpus(n: usize, cpus: Option<&[usize]>) -> std::io::Result<Self> {
         let n = n.max(1);
         let shared = Arc::new(Shared {
             state: AtomicU64::new(0),
@@ -65,7 +72,13 @@ impl Team {
         let mut workers = Vec::with_capacity(n - 1);
         for tid in 1..n {
             let s = shared.clone();
-            workers.push(std::thread::Builder::new().name(format!("tailor-worker-{tid}")).spawn(move || worker(s, tid))?);
+            let cpu = cpus.filter(|c| !c.is_empty()).map(|c| c[tid % c.len()]);
+            workers.push(std::thread::Builder::new().name(format!("tailor-worker-{tid}")).spawn(move || {
+                if let Some(cpu) = cpu {
+                    crate::affinity::pin_current_thread(cpu);
+                }
+                worker(s, tid)
+            })?);
         }
         Ok(Self { shared, workers, n })
     }

@@ -58,6 +58,7 @@ mod avx512;
 mod blocks;
 #[cfg(target_arch = "aarch64")]
 mod neon;
+pub mod kv;
 pub mod scalar;
 #[cfg(test)]
 mod tests;

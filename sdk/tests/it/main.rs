@@ -5,6 +5,7 @@ mod grammar;
 mod lora;
 mod memory_prompt;
 mod common;
+mod context;
 mod fuzz;
 mod peft_interop;
 mod real_model;

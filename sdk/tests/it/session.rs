@@ -123,7 +123,7 @@ fn streaming_stop_strings_and_limits() {
 #[test]
 fn context_limits_are_enforced() {
     let (_d, _p, engine) = tiny(spec(GgmlDType::Q8_0, 64, rand::random()), 1);
-    let mut s = engine.session_with(SessionConfig::with_context(16));
+    let mut s = engine.session_with(SessionConfig::with_context(16).with_policy(tailor::ContextPolicy::Stop));
     let too_long = Prompt::Tokens((0..17).collect());
     match s.generate(&too_long, &greedy(4), &mut |_| Flow::Continue) {
         Err(Error::ContextOverflow { needed: 17, context: 16 }) => {}
