@@ -46,6 +46,10 @@ struct Figures {
     decode_tok_per_s: f64,
     ttft_ms: f64,
     peak_rss_mb: f64,
+    /// Per-token decode latency (percentiles and histogram); with several runs, the run with
+    /// the median decode speed.
+    #[serde(default)]
+    token_latency: Option<crate::latency::Latency>,
 }
 
 const PARAGRAPH: &str = "The quick brown fox jumps over the lazy dog while the river runs quietly under the old stone bridge. \
@@ -79,7 +83,11 @@ pub(crate) fn bench_once(a: BenchArgs) -> Result<()> {
     let mut params = GenerateParams::default();
     params.max_tokens = a.gen_tokens;
     params.ignore_eos = true;
-    let g = session.generate(&Prompt::Tokens(ids), &params, &mut |_| Flow::Continue)?;
+    let mut clock = crate::latency::TokenClock::new();
+    let g = session.generate(&Prompt::Tokens(ids), &params, &mut |_| {
+        clock.tick();
+        Flow::Continue
+    })?;
     if g.token_ids.len() != a.gen_tokens {
         bail!("generated {} tokens, wanted {}", g.token_ids.len(), a.gen_tokens);
     }
@@ -93,6 +101,7 @@ pub(crate) fn bench_once(a: BenchArgs) -> Result<()> {
         decode_tok_per_s: g.timings.decode_tok_per_s(),
         ttft_ms: g.timings.ttft_ms,
         peak_rss_mb: peak_rss_mb(),
+        token_latency: Some(crate::latency::Latency::of(clock.take())),
     };
     println!("{}", serde_json::to_string(&f)?);
     Ok(())
@@ -112,6 +121,8 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         let out = Command::new(&exe)
             .args(["bench-once", "--prompt-tokens", &a.prompt_tokens.to_string(), "--gen-tokens", &a.gen_tokens.to_string()])
             .args(["--threads", &a.model.threads.to_string(), "--ctx", &a.model.ctx.to_string()])
+            .args(["--cache-type", a.model.cache_type.as_str()])
+            .args(a.model.cpu_mask.iter().flat_map(|m| ["--cpu-mask", m.as_str()]))
             .args(a.model.adapter.iter().flat_map(|s| ["--adapter", s.as_str()]))
             .args(a.model.steer.iter().flat_map(|s| ["--steer", s.as_str()]))
             .args(a.model.steer_layers.iter().flat_map(|s| ["--steer-layers", s.as_str()]))
@@ -143,6 +154,11 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         decode_tok_per_s: pick(|f| f.decode_tok_per_s),
         ttft_ms: pick(|f| f.ttft_ms),
         peak_rss_mb: pick(|f| f.peak_rss_mb),
+        token_latency: {
+            let mut by_speed: Vec<&Figures> = runs.iter().collect();
+            by_speed.sort_by(|a, b| a.decode_tok_per_s.total_cmp(&b.decode_tok_per_s));
+            by_speed[by_speed.len() / 2].token_latency.clone()
+        },
     };
     if a.json {
         println!("{}", serde_json::to_string(&m)?);
@@ -151,6 +167,9 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
             "median of {} runs, {} threads, prompt {} tokens, {} generated:\n  load      {:>8.0} ms\n  prefill   {:>8.1} tok/s\n  decode    {:>8.1} tok/s\n  ttft      {:>8.1} ms\n  peak RSS  {:>8.1} MB",
             runs.len(), m.threads, m.prompt_tokens, m.gen_tokens, m.load_ms, m.prefill_tok_per_s, m.decode_tok_per_s, m.ttft_ms, m.peak_rss_mb
         );
+        if let Some(l) = &m.token_latency {
+            println!("  per token p50 {:.2} ms · p90 {:.2} ms · p99 {:.2} ms · max {:.2} ms", l.p50_ms, l.p90_ms, l.p99_ms, l.max_ms);
+        }
     }
     Ok(())
 }

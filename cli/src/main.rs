@@ -3,6 +3,8 @@
 mod adapters;
 mod train_cmd;
 mod bench;
+mod bench_context;
+mod latency;
 mod federated_cmd;
 mod fetch;
 mod mcp;
@@ -78,6 +80,11 @@ enum Command {
         /// With --profile: leave the memories out (the adapter still runs).
         #[arg(long)]
         no_memory: bool,
+        /// With --profile: do not store this conversation's turns in the profile (by default
+        /// each statement you make is kept as a memory, so that it is recalled after it has
+        /// slid out of the context window; `tailor memory forget` removes any).
+        #[arg(long)]
+        no_record: bool,
         #[command(flatten)]
         gen: GenArgs,
         #[command(flatten)]
@@ -115,6 +122,9 @@ enum Command {
     },
     /// Measure load time, prefill and decode speed, time to first token and peak memory.
     Bench(bench::BenchArgs),
+    /// Long-conversation figures: KV cache types (likelihood, greedy agreement, bytes), decode
+    /// speed at long contexts, context shift vs re-prefill, a sustained run, a 20k-token chat.
+    BenchContext(bench_context::ContextBenchArgs),
     /// Serve the profile's memory and personal model to an assistant over MCP (stdio): tools
     /// remember, recall, forget, give_feedback, ask_personal_model; memories as resources.
     Mcp(mcp::McpArgs),
@@ -183,6 +193,15 @@ pub(crate) struct ModelArgs {
     /// Context window in tokens.
     #[arg(long, default_value_t = 4096)]
     ctx: usize,
+    /// KV cache storage, keys and values: `f16` (default), `q8_0`, `q4_0`, or `K,V` for
+    /// different ones (llama.cpp's `-ctk` / `-ctv`).
+    #[arg(long, value_name = "K[,V]", default_value = "f16")]
+    cache_type: String,
+    /// Cores the worker threads run on: a list `0-3,6` or a hex mask `0xF` (like llama.cpp's
+    /// `--cpu-mask`; default: the fastest cores of a CPU with big and little ones, else the
+    /// OS places them).
+    #[arg(long, value_name = "LIST|0xMASK")]
+    cpu_mask: Option<String>,
     /// A LoRA adapter directory (PEFT layout) to run with, optionally weighted: PATH[:WEIGHT].
     /// Repeatable; the adapters are summed.
     #[arg(long, value_name = "PATH[:WEIGHT]")]
@@ -330,6 +349,10 @@ impl ModelArgs {
         let mut cfg = EngineConfig::default();
         cfg.threads = self.threads;
         cfg.context_length = self.ctx;
+        (cfg.cache_type_k, cfg.cache_type_v) = tailor::KvCacheType::parse_pair(&self.cache_type).context("--cache-type")?;
+        if let Some(m) = &self.cpu_mask {
+            cfg.cpus = Some(tailor::affinity::parse_cpu_list(m).map_err(anyhow::Error::msg).context("--cpu-mask")?);
+        }
         Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
     }
 
@@ -477,7 +500,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Chat { system, profile, no_memory, gen, model } => chat(system, profile, no_memory, gen, model),
+        Command::Chat { system, profile, no_memory, no_record, gen, model } => chat(system, profile, no_memory, no_record, gen, model),
         Command::Memory { command } => memory_cmd::run(command),
         Command::Train(args) => train_cmd::train(args),
         Command::Feedback { command } => memory_cmd::run_feedback(command),
@@ -507,6 +530,7 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Bench(args) => bench::bench(args),
+        Command::BenchContext(args) => bench_context::run(args),
         Command::Mcp(args) => mcp::run(args),
         Command::Serve(args) => serve::run(args),
         Command::BenchOnce(args) => bench::bench_once(args),
@@ -522,7 +546,7 @@ fn memories_line(memories: &[tailor::RecalledMemory]) -> Option<String> {
     Some(format!("[memories: {}]", ids.join(", ")))
 }
 
-fn chat(system: Option<String>, profile: Option<PathBuf>, no_memory: bool, gen: GenArgs, mut model: ModelArgs) -> Result<()> {
+fn chat(system: Option<String>, profile: Option<PathBuf>, no_memory: bool, no_record: bool, gen: GenArgs, mut model: ModelArgs) -> Result<()> {
     let store = match &profile {
         Some(p) => {
             let store = memory_cmd::ProfileArgs { profile: Some(p.clone()) }.open()?;
@@ -534,7 +558,9 @@ fn chat(system: Option<String>, profile: Option<PathBuf>, no_memory: bool, gen: 
     let engine = model.load()?;
     let mut session = model.session(&engine)?;
     if let (Some(store), false) = (store, no_memory) {
-        session.set_memory(Some(std::sync::Arc::new(std::sync::Mutex::new(store))), tailor::MemoryPromptConfig::default());
+        let mut cfg = tailor::MemoryPromptConfig::default();
+        cfg.record_turns = !no_record;
+        session.set_memory(Some(std::sync::Arc::new(std::sync::Mutex::new(store))), cfg);
     }
     let start: Vec<ChatMessage> = system.into_iter().map(ChatMessage::system).collect();
     session.set_history(start.clone());
@@ -573,8 +599,9 @@ fn chat(system: Option<String>, profile: Option<PathBuf>, no_memory: bool, gen: 
                 if let Some(line) = memories_line(&g.memories) {
                     eprint!("\n{line}");
                 }
+                let slid = if g.dropped_messages > 0 { format!(" · {} old messages slid out", g.dropped_messages) } else { String::new() };
                 eprintln!(
-                    "\n[{} tokens · prompt {} ({} reused) · {:.0} tok/s]",
+                    "\n[{} tokens · prompt {} ({} reused) · {:.0} tok/s{slid}]",
                     g.token_ids.len(),
                     g.prompt_tokens,
                     g.reused_tokens,

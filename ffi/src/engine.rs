@@ -29,8 +29,10 @@ pub struct TailorEngine {
 ///
 /// - `model_path`: UTF-8 path of a llama-family GGUF file.
 /// - `options_json`: NULL, or a JSON object with any of `threads` (0: one per core, the
-///   default), `context_length` (default context of new sessions, 4096) and `prefill_chunk`
-///   (256).
+///   default), `context_length` (default context of new sessions, 4096), `prefill_chunk`
+///   (256), `cache_type_k` / `cache_type_v` (KV cache storage of new sessions: "f16", the
+///   default, "q8_0" or "q4_0") and `cpus` (an array of CPU numbers the workers are pinned to;
+///   default: the fastest cores of a big.LITTLE CPU, none on a symmetric one).
 /// - `out_engine`: receives the engine (NULL on failure); free it with `tailor_engine_free`.
 ///
 /// # Safety

@@ -191,7 +191,7 @@ pub unsafe extern "C" fn tailor_profile_session_new(
         let (out, p, options) = unsafe {
             (out_ptr(out_session, "out_session")?, handle(profile, "profile")?, json_arg::<SessionOptions>(options_json, "options_json")?)
         };
-        let mut session = p.model.session_with(options.config());
+        let mut session = p.model.session_with(options.config(p.model.engine())?);
         if options.no_adapters {
             session.set_hooks(tailor::Hooks::none());
         }

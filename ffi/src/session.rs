@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard, TryLockError};
 
 use serde::Deserialize;
 use tailor::{
-    CancelHandle, ChatMessage, FinishReason, Flow, GenerateParams, Generation, HookSource, MemoryPromptConfig, Prompt, Session, SessionConfig,
+    CancelHandle, ChatMessage, ContextPolicy, Engine, FinishReason, Flow, GenerateParams, Generation, HookSource, MemoryPromptConfig, KvCacheType, Prompt, Session, SessionConfig,
     SharedMemory,
 };
 
@@ -76,14 +76,34 @@ pub(crate) struct SessionOptions {
     /// Profile sessions: retrieve memories into chat prompts (default: the profile's
     /// `memory_prompt.enabled`, true unless set). An engine session has no memories to turn on.
     pub memory: Option<bool>,
+    /// KV cache storage of keys: "f16", "q8_0" or "q4_0" (default: the engine's).
+    pub cache_type_k: Option<KvCacheType>,
+    /// KV cache storage of values (default: the engine's).
+    pub cache_type_v: Option<KvCacheType>,
+    /// "slide" (default: never a wall) or "stop" (`context_full` at the end of the window).
+    pub context_policy: Option<ContextPolicy>,
 }
 
 impl SessionOptions {
-    pub(crate) fn config(&self) -> SessionConfig {
-        match self.context_length {
+    /// The session settings; a quantized cache type the model's head dimension cannot take is
+    /// an invalid argument.
+    pub(crate) fn config(&self, engine: &Engine) -> Result<SessionConfig, FfiError> {
+        let mut c = match self.context_length {
             Some(n) => SessionConfig::with_context(n),
             None => SessionConfig::default(),
+        };
+        c.cache_type_k = self.cache_type_k;
+        c.cache_type_v = self.cache_type_v;
+        if let Some(p) = self.context_policy {
+            c.context_policy = p;
         }
+        let hd = engine.model_config().head_dim;
+        for t in [self.cache_type_k, self.cache_type_v].into_iter().flatten() {
+            if t != KvCacheType::F16 && hd % 32 != 0 {
+                return Err(FfiError::invalid(format!("cache type {t} needs a head dimension that is a multiple of 32 (the model's is {hd})")));
+            }
+        }
+        Ok(c)
     }
 
     pub(crate) fn apply(&self, session: &mut Session, source: Arc<dyn HookSource>) {
@@ -100,8 +120,11 @@ impl SessionOptions {
 /// vectors activated there apply from the session's next generation).
 ///
 /// - `options_json`: NULL or `{"context_length": N, "system": "...", "no_adapters": false,
-///   "memory": false}` (`"memory": true` is `TAILOR_ERR_INVALID_ARGUMENT`: memories need a
-///   profile session, `tailor_profile_session_new`).
+///   "memory": false, "cache_type_k": "q8_0", "cache_type_v": "q8_0", "context_policy":
+///   "slide"}` (`"memory": true` is `TAILOR_ERR_INVALID_ARGUMENT`: memories need a profile
+///   session, `tailor_profile_session_new`; cache types `f16` (default), `q8_0`, `q4_0`;
+///   `"slide"`, the default, keeps a conversation going past the window by dropping its
+///   oldest turns, `"stop"` ends a generation with `context_full`).
 /// - `out_session`: receives the session; free it with `tailor_session_free`.
 ///
 /// # Safety
@@ -120,7 +143,7 @@ pub unsafe extern "C" fn tailor_session_new(
         if options.memory == Some(true) {
             return Err(FfiError::invalid("`memory`: an engine session has no memories (open a profile and use tailor_profile_session_new)"));
         }
-        let mut session = e.engine.session_with(options.config());
+        let mut session = e.engine.session_with(options.config(&e.engine)?);
         options.apply(&mut session, e.registry.clone());
         *out = Box::into_raw(Box::new(TailorSession::new(session)));
         Ok(())

@@ -83,9 +83,17 @@ fn adapter_arc(adapter: Option<&Bound<'_, PyAdapter>>) -> Option<Arc<LoraAdapter
 #[pymethods]
 impl PyEngine {
     /// Loads a llama-family GGUF model (default: the cached SmolLM2, see `default_model_path`).
+    /// `cache_type` is the KV cache storage of its sessions: `"f16"` (default), `"q8_0"`,
+    /// `"q4_0"`, or `"k,v"` for different key and value types.
     #[new]
-    #[pyo3(signature = (model_path = None, *, threads = None, context_length = None))]
-    fn new(py: Python<'_>, model_path: Option<PathBuf>, threads: Option<usize>, context_length: Option<usize>) -> PyResult<Self> {
+    #[pyo3(signature = (model_path = None, *, threads = None, context_length = None, cache_type = None))]
+    fn new(
+        py: Python<'_>,
+        model_path: Option<PathBuf>,
+        threads: Option<usize>,
+        context_length: Option<usize>,
+        cache_type: Option<String>,
+    ) -> PyResult<Self> {
         let path = match model_path {
             Some(p) => p,
             None => {
@@ -106,6 +114,9 @@ impl PyEngine {
         }
         if let Some(c) = context_length {
             cfg.context_length = c;
+        }
+        if let Some(t) = cache_type {
+            (cfg.cache_type_k, cfg.cache_type_v) = tailor::KvCacheType::parse_pair(&t).map_err(Error::from)?;
         }
         let p = path.clone();
         let engine = detach(py, move || Engine::load(&p, cfg).map_err(|e| Error::from(e).context(&p)))?;
@@ -195,18 +206,25 @@ impl PyEngine {
     }
 
     /// A conversation (its own KV cache) with an optional system prompt and adapter.
-    #[pyo3(signature = (*, system = None, adapter = None, context_length = None))]
+    /// `cache_type` overrides the engine's KV cache storage (`"q8_0"`, `"k,v"`, ...); a
+    /// conversation longer than `context_length` keeps going, its oldest turns dropped.
+    #[pyo3(signature = (*, system = None, adapter = None, context_length = None, cache_type = None))]
     fn session(
         &self,
         py: Python<'_>,
         system: Option<String>,
         adapter: Option<Bound<'_, PyAdapter>>,
         context_length: Option<usize>,
+        cache_type: Option<String>,
     ) -> PyResult<PySession> {
         let adapter = adapter_arc(adapter.as_ref());
         detach(py, move || {
-            let config = context_length.map(SessionConfig::with_context).unwrap_or_default();
-            let mut session = self.engine.session_with(config);
+            let mut config = context_length.map(SessionConfig::with_context).unwrap_or_default();
+            if let Some(t) = cache_type {
+                let (k, v) = tailor::KvCacheType::parse_pair(&t)?;
+                config = config.with_cache_types(k, v);
+            }
+            let mut session = self.engine.try_session_with(config)?;
             session.set_hooks(self.hooks_for(adapter)?);
             let s = PySession { inner: Mutex::new(session), system };
             s.reset_inner()?;

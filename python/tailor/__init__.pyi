@@ -36,8 +36,14 @@ class Engine:
     """A loaded llama-family GGUF model, shared by sessions, threads and training runs."""
 
     def __init__(
-        self, model_path: Optional[_Path] = None, *, threads: Optional[int] = None, context_length: Optional[int] = None
-    ) -> None: ...
+        self,
+        model_path: Optional[_Path] = None,
+        *,
+        threads: Optional[int] = None,
+        context_length: Optional[int] = None,
+        cache_type: Optional[str] = None,
+    ) -> None:
+        """`cache_type`: KV cache storage of the sessions, "f16" (default), "q8_0", "q4_0" or "k,v"."""
     @property
     def fingerprint(self) -> str:
         """The base fingerprint adapters record."""
@@ -67,8 +73,14 @@ class Engine:
         """Answers `prompt` (a user message in the chat template; `raw`: the text as is). `json_schema`,
         `regex` or `grammar` (Lark) constrain the answer so that it always parses. Releases the GIL."""
     def session(
-        self, *, system: Optional[str] = None, adapter: Optional[Adapter] = None, context_length: Optional[int] = None
-    ) -> Session: ...
+        self,
+        *,
+        system: Optional[str] = None,
+        adapter: Optional[Adapter] = None,
+        context_length: Optional[int] = None,
+        cache_type: Optional[str] = None,
+    ) -> Session:
+        """A conversation; past `context_length` it keeps going, its oldest turns dropped."""
 
 class Session:
     """A conversation with its own KV cache; one call at a time (BusyError otherwise)."""

@@ -427,6 +427,16 @@ impl Session {
         }
     }
 
+    /// Drops cached positions `keep..keep + discard` and moves the later ones down, re-rotating
+    /// their keys (what a sliding generation does when the window is full; exposed for hosts
+    /// that manage the window themselves and for benchmarks). Out-of-range values are clamped.
+    pub fn shift_context(&mut self, keep: usize, discard: usize) {
+        let keep = keep.min(self.cached.len());
+        let discard = discard.min(self.cached.len() - keep);
+        self.engine.inner.model.shift_cache(&mut self.cache, keep, discard);
+        self.cached.drain(keep..keep + discard);
+    }
+
     /// Forgets the cached tokens (the conversation history is kept).
     pub fn clear_cache(&mut self) {
         self.cache.truncate(0);
@@ -510,6 +520,15 @@ impl Session {
         self.clear_cache();
         self.run(tokens, Logits::All)?;
         Ok(self.scratch.logits.clone())
+    }
+
+    /// Runs `tokens` after what the cache holds and returns the logits of every one of them
+    /// (`[tokens.len(), vocab]`; for evaluating long texts chunk by chunk).
+    pub fn feed_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.refresh_hooks();
+        self.use_reader(false);
+        self.run(tokens, Logits::All)?;
+        Ok(std::mem::take(&mut self.scratch.logits))
     }
 
     /// Runs `tokens` after what the cache holds and returns the last position's logits.
