@@ -3,8 +3,9 @@
 //! Sections (`--sections`, a comma list):
 //! - `kv`: for each KV cache type, bytes per token, the mean negative log-likelihood (and
 //!   perplexity) of a fixed text (`--text`, default GPL-3 as Debian ships it: plain English,
-//!   the same bytes on every machine) run through one cache of 2,048 tokens, and greedy
-//!   agreement with f16 over 128 generated tokens;
+//!   the same bytes on every machine) run through one cache of 2,048 tokens, how often its
+//!   most likely next token there equals the first type's, and greedy agreement with the first
+//!   type over 128 generated tokens (one early near-tie makes the rest differ);
 //! - `speed`: decode tok/s (64 tokens) with the context already holding ~512 / 2k / 8k tokens,
 //!   for each cache type, and decode at the longest context over decode at the shortest;
 //! - `shift`: a context shift of half a full 8k cache (keys re-rotated in place) against
@@ -71,22 +72,25 @@ fn session(engine: &Engine, ctx: usize, ty: KvCacheType) -> Result<tailor::Sessi
     Ok(engine.try_session_with(SessionConfig::with_context(ctx).with_cache_types(ty, ty))?)
 }
 
-/// Mean NLL (nats per token) of `tokens` run through one session, 256 tokens at a time.
-fn nll(engine: &Engine, tokens: &[u32], ty: KvCacheType) -> Result<f64> {
+/// Mean NLL (nats per token) of `tokens` run through one session, 256 tokens at a time, and
+/// the most likely next token at each position.
+fn nll(engine: &Engine, tokens: &[u32], ty: KvCacheType) -> Result<(f64, Vec<u32>)> {
     let vocab = engine.model_config().vocab_size;
     let mut s = session(engine, tokens.len() + 1, ty)?;
     let (mut sum, mut n) = (0f64, 0usize);
+    let mut top = Vec::with_capacity(tokens.len());
     for (c, chunk) in tokens.chunks(256).enumerate() {
         let logits = s.feed_all(chunk)?;
         for (i, row) in logits.chunks_exact(vocab).enumerate() {
             let Some(&next) = tokens.get(c * 256 + i + 1) else { break };
             let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+            top.push(row.iter().position(|&x| x == max).unwrap_or(0) as u32);
             let lse = max as f64 + row.iter().map(|&x| ((x - max) as f64).exp()).sum::<f64>().ln();
             sum += lse - row[next as usize] as f64;
             n += 1;
         }
     }
-    Ok(sum / n as f64)
+    Ok((sum / n as f64, top))
 }
 
 fn kv(engine: &Engine, a: &ContextBenchArgs, types: &[KvCacheType]) -> Result<Value> {
@@ -94,8 +98,11 @@ fn kv(engine: &Engine, a: &ContextBenchArgs, types: &[KvCacheType]) -> Result<Va
     let prompt = tokens[..1024].to_vec();
     let mut rows = Vec::new();
     let mut reference: Option<(f64, Vec<u32>)> = None;
+    let mut reference_top: Option<Vec<u32>> = None;
     for &ty in types {
-        let nll = nll(engine, &tokens, ty)?;
+        let (nll, top) = nll(engine, &tokens, ty)?;
+        let ref_top = reference_top.get_or_insert_with(|| top.clone());
+        let top1 = top.iter().zip(ref_top.iter()).filter(|(a, b)| a == b).count() as f64 / top.len() as f64;
         let g = session(engine, 2048, ty)?.generate(&Prompt::Tokens(prompt.clone()), &greedy(128), &mut |_| Flow::Continue)?;
         let (f16_nll, f16_tokens) = reference.get_or_insert_with(|| (nll, g.token_ids.clone())).clone();
         let same = g.token_ids.iter().zip(&f16_tokens).filter(|(a, b)| a == b).count();
@@ -104,11 +111,11 @@ fn kv(engine: &Engine, a: &ContextBenchArgs, types: &[KvCacheType]) -> Result<Va
         rows.push(json!({
             "type": ty.name(), "kv_bytes_per_token": bytes, "nll": nll, "perplexity": nll.exp(),
             "nll_vs_first": nll - f16_nll, "greedy_agreement": same as f64 / f16_tokens.len() as f64,
-            "greedy_first_divergence": first_diff,
+            "greedy_first_divergence": first_diff, "top1_agreement": top1,
         }));
         if !a.json {
             eprintln!(
-                "kv {:>5}: {:>6} B/token · NLL {:.4} (ppl {:.2}, {:+.4} vs {}) · greedy agreement {:.3} (first divergence at {first_diff})",
+                "kv {:>5}: {:>6} B/token · NLL {:.4} (ppl {:.2}, {:+.4} vs {}) · next-token argmax agreement {top1:.4} · greedy agreement {:.3} (first divergence at {first_diff})",
                 ty.name(), bytes, nll, nll.exp(), nll - f16_nll, types[0].name(), same as f64 / f16_tokens.len() as f64
             );
         }

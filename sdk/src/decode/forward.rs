@@ -302,9 +302,7 @@ impl Transformer {
                 match ks {
                     Rows::F16(ks) => {
                         round_f16(qi, qh, h16);
-                        for (j, sj) in scores.iter_mut().enumerate() {
-                            *sj = (k.dot_f32_f16)(qh, &ks[j * hd..(j + 1) * hd]) * scale;
-                        }
+                        kv::scores_f16(k, qh, ks, scale, scores);
                     }
                     Rows::Q8_0(kb) => {
                         qb.resize(nb, BlockQ8_0::default());
@@ -336,9 +334,7 @@ impl Transformer {
                 match vs {
                     Rows::F16(vs) => {
                         round_f16_in_place(scores, h16);
-                        for (j, &w) in scores.iter().enumerate() {
-                            (k.axpy_f16)(w, &vs[j * hd..(j + 1) * hd], o);
-                        }
+                        kv::weighted_sum_f16(k, scores, vs, o);
                     }
                     Rows::Q8_0(vb) => {
                         for (j, &w) in scores.iter().enumerate() {
