@@ -150,7 +150,8 @@ pub fn axpy_q4_0(alpha: f32, x: &[BlockQ4_0], y: &mut [f32]) {
 }
 
 /// Attention scores against f16 keys: `out[j] = scale · Σᵢ q[i]·f32(keys[j·hd + i])` for the
-/// `out.len()` keys (f32 sums; the f16 rows read in place). One call for all keys: with AVX2
+/// `out.len()` keys (f32 sums; the f16 rows read in place), bit for bit what
+/// [`super::Kernels::dot_f32_f16`] gives each key on x86-64. One call for all keys: with AVX2
 /// the query stays in registers while the keys stream by.
 pub fn scores_f16(kern: &super::Kernels, q: &[f32], keys: &[u16], scale: f32, out: &mut [f32]) {
     let hd = q.len();
@@ -204,15 +205,14 @@ unsafe fn scores_f16_avx2<const C: usize>(q: &[f32], keys: &[u16], scale: f32, o
         }
         let mut kp = keys.as_ptr();
         for o in out.iter_mut() {
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut c = 0;
-            while c + 2 <= C {
-                a0 = _mm256_fmadd_ps(qv[c], _mm256_cvtph_ps(_mm_loadu_si128(kp.add(8 * c).cast())), a0);
-                a1 = _mm256_fmadd_ps(qv[c + 1], _mm256_cvtph_ps(_mm_loadu_si128(kp.add(8 * c + 8).cast())), a1);
-                c += 2;
+            // Chunk c into accumulator c % 4, summed as (0 + 1) + (2 + 3): the order of the
+            // row kernel (`dot_f32_f16`), so scores are bit-identical to it.
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for c in 0..C {
+                acc[c % 4] = _mm256_fmadd_ps(qv[c], _mm256_cvtph_ps(_mm_loadu_si128(kp.add(8 * c).cast())), acc[c % 4]);
             }
-            let a = _mm256_add_ps(a0, a1);
-            let h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps::<1>(a));
+            let a = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+            let h = _mm_add_ps(_mm256_extractf128_ps::<1>(a), _mm256_castps256_ps128(a));
             let h = _mm_add_ps(h, _mm_movehl_ps(h, h));
             let h = _mm_add_ss(h, _mm_movehdup_ps(h));
             *o = _mm_cvtss_f32(h) * scale;
@@ -293,6 +293,10 @@ mod tests {
             for (j, f) in fast.iter().enumerate() {
                 let r = crate::kernels::scalar::vec_dot_f32_f16(&q, &rows[j * hd..(j + 1) * hd]) * 0.125;
                 assert!((f - r).abs() <= 1e-5 * (1.0 + r.abs()), "hd {hd} key {j}: {f} vs {r}");
+                let row = (crate::kernels::Kernels::detect().dot_f32_f16)(&q, &rows[j * hd..(j + 1) * hd]) * 0.125;
+                if hd % 32 == 0 {
+                    assert_eq!(*f, row, "hd {hd} key {j}: bit-identical to the row kernel");
+                }
             }
             let w = random(n);
             let start = random(hd);
