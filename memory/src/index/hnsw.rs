@@ -17,7 +17,7 @@ use std::collections::BinaryHeap;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Mutex, MutexGuard};
 
-use super::simd::{kernel, DotFn};
+use super::simd::{kernel, prefetch, DotFn};
 
 /// A node's links, one list per level it is on (`0..=level`).
 pub(super) type Links = Vec<Vec<u32>>;
@@ -333,12 +333,12 @@ impl Hnsw {
                 }
                 buf.clear();
                 if let Some(l) = lock(&self.links[c.id as usize]).get(lev) {
-                    buf.extend_from_slice(l);
+                    buf.extend(l.iter().copied().filter(|&nb| visited.insert(nb)));
                 }
                 for &nb in &buf {
-                    if !visited.insert(nb) {
-                        continue;
-                    }
+                    prefetch(rows.row(nb));
+                }
+                for &nb in &buf {
                     let s = dot(q, rows.row(nb));
                     if best.len() < ef || best.peek().is_some_and(|w| s > w.0.sim) {
                         let cand = Cand { sim: s, id: nb };

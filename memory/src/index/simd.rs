@@ -136,6 +136,28 @@ fn detect() -> (DotFn, &'static str) {
     (dot_portable, "portable")
 }
 
+/// Asks the CPU to start loading the first cache lines of `v` (a row about to be compared);
+/// a no-op where stable Rust has no prefetch instruction (AArch64).
+#[inline]
+pub fn prefetch(v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = v.as_ptr() as *const i8;
+        // Four 64-byte lines: the hardware prefetcher follows the rest of the row.
+        for line in 0..v.len().min(64).div_ceil(16) {
+            // SAFETY: a prefetch is a hint that never faults; the address is inside `v`
+            // (`line * 16 < v.len()` floats from its start). SSE is baseline on x86-64.
+            #[allow(unused_unsafe)]
+            unsafe {
+                _mm_prefetch::<_MM_HINT_T0>(p.add(line * 64));
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = v;
+}
+
 /// `a · b` with the fastest kernel this CPU runs (slices of equal length; a longer slice's
 /// extra values are ignored).
 #[inline]
