@@ -1,7 +1,7 @@
 //! Memory benchmark (a plain program, not a test): index and store figures at scale.
 //!
 //! ```text
-//! cargo bench -p tailor-memory --bench memory_bench -- [N] [EMBED_SAMPLE] [SECTIONS]
+//! cargo bench -p tailor-memory --bench memory_bench -- [N] [EMBED_SAMPLE] [SECTIONS] [QUERIES]
 //! ```
 //!
 //! N (default 100,000) vectors of dimension 384, twice: random unit vectors (the worst case
@@ -257,7 +257,7 @@ fn main() -> anyhow::Result<()> {
     let embed_sample: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000);
     let sections = args.get(2).cloned().unwrap_or_else(|| "random,clustered,peer,store,embed".into());
     let on = |name: &str| sections.split(',').any(|s| s == name);
-    let n_queries = 1_000;
+    let n_queries: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1_000);
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("memory_bench: N = {n}, dim {DIM}, {n_queries} queries, {threads} threads");
 

@@ -218,7 +218,12 @@ impl Hnsw {
         let mut eps = vec![cur];
         let mut nbrs = Vec::new();
         for lev in (0..=level.min(top)).rev() {
-            let found = self.search_layer(rows, q, &eps, self.ef_construction, lev, None, dot);
+            let mut found = self.search_layer(rows, q, &eps, self.ef_construction, lev, None, dot);
+            // Another thread may have linked a neighbour back to `i` already: not itself.
+            found.retain(|c| c.id != i);
+            if found.is_empty() {
+                continue;
+            }
             select(rows, &found, self.m, dot, &mut nbrs);
             let cap = if lev == 0 { 2 * self.m } else { self.m };
             self.set_own(rows, i, lev, &nbrs, cap, dot);
@@ -242,7 +247,7 @@ impl Hnsw {
     fn set_own(&self, rows: Rows<'_>, i: u32, lev: usize, nbrs: &[Cand], cap: usize, dot: DotFn) {
         let mut l = lock(&self.links[i as usize]);
         let Some(list) = l.get_mut(lev) else { return };
-        let others: Vec<u32> = list.iter().copied().filter(|x| !nbrs.iter().any(|c| c.id == *x)).collect();
+        let others: Vec<u32> = list.iter().copied().filter(|x| *x != i && !nbrs.iter().any(|c| c.id == *x)).collect();
         if nbrs.len() + others.len() <= cap {
             *list = nbrs.iter().map(|c| c.id).chain(others).collect();
             return;
@@ -257,22 +262,38 @@ impl Hnsw {
 
     /// Adds `new` to `node`'s list at `lev`, pruning it with the heuristic when full.
     fn link(&self, rows: Rows<'_>, node: u32, new: Cand, lev: usize, cap: usize, dot: DotFn) {
-        let mut l = lock(&self.links[node as usize]);
-        let Some(list) = l.get_mut(lev) else { return };
-        if list.contains(&new.id) {
+        if node == new.id {
             return;
         }
-        if list.len() < cap {
-            list.push(new.id);
-            return;
+        // The pruning (O(cap²) dot products) runs without the lock, on a copy of the list: a
+        // thread descheduled while holding a lock would stall every search passing the node.
+        // If the list changed meanwhile, once more; then under the lock.
+        for attempt in 0..3 {
+            let snapshot: Vec<u32> = {
+                let mut l = lock(&self.links[node as usize]);
+                let Some(list) = l.get_mut(lev) else { return };
+                if list.contains(&new.id) {
+                    return;
+                }
+                if list.len() < cap {
+                    list.push(new.id);
+                    return;
+                }
+                if attempt == 2 {
+                    let kept = prune(rows, node, list, new, cap, dot);
+                    *list = kept;
+                    return;
+                }
+                list.clone()
+            };
+            let kept = prune(rows, node, &snapshot, new, cap, dot);
+            let mut l = lock(&self.links[node as usize]);
+            let Some(list) = l.get_mut(lev) else { return };
+            if *list == snapshot {
+                *list = kept;
+                return;
+            }
         }
-        let v = rows.row(node);
-        let mut cands: Vec<Cand> = list.iter().map(|&x| Cand { sim: dot(v, rows.row(x)), id: x }).collect();
-        cands.push(new);
-        cands.sort_unstable_by(|a, b| b.cmp(a));
-        let mut kept = Vec::with_capacity(cap);
-        select(rows, &cands, cap, dot, &mut kept);
-        *list = kept.iter().map(|c| c.id).collect();
     }
 
     /// Greedy walk to a local best on one level.
@@ -391,14 +412,24 @@ impl Hnsw {
     }
 }
 
+/// `node`'s links `list` plus `new`, cut to `cap` with the heuristic.
+fn prune(rows: Rows<'_>, node: u32, list: &[u32], new: Cand, cap: usize, dot: DotFn) -> Vec<u32> {
+    let v = rows.row(node);
+    let mut cands: Vec<Cand> = list.iter().map(|&x| Cand { sim: dot(v, rows.row(x)), id: x }).collect();
+    cands.push(new);
+    cands.sort_unstable_by(|a, b| b.cmp(a));
+    let mut kept = Vec::with_capacity(cap);
+    select(rows, &cands, cap, dot, &mut kept);
+    kept.iter().map(|c| c.id).collect()
+}
+
 /// The neighbour heuristic: walk `cands` (best first) and keep one unless a kept node is
-/// closer to it than the query is; at most `m`. The list is then filled up to `m` with the
-/// best of the candidates left out (hnswlib's `keepPrunedConnections`): without that, a node
-/// in a tight group can end with one link out and, once its neighbour's list is pruned, none
-/// in, and no search finds it again (seen on random 32-d vectors: 1 node in 3,000).
+/// closer to it than the query is; at most `m` (hnswlib's `getNeighborsByHeuristic2`). Lists
+/// are not filled up with the candidates left out: full lists make every later link a prune
+/// (O(m²) dot products), which tripled the build time, and reachability does not need it
+/// (the test `every_node_is_found_by_its_own_vector`).
 fn select(rows: Rows<'_>, cands: &[Cand], m: usize, dot: DotFn, out: &mut Vec<Cand>) {
     out.clear();
-    let mut left_out = Vec::new();
     for &c in cands {
         if out.len() >= m {
             break;
@@ -406,12 +437,8 @@ fn select(rows: Rows<'_>, cands: &[Cand], m: usize, dot: DotFn, out: &mut Vec<Ca
         let v = rows.row(c.id);
         if out.iter().all(|r| dot(v, rows.row(r.id)) < c.sim) {
             out.push(c);
-        } else {
-            left_out.push(c);
         }
     }
-    let room = m.saturating_sub(out.len());
-    out.extend(left_out.into_iter().take(room));
 }
 
 #[cfg(test)]
