@@ -44,8 +44,7 @@ impl Default for MemoryConfig {
     }
 }
 
-/// The HNSW index and when it is used. (On iOS the index is a flat exact scan: only
-/// `compact_fraction` applies there, and nothing is saved.)
+/// The HNSW index and when it is used (the same on every target).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
@@ -69,7 +68,7 @@ impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
             exact_below: 2_000,
-            max_connections: 24,
+            max_connections: 16,
             ef_construction: 200,
             ef_search: 96,
             compact_fraction: 0.2,
