@@ -249,8 +249,10 @@ void tailor_string_free(char *s);
 //
 // - `model_path`: UTF-8 path of a llama-family GGUF file.
 // - `options_json`: NULL, or a JSON object with any of `threads` (0: one per core, the
-//   default), `context_length` (default context of new sessions, 4096) and `prefill_chunk`
-//   (256).
+//   default), `context_length` (default context of new sessions, 4096), `prefill_chunk`
+//   (256), `cache_type_k` / `cache_type_v` (KV cache storage of new sessions: "f16", the
+//   default, "q8_0" or "q4_0") and `cpus` (an array of CPU numbers the workers are pinned to;
+//   default: the fastest cores of a big.LITTLE CPU, none on a symmetric one).
 // - `out_engine`: receives the engine (NULL on failure); free it with `tailor_engine_free`.
 //
 // # Safety
@@ -511,8 +513,11 @@ TailorStatus tailor_memory_count(const struct TailorProfile *profile, size_t *ou
 // vectors activated there apply from the session's next generation).
 //
 // - `options_json`: NULL or `{"context_length": N, "system": "...", "no_adapters": false,
-//   "memory": false}` (`"memory": true` is `TAILOR_ERR_INVALID_ARGUMENT`: memories need a
-//   profile session, `tailor_profile_session_new`).
+//   "memory": false, "cache_type_k": "q8_0", "cache_type_v": "q8_0", "context_policy":
+//   "slide"}` (`"memory": true` is `TAILOR_ERR_INVALID_ARGUMENT`: memories need a profile
+//   session, `tailor_profile_session_new`; cache types `f16` (default), `q8_0`, `q4_0`;
+//   `"slide"`, the default, keeps a conversation going past the window by dropping its
+//   oldest turns, `"stop"` ends a generation with `context_full`).
 // - `out_session`: receives the session; free it with `tailor_session_free`.
 //
 // # Safety
