@@ -194,6 +194,9 @@ pub(crate) struct ModelArgs {
     /// Layers the steering vector is applied to, FIRST-LAST (default: every layer it has).
     #[arg(long, value_name = "FIRST-LAST")]
     steer_layers: Option<String>,
+    /// Keep the weights in the file's row-major layout (no interleaved copy at load).
+    #[arg(long)]
+    no_repack: bool,
 }
 
 /// Loads a steering vector from our format or a control-vector GGUF, checked against `engine`.
@@ -330,6 +333,7 @@ impl ModelArgs {
         let mut cfg = EngineConfig::default();
         cfg.threads = self.threads;
         cfg.context_length = self.ctx;
+        cfg.repack = !self.no_repack;
         Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
     }
 

@@ -56,6 +56,9 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blocks;
+pub mod interleaved;
+#[cfg(target_arch = "x86_64")]
+mod interleaved_x86;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod scalar;
