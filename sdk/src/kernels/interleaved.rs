@@ -35,7 +35,7 @@
 //! bit-identical to [`gemm_q4_1_scalar`] / [`gemm_q8_0_scalar`], the references; those are
 //! in turn tested against a dense f32 product with the dequantized weights.
 
-use super::blocks::{BlockQ4_1, BlockQ8_0, QK};
+use super::blocks::{BlockQ4_1, BlockQ8_0};
 
 /// Rows per interleaved group.
 pub const ROWS: usize = 16;
@@ -255,18 +255,16 @@ pub(super) fn check_args(qs: &[Line], sc: &[u16], x: &ActQ8<'_>, out: &[f32], li
     x.check();
     let (bpr, n) = (x.bpr, x.tokens());
     assert!(qs.len() == bpr * lines && sc.len() == bpr * scales && out.len() == n * ROWS, "interleaved gemm: lengths");
-    let _ = QK;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::kernels::scalar;
+    use crate::kernels::{scalar, QK};
     use rand::{Rng, SeedableRng};
 
     struct Case {
         rows: usize,
-        bpr: usize,
         n: usize,
         w: Vec<f32>,
         x: Vec<f32>,
@@ -275,7 +273,7 @@ mod tests {
     fn case(rng: &mut impl Rng, rows: usize, bpr: usize, n: usize) -> Case {
         let w = (0..rows * bpr * QK).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         let x = (0..n * bpr * QK).map(|_| rng.random_range(-2.0f32..2.0)).collect();
-        Case { rows, bpr, n, w, x }
+        Case { rows, n, w, x }
     }
 
     struct Act {
