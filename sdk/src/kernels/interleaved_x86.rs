@@ -98,6 +98,20 @@ macro_rules! by_fours {
 
 // ---------------------------------------------------------------- AVX512-VNNI (zmm)
 
+/// Bytes ahead of the current tile that the zmm kernels prefetch (the tiles of a group, and of
+/// the next group, are contiguous).
+const PREFETCH: usize = 1024;
+
+/// Prefetches `lines` cache lines `PREFETCH` bytes past `p` (no fault past the end: a
+/// prefetch never faults, and the address is formed with wrapping arithmetic).
+#[inline(always)]
+unsafe fn prefetch(p: *const u8, lines: usize) {
+    for l in 0..lines {
+        // SAFETY: a prefetch hint reads nothing architecturally and never faults.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH + 64 * l) as *const i8) };
+    }
+}
+
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
 unsafe fn q4_1_zmm<const NT: usize>(qs: &[Line], sc: &[u16], x: Ptrs, out: *mut f32) {
     let m4 = _mm512_set1_epi8(0x0F);
@@ -107,6 +121,7 @@ unsafe fn q4_1_zmm<const NT: usize>(qs: &[Line], sc: &[u16], x: Ptrs, out: *mut 
         // caller); the activation reads are in range by `Ptrs`' contract.
         unsafe {
             let p = qs.as_ptr().add(b * LINES_Q4_1) as *const __m512i;
+            prefetch(p as *const u8, LINES_Q4_1);
             let (v0, v1, v2, v3) = (_mm512_load_si512(p), _mm512_load_si512(p.add(1)), _mm512_load_si512(p.add(2)), _mm512_load_si512(p.add(3)));
             let lo = [_mm512_and_si512(v0, m4), _mm512_and_si512(v1, m4), _mm512_and_si512(v2, m4), _mm512_and_si512(v3, m4)];
             let hi = [
@@ -149,6 +164,7 @@ unsafe fn q8_0_zmm<const NT: usize>(qs: &[Line], sc: &[u16], x: Ptrs, out: *mut 
         // SAFETY: as in `q4_1_zmm`, with bpr·8 lines and bpr·16 words.
         unsafe {
             let p = qs.as_ptr().add(b * LINES_Q8_0) as *const __m512i;
+            prefetch(p as *const u8, LINES_Q8_0);
             let w: [__m512i; 8] = std::array::from_fn(|k| _mm512_load_si512(p.add(k)));
             let dw = _mm512_cvtph_ps(_mm256_loadu_si256(sc.as_ptr().add(b * SCALES_Q8_0) as *const __m256i));
             for (t, a) in acc.iter_mut().enumerate() {
