@@ -142,10 +142,15 @@ impl Transformer {
                 let v = sized(&mut scratch.v, n * kvd);
                 let p = Prepared::new(xn, n, d, &[&lw.wq, &lw.wk, &lw.wv]);
                 let (tq, tk, tv) = (terms(hooks, l, Proj::Q), terms(hooks, l, Proj::K), terms(hooks, l, Proj::V));
-                matmul(par, &p, &mut scratch.u, &mut [
-                    MatJob { w: &lw.wq, out: q, delta: Delta { terms: tq } },
-                    MatJob { w: &lw.wk, out: kk, delta: Delta { terms: tk } },
-                    MatJob { w: &lw.wv, out: v, delta: Delta { terms: tv } },
+                scratch.u.clear();
+                let rq = low_rank_inputs(tq, xn, n, k, &mut scratch.u);
+                let rk = low_rank_inputs(tk, xn, n, k, &mut scratch.u);
+                let rv = low_rank_inputs(tv, xn, n, k, &mut scratch.u);
+                let u = &scratch.u;
+                matmul(par, &p, &mut [
+                    MatJob { w: &lw.wq, out: q, delta: Delta { terms: tq, u: &u[rq] } },
+                    MatJob { w: &lw.wk, out: kk, delta: Delta { terms: tk, u: &u[rk] } },
+                    MatJob { w: &lw.wv, out: v, delta: Delta { terms: tv, u: &u[rv] } },
                 ]);
                 add_bias(q, lw.bq.as_deref());
                 add_bias(kk, lw.bk.as_deref());
@@ -165,7 +170,9 @@ impl Transformer {
                 let o = sized(&mut scratch.o, n * d);
                 let p = Prepared::new(att, n, qd, &[&lw.wo]);
                 let to = terms(hooks, l, Proj::O);
-                matmul(par, &p, &mut scratch.u, &mut [MatJob { w: &lw.wo, out: o, delta: Delta { terms: to } }]);
+                scratch.u.clear();
+                let ro = low_rank_inputs(to, att, n, k, &mut scratch.u);
+                matmul(par, &p, &mut [MatJob { w: &lw.wo, out: o, delta: Delta { terms: to, u: &scratch.u[ro] } }]);
             }
             for (xi, oi) in scratch.x[..n * d].iter_mut().zip(&scratch.o[..n * d]) {
                 *xi += oi;
@@ -179,9 +186,13 @@ impl Transformer {
                 let u = sized(&mut scratch.up, n * ff);
                 let p = Prepared::new(xn, n, d, &[&lw.w_gate, &lw.w_up]);
                 let (tg, tu) = (terms(hooks, l, Proj::Gate), terms(hooks, l, Proj::Up));
-                matmul(par, &p, &mut scratch.u, &mut [
-                    MatJob { w: &lw.w_gate, out: g, delta: Delta { terms: tg } },
-                    MatJob { w: &lw.w_up, out: u, delta: Delta { terms: tu } },
+                scratch.u.clear();
+                let rg = low_rank_inputs(tg, xn, n, k, &mut scratch.u);
+                let ru = low_rank_inputs(tu, xn, n, k, &mut scratch.u);
+                let uu = &scratch.u;
+                matmul(par, &p, &mut [
+                    MatJob { w: &lw.w_gate, out: g, delta: Delta { terms: tg, u: &uu[rg] } },
+                    MatJob { w: &lw.w_up, out: u, delta: Delta { terms: tu, u: &uu[ru] } },
                 ]);
                 for (gi, ui) in g.iter_mut().zip(u.iter()) {
                     *gi = silu(*gi) * ui;
@@ -192,7 +203,9 @@ impl Transformer {
                 let o = sized(&mut scratch.o, n * d);
                 let p = Prepared::new(h, n, ff, &[&lw.w_down]);
                 let td = terms(hooks, l, Proj::Down);
-                matmul(par, &p, &mut scratch.u, &mut [MatJob { w: &lw.w_down, out: o, delta: Delta { terms: td } }]);
+                scratch.u.clear();
+                let rd = low_rank_inputs(td, h, n, k, &mut scratch.u);
+                matmul(par, &p, &mut [MatJob { w: &lw.w_down, out: o, delta: Delta { terms: td, u: &scratch.u[rd] } }]);
             }
             for (xi, oi) in scratch.x[..n * d].iter_mut().zip(&scratch.o[..n * d]) {
                 *xi += oi;
@@ -214,7 +227,7 @@ impl Transformer {
         rms_norm(xs, &self.w.output_norm, cfg.rms_eps, sized(&mut scratch.xn, rows * d), d);
         let logits = sized(&mut scratch.logits, rows * cfg.vocab_size);
         let p = Prepared::new(&scratch.xn[..rows * d], rows, d, &[&self.w.output]);
-        matmul(par, &p, &mut scratch.u, &mut [MatJob::new(&self.w.output, logits)]);
+        matmul(par, &p, &mut [MatJob::new(&self.w.output, logits)]);
         scratch.logits.truncate(rows * cfg.vocab_size);
         Ok(())
     }
@@ -331,6 +344,21 @@ fn terms<'h>(hooks: &'h Hooks, layer: usize, proj: Proj) -> &'h [LowRankTerm] {
 }
 
 /// Appends `scale·A·x` (`[n, rank]`) of every term to `u`; returns the range it wrote.
+fn low_rank_inputs(terms: &[LowRankTerm], x: &[f32], n: usize, k: &Kernels, u: &mut Vec<f32>) -> std::ops::Range<usize> {
+    let start = u.len();
+    for term in terms {
+        let f = &term.factors;
+        let d_in = f.d_in();
+        assert_eq!(x.len(), n * d_in, "low-rank term input width");
+        for xt in x.chunks_exact(d_in) {
+            for ar in f.a().chunks_exact(d_in) {
+                u.push(term.scale * (k.dot_f32_f16)(xt, ar));
+            }
+        }
+    }
+    start..u.len()
+}
+
 fn add_bias(y: &mut [f32], b: Option<&[f32]>) {
     if let Some(b) = b {
         for row in y.chunks_mut(b.len()) {

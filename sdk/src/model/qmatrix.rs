@@ -12,7 +12,7 @@ use candle_core::quantized::GgmlDType;
 use half::{bf16, f16};
 use memmap2::Mmap;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::decode::hooks::LowRankTerm;
 use crate::decode::team::{Par, SharedOut};
@@ -382,11 +382,11 @@ pub(crate) struct MatJob<'a> {
 }
 
 /// Low-rank terms to add to a product: for term `i`, `out[t, :] += Σ_k u[t, k]·Bᵢᵀ[k, :]`
-/// with `u = scale·Aᵢ·x[t]` (`x` the product's f32 input), computed inside the product's
-/// parallel region ([`matmul`]).
+/// where `u` is the term's `[n, rank]` slice of `u` (already `scale·A·x`, in term order).
 #[derive(Clone, Copy, Default)]
 pub(crate) struct Delta<'a> {
     pub(crate) terms: &'a [LowRankTerm],
+    pub(crate) u: &'a [f32],
 }
 
 impl<'a> MatJob<'a> {
@@ -396,29 +396,11 @@ impl<'a> MatJob<'a> {
     }
 }
 
-/// `u[t·rank + k] = scale·(A·x[t])[k]` for each term in order, from `u[0]` on (`x` is `[n, d_in]`).
-fn low_rank_inputs(terms: &[LowRankTerm], x: &[f32], n: usize, u: &mut [f32]) {
-    let k = Kernels::detect();
-    let mut i = 0;
-    for term in terms {
-        let f = &term.factors;
-        let d_in = f.d_in();
-        assert_eq!(x.len(), n * d_in, "low-rank term input width");
-        for xt in x.chunks_exact(d_in) {
-            for ar in f.a().chunks_exact(d_in) {
-                u[i] = term.scale * (k.dot_f32_f16)(xt, ar);
-                i += 1;
-            }
-        }
-    }
-}
-
-/// Adds rows `r0..r1` of the delta's terms (their `u` from `u_all[0]` on) to `out`
-/// (`[n, rows]`), skipping exact zeros.
+/// Adds rows `r0..r1` of the delta's terms to `out` (`[n, rows]`), skipping exact zeros.
 ///
 /// # Safety
 /// As [`rows_into`]: nobody else writes rows `r0..r1` of `out` during the call.
-unsafe fn delta_rows(d: &Delta<'_>, u_all: &[f32], n: usize, rows: usize, r0: usize, r1: usize, out: SharedOut) {
+unsafe fn delta_rows(d: &Delta<'_>, n: usize, rows: usize, r0: usize, r1: usize, out: SharedOut) {
     const BLOCK: usize = 256;
     let kern = Kernels::detect();
     let mut acc = [0f32; BLOCK];
@@ -432,7 +414,7 @@ unsafe fn delta_rows(d: &Delta<'_>, u_all: &[f32], n: usize, rows: usize, r0: us
             for term in d.terms {
                 let f = &term.factors;
                 let r = f.rank();
-                let u = &u_all[off + t * r..off + (t + 1) * r];
+                let u = &d.u[off + t * r..off + (t + 1) * r];
                 off += n * r;
                 for (k, &uk) in u.iter().enumerate() {
                     (kern.axpy_f16)(uk, &f.bt()[k * rows + s..k * rows + e], acc);
@@ -450,37 +432,26 @@ unsafe fn delta_rows(d: &Delta<'_>, u_all: &[f32], n: usize, rows: usize, r0: us
     }
 }
 
-/// Computes every job, the rows of all jobs split evenly over the members of `par`, and adds
-/// their low-rank terms.
-///
-/// The terms' `u = scale·A·x` (into the scratch `u`) are computed by member 0 inside the same
-/// parallel region, before it takes rows, while the other members start on the base rows;
-/// a member adds a chunk's `B·u` once `u` is published. So the A factors are read in
-/// parallel with the weights (not on one thread while the others wait), and a LoRA costs no
-/// extra synchronization.
-pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, u: &mut Vec<f32>, jobs: &mut [MatJob<'_>]) {
+/// Computes every job, the rows of all jobs split evenly over the members of `par`.
+pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]) {
     const MAX_JOBS: usize = 4;
     assert!(jobs.len() <= MAX_JOBS, "matmul: at most {MAX_JOBS} jobs per call");
-    let mut parts: [Option<(&QMatrix, SharedOut, Delta<'_>, usize)>; MAX_JOBS] = [None; MAX_JOBS];
+    let mut parts: [Option<(&QMatrix, SharedOut, Delta<'_>)>; MAX_JOBS] = [None; MAX_JOBS];
     let mut total = 0;
-    let mut u_len = 0;
     for (j, job) in jobs.iter_mut().enumerate() {
         assert_eq!(job.w.cols, input.cols, "matmul: input width");
         assert_eq!(job.out.len(), input.n * job.w.rows, "matmul: output size");
-        let u_off = u_len;
+        let mut u_len = 0;
         for t in job.delta.terms {
             assert_eq!((t.factors.d_in(), t.factors.d_out()), (job.w.cols, job.w.rows), "matmul: low-rank term shape");
             u_len += input.n * t.factors.rank();
         }
-        parts[j] = Some((job.w, SharedOut::new(job.out), job.delta, u_off));
+        assert_eq!(job.delta.u.len(), u_len, "matmul: low-rank input size");
+        parts[j] = Some((job.w, SharedOut::new(job.out), job.delta));
         // Each job starts on the 16-row grid of the concatenation (chunks are multiples of
         // 16), so chunks never split an interleaved group.
         total = (total + job.w.rows).next_multiple_of(ROWS);
     }
-    u.clear();
-    u.resize(u_len, 0.0);
-    let u_ptr = SharedOut::new(u);
-    let ready = AtomicBool::new(u_len == 0);
     let n = par.size();
     // Members take chunks of rows from a shared counter, so a member slowed down (by the
     // serial work it did before, or by the OS) does not hold the others up.
@@ -493,49 +464,27 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, u: &mut Vec<f32>, jobs:
         (total / (n * 8)).min(4096 / input.n.max(1)).clamp(16, 256).next_multiple_of(16)
     };
     let next = AtomicUsize::new(0);
-    par.run(&|tid| {
-        if tid == 0 && u_len > 0 {
-            // Publishes `u` even if this panics (the panic is re-raised by `run`), so that no
-            // member spins forever.
-            struct Publish<'a>(&'a AtomicBool);
-            impl Drop for Publish<'_> {
-                fn drop(&mut self) {
-                    self.0.store(true, Ordering::Release);
-                }
-            }
-            let _publish = Publish(&ready);
-            // SAFETY: `u` has u_len floats and outlives `run`; only member 0 writes it, and
-            // before publishing; the others read it only after (Acquire below).
-            let u = unsafe { std::slice::from_raw_parts_mut(u_ptr.ptr(), u_len) };
-            for &(_, _, delta, off) in parts.iter().map_while(Option::as_ref) {
-                low_rank_inputs(delta.terms, input.x, input.n, &mut u[off..]);
-            }
+    par.run(&|_tid| loop {
+        let s = next.fetch_add(chunk, Ordering::Relaxed);
+        if s >= total {
+            break;
         }
-        loop {
-            let s = next.fetch_add(chunk, Ordering::Relaxed);
-            if s >= total {
-                break;
-            }
-            let e = (s + chunk).min(total);
-            let mut base = 0;
-            for &(w, out, delta, off) in parts.iter().map_while(Option::as_ref) {
-                let (r0, r1) = (s.max(base) - base, e.min(base + w.rows).saturating_sub(base));
-                if r0 < r1 {
-                    // SAFETY: rows s..e of the concatenated jobs belong to this chunk alone (the
-                    // counter hands each out once) and the outputs outlive `run`.
-                    unsafe { rows_into(w, input, r0, r1, out) };
+        let e = (s + chunk).min(total);
+        let mut base = 0;
+        for &(w, out, delta) in parts.iter().map_while(Option::as_ref) {
+            let (r0, r1) = (s.max(base) - base, e.min(base + w.rows).saturating_sub(base));
+            if r0 < r1 {
+                // SAFETY: rows s..e of the concatenated jobs belong to this chunk alone (the
+                // counter hands each out once) and the outputs outlive `run`; the delta's shapes
+                // were checked above.
+                unsafe {
+                    rows_into(w, input, r0, r1, out);
                     if !delta.terms.is_empty() {
-                        while !ready.load(Ordering::Acquire) {
-                            std::hint::spin_loop();
-                        }
-                        // SAFETY: published and no longer written (above); in bounds.
-                        let u = unsafe { std::slice::from_raw_parts(u_ptr.ptr().add(off), u_len - off) };
-                        // SAFETY: as for `rows_into`; the delta's shapes were checked above.
-                        unsafe { delta_rows(&delta, u, input.n, w.rows, r0, r1, out) };
+                        delta_rows(&delta, input.n, w.rows, r0, r1, out);
                     }
                 }
-                base = (base + w.rows).next_multiple_of(ROWS);
             }
+            base = (base + w.rows).next_multiple_of(ROWS);
         }
     });
 }
@@ -746,7 +695,7 @@ mod tests {
             let want = dense_matmul(&wd, &x, rows, cols, n);
             let mut got = vec![0f32; n * rows];
             let p = Prepared::new(&x, n, cols, &[&q]);
-            matmul(Par::Serial, &p, &mut Vec::new(), &mut [MatJob::new(&q, &mut got)]);
+            matmul(Par::Serial, &p, &mut [MatJob::new(&q, &mut got)]);
             let tol = if dt == GgmlDType::BF16 { 2e-2 } else { 1e-2 };
             for t in 0..n {
                 for r in 0..rows {
@@ -789,7 +738,7 @@ mod tests {
                     let (a, b) = outs.split_at_mut(2);
                     let (o0, o1) = a.split_at_mut(1);
                     let (o2, o3) = b.split_at_mut(1);
-                    matmul(par, &p, &mut Vec::new(), &mut [
+                    matmul(par, &p, &mut [
                         MatJob::new(&mats[0], &mut o0[0]),
                         MatJob::new(&mats[1], &mut o1[0]),
                         MatJob::new(&mats[2], &mut o2[0]),
