@@ -217,6 +217,7 @@ pub struct Interleaved {
 }
 
 impl Interleaved {
+    /// A set from its two kernels.
     pub(super) const fn new(name: &'static str, gemm_q4_1: GemmFn, gemm_q8_0: GemmFn) -> Self {
         Self { name, gemm_q4_1, gemm_q8_0 }
     }
@@ -248,7 +249,7 @@ impl Interleaved {
     }
 }
 
-static SCALAR: Interleaved = Interleaved { name: "scalar", gemm_q4_1: gemm_q4_1_scalar, gemm_q8_0: gemm_q8_0_scalar };
+static SCALAR: Interleaved = Interleaved::new("scalar", gemm_q4_1_scalar, gemm_q8_0_scalar);
 
 /// Checks the arguments of a fast kernel (the same assertions as the references).
 pub(super) fn check_args(qs: &[Line], sc: &[u16], x: &ActQ8<'_>, out: &[f32], lines: usize, scales: usize) {
