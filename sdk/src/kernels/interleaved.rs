@@ -252,6 +252,7 @@ impl Interleaved {
 static SCALAR: Interleaved = Interleaved::new("scalar", gemm_q4_1_scalar, gemm_q8_0_scalar);
 
 /// Checks the arguments of a fast kernel (the same assertions as the references).
+#[cfg(target_arch = "x86_64")]
 pub(super) fn check_args(qs: &[Line], sc: &[u16], x: &ActQ8<'_>, out: &[f32], lines: usize, scales: usize) {
     x.check();
     let (bpr, n) = (x.bpr, x.tokens());
