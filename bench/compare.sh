@@ -6,7 +6,11 @@
 # Tailor: $TAILOR_BIN (default target/release/tailor; build: cargo build --release -p tailor-cli).
 # llama.cpp: bench/llamacpp_peer.py in the peer venv ($PEER_VENV or .venv-peer/, see
 # scripts/peer-venv.sh); $PEER_ARGS adds arguments to it (e.g. PEER_ARGS=--repack).
-# The two JSON results are kept in $OUT_DIR (default: a temp dir).
+# llama-server builds (bench/llama_server.sh): $LLAMA_SERVER (default
+# target/llama-server/build-native/bin/llama-server) when present is measured twice, with its
+# default repacking (AMX/VNNI layouts on this Xeon) and with --no-repack (weights as stored:
+# its plain AVX-512/VNNI dot products), through bench/llamacpp_server_peer.py.
+# The JSON results are kept in $OUT_DIR (default: a temp dir).
 # Run it on an otherwise idle machine: both engines use all the threads asked for.
 set -euo pipefail
 
@@ -38,15 +42,32 @@ if [ ! -x "$tailor_bin" ]; then
          "showing llama.cpp only" >&2
 else
     echo "compare.sh: tailor bench ..." >&2
-    if ! "$tailor_bin" bench --json "${settings[@]}" > "$out/tailor.json"; then
+    # shellcheck disable=SC2086 # $TAILOR_ARGS: extra flags for tailor bench (e.g. --repack)
+    if ! "$tailor_bin" bench --json "${settings[@]}" ${TAILOR_ARGS:-} > "$out/tailor.json"; then
         echo "compare.sh: '$tailor_bin bench --json ...' failed; showing llama.cpp only" >&2
         : > "$out/tailor.json"
     fi
 fi
 
-echo "compare.sh: llama.cpp peer ..." >&2
-# shellcheck disable=SC2086
-python3 "$root/bench/llamacpp_peer.py" "${settings[@]}" ${PEER_ARGS:-} > "$out/llamacpp.json"
+peers=()
+server="${LLAMA_SERVER:-$root/target/llama-server/build-native/bin/llama-server}"
+if [ -x "$server" ]; then
+    for mode in repack no-repack; do
+        echo "compare.sh: llama-server ($mode) ..." >&2
+        extra=()
+        [ "$mode" = no-repack ] && extra=(--no-repack)
+        if python3 "$root/bench/llamacpp_server_peer.py" --server "$server" "${settings[@]}" "${extra[@]}" > "$out/llama-server-$mode.json"; then
+            peers+=("$out/llama-server-$mode.json")
+        fi
+    done
+fi
+if [ -z "${SKIP_PEER_VENV:-}" ]; then
+    echo "compare.sh: llama.cpp peer (llama-cpp-python) ..." >&2
+    # shellcheck disable=SC2086
+    if python3 "$root/bench/llamacpp_peer.py" "${settings[@]}" ${PEER_ARGS:-} > "$out/llamacpp.json"; then
+        peers+=("$out/llamacpp.json")
+    fi
+fi
 
-python3 "$root/bench/compare.py" "$out/tailor.json" "$out/llamacpp.json"
+python3 "$root/bench/compare.py" "$out/tailor.json" "${peers[@]}"
 echo "(results: $out)" >&2

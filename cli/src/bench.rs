@@ -126,6 +126,7 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
             .args(a.model.adapter.iter().flat_map(|s| ["--adapter", s.as_str()]))
             .args(a.model.steer.iter().flat_map(|s| ["--steer", s.as_str()]))
             .args(a.model.steer_layers.iter().flat_map(|s| ["--steer-layers", s.as_str()]))
+            .args(a.model.repack.then_some("--repack"))
             .args(a.lora_rank.iter().flat_map(|r| ["--lora-rank".to_string(), r.to_string()]))
             .arg("--model")
             .arg(&model)

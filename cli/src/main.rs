@@ -213,6 +213,10 @@ pub(crate) struct ModelArgs {
     /// Layers the steering vector is applied to, FIRST-LAST (default: every layer it has).
     #[arg(long, value_name = "FIRST-LAST")]
     steer_layers: Option<String>,
+    /// Repack the weights at load into 16-row interleaved tiles for the VNNI/AVX2 kernels
+    /// (opt-in for now; the default keeps the file's row-major layout).
+    #[arg(long)]
+    repack: bool,
 }
 
 /// Loads a steering vector from our format or a control-vector GGUF, checked against `engine`.
@@ -353,6 +357,7 @@ impl ModelArgs {
         if let Some(m) = &self.cpu_mask {
             cfg.cpus = Some(tailor::affinity::parse_cpu_list(m).map_err(anyhow::Error::msg).context("--cpu-mask")?);
         }
+        cfg.repack = self.repack;
         Engine::load(&path, cfg).with_context(|| format!("loading {}", path.display()))
     }
 

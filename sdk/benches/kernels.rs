@@ -9,6 +9,9 @@
 //! attention against the f16 KV cache at head width 64: `dot_f32_f16` (score of one cached
 //! key) and `axpy_f16` (add one weighted cached value), ns per call.
 //!
+//! Then single- and four-token products over the 16-row interleaved tiles the decode path
+//! repacks weights into, against the row kernels (`-- interleaved` for only those).
+//!
 //! `cargo bench -p tailor --bench kernels`
 //!
 //! Each measurement times one pass over a 256-row matrix (a small mat-vec, rows resident in
@@ -322,12 +325,88 @@ fn decode_rows() {
     }
 }
 
+/// Single-token (decode) and four-token products over 16-row interleaved tiles
+/// (`kernels::interleaved`, the layout the decode path repacks the weights into) against the
+/// detected row kernels on the same weights, ns per row (per row × token for four tokens).
+fn interleaved_rows() {
+    use tailor::kernels::interleaved::{self, act_sides, ActQ8, Interleaved, Line};
+    let row = Kernels::detect();
+    println!(
+        "\ninterleaved 16-row tiles: ns per row·token; row = detected row kernel ({}), gain = row / best tiles\n",
+        row.name()
+    );
+    let sets = Interleaved::available();
+    let mut header = format!("{:<10} {:>5} {:>4} {:>8}", "weights", "width", "tok", "row");
+    for k in &sets {
+        header += &format!(" {:>11}", k.name());
+    }
+    println!("{header} {:>6}", "gain");
+    for width in [576, 1536] {
+        let d = Data::new(width);
+        let nb = width / QK;
+        let xs: Vec<BlockQ8_0> = d.t_q8_0.iter().flatten().copied().collect();
+        let (mut xd, mut xc, mut xs128) = (vec![0f32; 4 * nb], vec![0f32; 4 * nb], vec![0i32; 4 * nb]);
+        act_sides(&xs, &mut xd, &mut xc, &mut xs128);
+        let tiles = ROWS / interleaved::ROWS * nb;
+        let (mut q41, mut s41) = (vec![Line::default(); tiles * 4], vec![0u16; tiles * 32]);
+        interleaved::repack_q4_1(&d.w_q4_1, ROWS, nb, &mut q41, &mut s41);
+        let (mut q80, mut s80) = (vec![Line::default(); tiles * 8], vec![0u16; tiles * 16]);
+        interleaved::repack_q8_0(&d.w_q8_0, ROWS, nb, &mut q80, &mut s80);
+        for tok in [1usize, 4] {
+            let x = ActQ8 { q: &xs[..tok * nb], d: &xd[..tok * nb], c: &xc[..tok * nb], s128: &xs128[..tok * nb], bpr: nb };
+            for (name, is41) in [("q4_1", true), ("q8_0", false)] {
+                let t_row = time_per_row(|| {
+                    let mut s = 0.0;
+                    for r in 0..ROWS {
+                        if tok == 1 {
+                            s += if is41 {
+                                (row.dot_q4_1_q8_1)(&d.w_q4_1[r * nb..(r + 1) * nb], &d.x_q8_1)
+                            } else {
+                                (row.dot_q8_0_q8_0)(&d.w_q8_0[r * nb..(r + 1) * nb], &d.x_q8_0)
+                            };
+                        } else if is41 {
+                            let t = &d.t_q8_1;
+                            s += (row.dot4_q4_1_q8_1)(&d.w_q4_1[r * nb..(r + 1) * nb], [&t[0], &t[1], &t[2], &t[3]])[0];
+                        } else {
+                            let t = &d.t_q8_0;
+                            s += (row.dot4_q8_0_q8_0)(&d.w_q8_0[r * nb..(r + 1) * nb], [&t[0], &t[1], &t[2], &t[3]])[0];
+                        }
+                    }
+                    s
+                }) / tok as f64;
+                let mut line = format!("{name:<10} {width:>5} {tok:>4} {t_row:>8.2}");
+                let mut best = f64::INFINITY;
+                for k in &sets {
+                    let mut out = vec![0f32; tok * interleaved::ROWS];
+                    let t = time_per_row(|| {
+                        for g in 0..ROWS / interleaved::ROWS {
+                            if is41 {
+                                (k.gemm_q4_1)(&q41[g * nb * 4..(g + 1) * nb * 4], &s41[g * nb * 32..(g + 1) * nb * 32], &x, &mut out);
+                            } else {
+                                (k.gemm_q8_0)(&q80[g * nb * 8..(g + 1) * nb * 8], &s80[g * nb * 16..(g + 1) * nb * 16], &x, &mut out);
+                            }
+                        }
+                        out[0]
+                    }) / tok as f64;
+                    best = best.min(t);
+                    line += &format!(" {t:>11.2}");
+                }
+                println!("{line} {:>5.2}x", t_row / best);
+            }
+        }
+    }
+}
+
 /// Decode widths: the model's two, and 512 (no tail after the zmm kernel's four-block loop).
 const DECODE_WIDTHS: [usize; 3] = [512, 576, 1536];
 
 fn main() {
     if std::env::args().any(|a| a == "decode") {
         decode_rows();
+        return;
+    }
+    if std::env::args().any(|a| a == "interleaved") {
+        interleaved_rows();
         return;
     }
     let detected = Kernels::detect();
@@ -413,6 +492,7 @@ fn main() {
     }
 
     decode_rows();
+    interleaved_rows();
 
     println!(
         "\nattention on the f16 KV cache, head width {HEAD}: ns per call (one cached position, \

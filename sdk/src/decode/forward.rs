@@ -142,7 +142,7 @@ impl Transformer {
                 let q = sized(&mut scratch.q, n * qd);
                 let kk = sized(&mut scratch.k, n * kvd);
                 let v = sized(&mut scratch.v, n * kvd);
-                let p = Prepared::new(xn, n, d, &[lw.wq.dtype(), lw.wk.dtype(), lw.wv.dtype()]);
+                let p = Prepared::new(xn, n, d, &[&lw.wq, &lw.wk, &lw.wv]);
                 let (tq, tk, tv) = (terms(hooks, l, Proj::Q), terms(hooks, l, Proj::K), terms(hooks, l, Proj::V));
                 scratch.u.clear();
                 let rq = low_rank_inputs(tq, xn, n, k, &mut scratch.u);
@@ -170,7 +170,7 @@ impl Transformer {
             {
                 let att = &scratch.att[..n * qd];
                 let o = sized(&mut scratch.o, n * d);
-                let p = Prepared::new(att, n, qd, &[lw.wo.dtype()]);
+                let p = Prepared::new(att, n, qd, &[&lw.wo]);
                 let to = terms(hooks, l, Proj::O);
                 scratch.u.clear();
                 let ro = low_rank_inputs(to, att, n, k, &mut scratch.u);
@@ -186,7 +186,7 @@ impl Transformer {
                 let xn = &scratch.xn[..n * d];
                 let g = sized(&mut scratch.gate, n * ff);
                 let u = sized(&mut scratch.up, n * ff);
-                let p = Prepared::new(xn, n, d, &[lw.w_gate.dtype(), lw.w_up.dtype()]);
+                let p = Prepared::new(xn, n, d, &[&lw.w_gate, &lw.w_up]);
                 let (tg, tu) = (terms(hooks, l, Proj::Gate), terms(hooks, l, Proj::Up));
                 scratch.u.clear();
                 let rg = low_rank_inputs(tg, xn, n, k, &mut scratch.u);
@@ -203,7 +203,7 @@ impl Transformer {
             {
                 let h = &scratch.gate[..n * ff];
                 let o = sized(&mut scratch.o, n * d);
-                let p = Prepared::new(h, n, ff, &[lw.w_down.dtype()]);
+                let p = Prepared::new(h, n, ff, &[&lw.w_down]);
                 let td = terms(hooks, l, Proj::Down);
                 scratch.u.clear();
                 let rd = low_rank_inputs(td, h, n, k, &mut scratch.u);
@@ -228,7 +228,7 @@ impl Transformer {
         let xs = &scratch.x[first * d..(first + rows) * d];
         rms_norm(xs, &self.w.output_norm, cfg.rms_eps, sized(&mut scratch.xn, rows * d), d);
         let logits = sized(&mut scratch.logits, rows * cfg.vocab_size);
-        let p = Prepared::new(&scratch.xn[..rows * d], rows, d, &[self.w.output.dtype()]);
+        let p = Prepared::new(&scratch.xn[..rows * d], rows, d, &[&self.w.output]);
         matmul(par, &p, &mut [MatJob::new(&self.w.output, logits)]);
         scratch.logits.truncate(rows * cfg.vocab_size);
         Ok(())

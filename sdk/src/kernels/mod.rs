@@ -26,6 +26,11 @@
 //! with two blocks per register, 1.13–1.28× the throughput of two `dot4` calls); each result is
 //! bit-identical to the single-token kernel of the same set.
 //!
+//! The decode path multiplies most weights through [`interleaved`] instead: the matrices
+//! repacked at load into 16-row tiles so that one activation load feeds 16 rows; the row
+//! kernels here remain for other types, odd row counts, CPUs without interleaved kernels and
+//! `EngineConfig::repack = false`.
+//!
 //! The scalar module follows ggml's generic C and is kept as the reference every fast kernel
 //! is tested against. The activation quantizers use ggml's x86 SIMD arithmetic
 //! (`id = 127 / amax`, ties rounded to even), on every platform, so results match llama.cpp
@@ -56,6 +61,9 @@ mod avx2;
 #[cfg(target_arch = "x86_64")]
 mod avx512;
 mod blocks;
+pub mod interleaved;
+#[cfg(target_arch = "x86_64")]
+mod interleaved_x86;
 #[cfg(target_arch = "aarch64")]
 mod neon;
 pub mod kv;

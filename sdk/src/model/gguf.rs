@@ -167,6 +167,19 @@ impl GgufFile {
             .collect()
     }
 
+    /// Drops this process's resident pages of the mapped file (`madvise(MADV_DONTNEED)`), e.g.
+    /// after the weights were repacked into copies: the mapping stays valid and a later read
+    /// faults its page back in from the page cache, so RSS holds only what is used again
+    /// (embedding rows looked up, weights read by training).
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        {
+            // SAFETY: the mapping is read-only (`Mmap`), so no private modification can be
+            // lost; DONTNEED on a file-backed mapping only drops page-table entries.
+            let _ = unsafe { self.map.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// The raw bytes of a tensor (inside the mapping).
     pub fn tensor_bytes(&self, entry: &TensorEntry) -> &[u8] {
         &self.map[entry.offset..entry.offset + entry.len]

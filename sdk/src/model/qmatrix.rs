@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::decode::hooks::LowRankTerm;
 use crate::decode::team::{Par, SharedOut};
+use crate::kernels::interleaved::{self, ActQ8, Interleaved, Line, ROWS};
 use crate::kernels::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, Kernels};
 use crate::{Error, Result};
 
@@ -35,7 +36,20 @@ impl Storage {
     }
 }
 
+/// A copy of a matrix in 16-row interleaved tiles ([`interleaved`]) with the kernels to run it.
+struct Packed {
+    qs: Vec<Line>,
+    sc: Vec<u16>,
+    kern: &'static Interleaved,
+    lines: usize,
+    scales: usize,
+}
+
 /// A `[rows, cols]` weight matrix in a GGML type (row-major: one row = one output feature).
+///
+/// [`QMatrix::repack`] adds a copy in 16-row interleaved tiles, which the matrix products
+/// then use; the row-major bytes stay the reference for everything else (embedding lookups,
+/// training, dequantization).
 #[derive(Clone)]
 pub struct QMatrix {
     dtype: GgmlDType,
@@ -44,6 +58,7 @@ pub struct QMatrix {
     storage: Storage,
     offset: usize,
     len: usize,
+    packed: Option<Arc<Packed>>,
 }
 
 impl std::fmt::Debug for QMatrix {
@@ -129,7 +144,7 @@ impl QMatrix {
         offset: usize,
         len: usize,
     ) -> Result<Self> {
-        let m = Self { dtype, rows, cols, storage: Storage::Mapped(map), offset, len };
+        let m = Self { dtype, rows, cols, storage: Storage::Mapped(map), offset, len, packed: None };
         m.validate(name)?;
         if !(m.bytes().as_ptr() as usize).is_multiple_of(align_of_dtype(dtype)) {
             // A file with odd alignment still loads: copy this tensor into an aligned buffer.
@@ -142,7 +157,7 @@ impl QMatrix {
     pub fn from_bytes(name: &str, dtype: GgmlDType, rows: usize, cols: usize, bytes: &[u8]) -> Result<Self> {
         let mut buf = vec![0u64; bytes.len().div_ceil(8)];
         bytemuck::cast_slice_mut::<u64, u8>(&mut buf)[..bytes.len()].copy_from_slice(bytes);
-        let m = Self { dtype, rows, cols, storage: Storage::Owned(Arc::new(buf)), offset: 0, len: bytes.len() };
+        let m = Self { dtype, rows, cols, storage: Storage::Owned(Arc::new(buf)), offset: 0, len: bytes.len(), packed: None };
         m.validate(name)?;
         Ok(m)
     }
@@ -165,7 +180,7 @@ impl QMatrix {
                 T::from_float(data, blocks);
             });
         }
-        Ok(Self { dtype, rows, cols, storage: Storage::Owned(Arc::new(buf)), offset: 0, len: rows * row_bytes })
+        Ok(Self { dtype, rows, cols, storage: Storage::Owned(Arc::new(buf)), offset: 0, len: rows * row_bytes, packed: None })
     }
 
     fn validate(&self, name: &str) -> Result<()> {
@@ -215,6 +230,60 @@ impl QMatrix {
         &self.bytes()[r * rb..(r + 1) * rb]
     }
 
+    /// Adds a copy in 16-row interleaved tiles for the best interleaved kernels of this CPU, if
+    /// it has some and the matrix is `Q4_1` or `Q8_0` with a multiple of 16 rows; returns
+    /// whether it did. The copy has the size of the matrix; the row-major bytes are read once
+    /// (for a mapped file, the caller may then drop their pages, see `GgufFile::release_pages`).
+    pub fn repack(&mut self) -> bool {
+        match Interleaved::detect() {
+            Some(k) => self.repack_with(k),
+            None => false,
+        }
+    }
+
+    /// [`QMatrix::repack`] for a given kernel set (tests compare the sets).
+    pub fn repack_with(&mut self, kern: &'static Interleaved) -> bool {
+        if !self.rows.is_multiple_of(ROWS) || self.rows == 0 {
+            return false;
+        }
+        let bpr = self.cols / 32;
+        let tiles = self.rows / ROWS * bpr;
+        let packed = match self.dtype {
+            GgmlDType::Q4_1 => {
+                let (lines, scales) = (interleaved::LINES_Q4_1, interleaved::SCALES_Q4_1);
+                let (mut qs, mut sc) = (vec![Line::default(); tiles * lines], vec![0u16; tiles * scales]);
+                interleaved::repack_q4_1(cast::<BlockQ4_1>(self.bytes()), self.rows, bpr, &mut qs, &mut sc);
+                Packed { qs, sc, kern, lines, scales }
+            }
+            GgmlDType::Q8_0 => {
+                let (lines, scales) = (interleaved::LINES_Q8_0, interleaved::SCALES_Q8_0);
+                let (mut qs, mut sc) = (vec![Line::default(); tiles * lines], vec![0u16; tiles * scales]);
+                interleaved::repack_q8_0(cast::<BlockQ8_0>(self.bytes()), self.rows, bpr, &mut qs, &mut sc);
+                Packed { qs, sc, kern, lines, scales }
+            }
+            _ => return false,
+        };
+        self.packed = Some(Arc::new(packed));
+        if let Storage::Mapped(m) = &self.storage {
+            // Drop the pages just read, so the copy does not double RSS even at its peak; a
+            // later read of the row-major bytes faults them back in.
+            // SAFETY: the mapping is read-only, so DONTNEED loses nothing (see
+            // `GgufFile::release_pages`).
+            let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, self.offset, self.len) };
+        }
+        true
+    }
+
+    /// Whether the matrix products use an interleaved copy ([`QMatrix::repack`]).
+    pub fn is_repacked(&self) -> bool {
+        self.packed.is_some()
+    }
+
+    /// Bytes held by the interleaved copy (0 without one).
+    pub fn repacked_bytes(&self) -> usize {
+        self.packed.as_ref().map_or(0, |p| p.qs.len() * 64 + p.sc.len() * 2)
+    }
+
     /// Dequantizes row `r` into `out` (`cols` values).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         let row = self.row(r);
@@ -241,16 +310,25 @@ pub(crate) struct Prepared<'a> {
     q8_0: Vec<BlockQ8_0>,
     q8_1: Vec<BlockQ8_1>,
     candle: Vec<(GgmlDType, Vec<u64>)>,
+    /// Side arrays of `q8_0` for the interleaved kernels (`d`, `d·Σq`, `128·Σq` per block).
+    il_d: Vec<f32>,
+    il_c: Vec<f32>,
+    il_s: Vec<i32>,
 }
 
 impl<'a> Prepared<'a> {
-    /// Quantizes `x` (`[n, cols]`) for the given weight types.
-    pub(crate) fn new(x: &'a [f32], n: usize, cols: usize, dtypes: &[GgmlDType]) -> Self {
+    /// Quantizes `x` (`[n, cols]`) for the given weights.
+    pub(crate) fn new(x: &'a [f32], n: usize, cols: usize, mats: &[&QMatrix]) -> Self {
         debug_assert_eq!(x.len(), n * cols);
         let k = Kernels::detect();
-        let mut p = Prepared { x, n, cols, q8_0: Vec::new(), q8_1: Vec::new(), candle: Vec::new() };
-        for &dt in dtypes {
-            match lane(dt) {
+        let mut p = Prepared {
+            x, n, cols, q8_0: Vec::new(), q8_1: Vec::new(), candle: Vec::new(),
+            il_d: Vec::new(), il_c: Vec::new(), il_s: Vec::new(),
+        };
+        for m in mats {
+            // Interleaved tiles take Q8_0 activations (plus side arrays, below).
+            let l = if m.packed.is_some() { Lane::Q8_0 } else { lane(m.dtype) };
+            match l {
                 Lane::F32 => {}
                 Lane::Q8_0 if p.q8_0.is_empty() => {
                     p.q8_0 = vec![bytemuck::Zeroable::zeroed(); n * cols / 32];
@@ -271,7 +349,16 @@ impl<'a> Prepared<'a> {
                 _ => {}
             }
         }
+        if mats.iter().any(|m| m.packed.is_some()) {
+            let nb = p.q8_0.len();
+            (p.il_d, p.il_c, p.il_s) = (vec![0.0; nb], vec![0.0; nb], vec![0; nb]);
+            interleaved::act_sides(&p.q8_0, &mut p.il_d, &mut p.il_c, &mut p.il_s);
+        }
         p
+    }
+
+    fn act(&self) -> ActQ8<'_> {
+        ActQ8 { q: &self.q8_0, d: &self.il_d, c: &self.il_c, s128: &self.il_s, bpr: self.cols / 32 }
     }
 }
 
@@ -361,7 +448,9 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]
         }
         assert_eq!(job.delta.u.len(), u_len, "matmul: low-rank input size");
         parts[j] = Some((job.w, SharedOut::new(job.out), job.delta));
-        total += job.w.rows;
+        // Each job starts on the 16-row grid of the concatenation (chunks are multiples of
+        // 16), so chunks never split an interleaved group.
+        total = (total + job.w.rows).next_multiple_of(ROWS);
     }
     let n = par.size();
     // Members take chunks of rows from a shared counter, so a member slowed down (by the
@@ -371,7 +460,8 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]
     let chunk = if n == 1 {
         total
     } else {
-        (total / (n * 8)).min(4096 / input.n.max(1)).clamp(4, 256).next_multiple_of(4)
+        // A multiple of 16: interleaved matrices run in 16-row groups.
+        (total / (n * 8)).min(4096 / input.n.max(1)).clamp(16, 256).next_multiple_of(16)
     };
     let next = AtomicUsize::new(0);
     par.run(&|_tid| loop {
@@ -394,7 +484,7 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]
                     }
                 }
             }
-            base += w.rows;
+            base = (base + w.rows).next_multiple_of(ROWS);
         }
     });
 }
@@ -405,6 +495,67 @@ pub(crate) fn matmul(par: Par<'_>, input: &Prepared<'_>, jobs: &mut [MatJob<'_>]
 /// `out` must point to a buffer of `input.n * w.rows` floats that no one else writes in the
 /// rows `r0..r1` during the call.
 unsafe fn rows_into(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out: SharedOut) {
+    if let Some(p) = &w.packed {
+        let (g0, g1) = (r0.div_ceil(ROWS), r1 / ROWS);
+        if g0 < g1 {
+            // Rows outside whole groups (a chunk boundary off the 16-row grid) take the
+            // row kernels on the row-major bytes.
+            // SAFETY: forwarded contract, on sub-ranges of r0..r1.
+            unsafe {
+                rows_into_rowmajor(w, input, r0, g0 * ROWS, out);
+                packed_rows(w, p, input, g0, g1, out);
+                rows_into_rowmajor(w, input, g1 * ROWS, r1, out);
+            }
+            return;
+        }
+    }
+    // SAFETY: forwarded contract.
+    unsafe { rows_into_rowmajor(w, input, r0, r1, out) }
+}
+
+/// Groups `g0..g1` of an interleaved matrix against every token of `input`.
+///
+/// # Safety
+/// As [`rows_into`] for rows `16·g0..16·g1`.
+unsafe fn packed_rows(w: &QMatrix, p: &Packed, input: &Prepared<'_>, g0: usize, g1: usize, out: SharedOut) {
+    const TOK: usize = 64;
+    let bpr = w.cols / 32;
+    let act = input.act();
+    let mut buf = [0f32; TOK * ROWS];
+    for t0 in (0..input.n).step_by(TOK) {
+        let nt = (input.n - t0).min(TOK);
+        let o = t0 * bpr;
+        let a = ActQ8 {
+            q: &act.q[o..o + nt * bpr],
+            d: &act.d[o..o + nt * bpr],
+            c: &act.c[o..o + nt * bpr],
+            s128: &act.s128[o..o + nt * bpr],
+            bpr,
+        };
+        for g in g0..g1 {
+            let qs = &p.qs[g * bpr * p.lines..(g + 1) * bpr * p.lines];
+            let sc = &p.sc[g * bpr * p.scales..(g + 1) * bpr * p.scales];
+            let buf = &mut buf[..nt * ROWS];
+            if w.dtype == GgmlDType::Q4_1 { (p.kern.gemm_q4_1)(qs, sc, &a, buf) } else { (p.kern.gemm_q8_0)(qs, sc, &a, buf) }
+            for t in 0..nt {
+                // SAFETY: token t0 + t < n, rows 16g..16g + 16 < rows: inside the caller's
+                // buffer, in rows the caller owns.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(buf[t * ROWS..].as_ptr(), out.0.add((t0 + t) * w.rows + g * ROWS), ROWS)
+                };
+            }
+        }
+    }
+}
+
+/// [`rows_into`] with the row kernels on the row-major bytes.
+///
+/// # Safety
+/// As [`rows_into`].
+unsafe fn rows_into_rowmajor(w: &QMatrix, input: &Prepared<'_>, r0: usize, r1: usize, out: SharedOut) {
+    if r0 >= r1 {
+        return;
+    }
     let k = Kernels::detect();
     let (n, cols, rows) = (input.n, input.cols, w.rows);
     let put = |t: usize, r: usize, v: f32| {
@@ -543,7 +694,7 @@ mod tests {
             let wd = q.dequantize();
             let want = dense_matmul(&wd, &x, rows, cols, n);
             let mut got = vec![0f32; n * rows];
-            let p = Prepared::new(&x, n, cols, &[dt]);
+            let p = Prepared::new(&x, n, cols, &[&q]);
             matmul(Par::Serial, &p, &mut [MatJob::new(&q, &mut got)]);
             let tol = if dt == GgmlDType::BF16 { 2e-2 } else { 1e-2 };
             for t in 0..n {
@@ -551,6 +702,61 @@ mod tests {
                     let mag: f32 = (0..cols).map(|c| (wd[r * cols + c] * x[t * cols + c]).abs()).sum();
                     let (g, e) = (got[t * rows + r], want[t * rows + r]);
                     assert!((g - e).abs() <= tol * mag + 1e-6, "{dt:?} row {r} tok {t}: {g} vs {e} (mag {mag})");
+                }
+            }
+        }
+    }
+
+    /// Repacked matrices (every interleaved set this CPU runs, several matrices per call with
+    /// widths off the 16-row grid, two threads) against the row-major product: the same
+    /// integer dots; the row-major `Q4_1` path rounds the activations' `d·Σq` to f16 (ggml's
+    /// `Q8_1`), the interleaved one keeps it in f32, so within 1e-3·Σ|w·x|.
+    #[test]
+    fn repacked_matmul_matches_row_major() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(rand::random());
+        let team = crate::decode::team::Team::new(2).unwrap();
+        for k in Interleaved::available() {
+            for n in [1, 3, 4, 7, 70] {
+                let cols = 96;
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                let shapes = [(GgmlDType::Q4_1, 48), (GgmlDType::Q4_0, 20), (GgmlDType::Q8_0, 32), (GgmlDType::Q4_1, 400)];
+                let mut plain = Vec::new();
+                let mut packed = Vec::new();
+                for (dt, rows) in shapes {
+                    let w: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0..1.0)).collect();
+                    let q = QMatrix::quantize(dt, rows, cols, &w).unwrap();
+                    let mut p = q.clone();
+                    let did = p.repack_with(k);
+                    assert_eq!(did, rows % 16 == 0 && dt != GgmlDType::Q4_0);
+                    plain.push(q);
+                    packed.push(p);
+                }
+                let run = |mats: &[QMatrix], par: Par<'_>| {
+                    let refs: Vec<&QMatrix> = mats.iter().collect();
+                    let p = Prepared::new(&x, n, cols, &refs);
+                    let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0f32; n * m.rows()]).collect();
+                    let (a, b) = outs.split_at_mut(2);
+                    let (o0, o1) = a.split_at_mut(1);
+                    let (o2, o3) = b.split_at_mut(1);
+                    matmul(par, &p, &mut [
+                        MatJob::new(&mats[0], &mut o0[0]),
+                        MatJob::new(&mats[1], &mut o1[0]),
+                        MatJob::new(&mats[2], &mut o2[0]),
+                        MatJob::new(&mats[3], &mut o3[0]),
+                    ]);
+                    outs
+                };
+                let want = run(&plain, Par::Serial);
+                let got = run(&packed, Par::Team(&team));
+                for (j, m) in plain.iter().enumerate() {
+                    let wd = m.dequantize();
+                    for t in 0..n {
+                        for r in 0..m.rows() {
+                            let mag: f32 = (0..cols).map(|c| (wd[r * cols + c] * x[t * cols + c]).abs()).sum();
+                            let (g, e) = (got[j][t * m.rows() + r], want[j][t * m.rows() + r]);
+                            assert!((g - e).abs() <= 1e-3 * mag + 1e-6, "{} mat {j} row {r} tok {t}: {g} vs {e}", k.name());
+                        }
+                    }
                 }
             }
         }

@@ -50,6 +50,22 @@ pub struct ModelWeights {
 }
 
 impl ModelWeights {
+    /// Repacks every projection and the output head into 16-row interleaved tiles where this
+    /// CPU has interleaved kernels ([`QMatrix::repack`]); returns the bytes of the copies. The
+    /// token embedding keeps its row-major bytes (lookups read one row); a tied head gets its
+    /// own interleaved copy.
+    pub fn repack(&mut self) -> usize {
+        let mut bytes = 0;
+        for l in &mut self.layers {
+            for m in [&mut l.wq, &mut l.wk, &mut l.wv, &mut l.wo, &mut l.w_gate, &mut l.w_up, &mut l.w_down] {
+                m.repack();
+                bytes += m.repacked_bytes();
+            }
+        }
+        self.output.repack();
+        bytes + self.output.repacked_bytes()
+    }
+
     /// Views every weight of `cfg`'s model in `g`, checking each shape.
     pub fn from_gguf(g: &GgufFile, cfg: &ModelConfig) -> Result<Self> {
         let (d, kv, ff, v) = (cfg.d_model, cfg.kv_dim(), cfg.ffn_dim, cfg.vocab_size);
