@@ -8,8 +8,8 @@
 #
 #   bash ffi/ci/check-mobile.sh [android] [ios]     (default: both)
 #
-# tailor-memory's HNSW index is pure Rust (NEON dot products on both targets), the same
-# code and saved format as on the desktop.
+# On iOS tailor-memory builds without hnsw_rs (its mmap-rs 0.7.0 imports
+# `libc::proc_regionfilename`, declared by libc for macOS only) and searches exactly.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 

@@ -1,7 +1,7 @@
 //! Memory benchmark (a plain program, not a test): index and store figures at scale.
 //!
 //! ```text
-//! cargo bench -p tailor-memory --bench memory_bench -- [N] [EMBED_SAMPLE] [SECTIONS] [QUERIES]
+//! cargo bench -p tailor-memory --bench memory_bench -- [N] [EMBED_SAMPLE] [SECTIONS]
 //! ```
 //!
 //! N (default 100,000) vectors of dimension 384, twice: random unit vectors (the worst case
@@ -15,9 +15,7 @@
 //! - real embedder (all-MiniLM-L6-v2 from `$TAILOR_HOME`, if present): embed + insert rate on
 //!   EMBED_SAMPLE (default 1,000) sentences and end-to-end query latency.
 //!
-//! SECTIONS picks parts: a comma list of `random,clustered,peer,store,embed` (default all).
-//! `peer` runs `benches/hnswlib_peer.py` (hnswlib + numpy) on the clustered vectors with
-//! `$TAILOR_BENCH_PYTHON` (default `python3`) and prints its figures beside ours.
+//! SECTIONS picks parts: a comma list of `random,clustered,store,embed` (default all).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -48,84 +46,25 @@ fn dir_size(p: &Path) -> u64 {
     }
 }
 
-/// hnswlib's figures from `benches/hnswlib_peer.py` on the same vectors, if Python with
-/// hnswlib is there (`$TAILOR_BENCH_PYTHON`, default `python3`).
-fn peer(vectors: &[(usize, Vec<f32>)], queries: &[Vec<f32>]) -> Option<std::collections::HashMap<String, String>> {
-    let dir = bench_dir().ok()?;
-    let write = |name: &str, rows: &mut dyn Iterator<Item = &Vec<f32>>| -> Option<PathBuf> {
-        let p = dir.join(name);
-        let mut bytes = Vec::new();
-        for r in rows {
-            bytes.extend(r.iter().flat_map(|x| x.to_le_bytes()));
-        }
-        std::fs::write(&p, bytes).ok()?;
-        Some(p)
-    };
-    let v = write("vectors.f32", &mut vectors.iter().map(|x| &x.1))?;
-    let q = write("queries.f32", &mut queries.iter())?;
-    let python = std::env::var("TAILOR_BENCH_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/hnswlib_peer.py");
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let out = std::process::Command::new(&python)
-        .arg(&script)
-        .arg(&v)
-        .arg(&q)
-        .arg(DIM.to_string())
-        .arg(threads.to_string())
-        .output();
-    let _ = std::fs::remove_dir_all(&dir);
-    let out = match out {
-        Ok(o) if o.status.success() => o,
-        Ok(o) => {
-            println!("(peer skipped: {python} {}: {})", script.display(), String::from_utf8_lossy(&o.stderr).lines().last().unwrap_or(""));
-            return None;
-        }
-        Err(e) => {
-            println!("(peer skipped: {python}: {e})");
-            return None;
-        }
-    };
-    Some(
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| {
-                let mut f = l.splitn(3, ' ');
-                (f.next()? == "peer").then_some(())?;
-                Some((f.next()?.to_string(), f.next()?.to_string()))
-            })
-            .collect(),
-    )
-}
-
-fn rss_mb() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok()))
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 /// Index-only figures on one data set.
-fn index_bench(name: &str, vectors: &[(usize, Vec<f32>)], queries: &[Vec<f32>], with_peer: bool) -> anyhow::Result<()> {
+fn index_bench(name: &str, vectors: &[(usize, Vec<f32>)], queries: &[Vec<f32>]) -> anyhow::Result<()> {
     let n = vectors.len();
     let n_queries = queries.len();
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     let cfg = IndexConfig::default();
     println!(
-        "\n== index only, {name} (tailor HNSW, M = {}, ef_construction = {}, dot kernel {}) ==",
-        cfg.max_connections,
-        cfg.ef_construction,
-        tailor_memory::dot_kernel()
+        "\n== index only, {name} (hnsw_rs, M = {}, ef_construction = {}) ==",
+        cfg.max_connections, cfg.ef_construction
     );
     let tail = (n / 20).clamp(1, 2_000).min(n);
-    let rss_before = rss_mb();
     let t = Instant::now();
     let mut index = VectorIndex::build(DIM, cfg.clone(), 0, &vectors[..n - tail]);
     let build = t.elapsed();
-    let build_rate = (n - tail) as f64 / build.as_secs_f64();
     println!(
-        "bulk build of {} vectors (= rebuild): {:.2} s ({build_rate:.0} vectors/s on {threads} threads)",
+        "bulk build of {} vectors (= rebuild): {:.2} s ({:.0} vectors/s on {threads} threads)",
         n - tail,
         build.as_secs_f64(),
+        (n - tail) as f64 / build.as_secs_f64()
     );
     let t = Instant::now();
     for (id, v) in &vectors[n - tail..] {
@@ -133,14 +72,6 @@ fn index_bench(name: &str, vectors: &[(usize, Vec<f32>)], queries: &[Vec<f32>], 
     }
     let inc = t.elapsed();
     println!("incremental insert of the last {tail} (one thread): {:.0} inserts/s", tail as f64 / inc.as_secs_f64());
-    let raw = (n * DIM * 4) as f64;
-    println!(
-        "index memory: {:.1} MB = {:.2}x the raw f32 vectors ({:.1} MB); process RSS grew {:.1} MB",
-        index.memory_bytes() as f64 / 1e6,
-        index.memory_bytes() as f64 / raw,
-        raw / 1e6,
-        rss_mb() - rss_before
-    );
 
     let all = |_: usize| true;
     let mut exact_lat = Vec::with_capacity(n_queries);
@@ -153,10 +84,8 @@ fn index_bench(name: &str, vectors: &[(usize, Vec<f32>)], queries: &[Vec<f32>], 
             r.into_iter().map(|x| x.0).collect()
         })
         .collect();
-    let exact_p50 = pct(exact_lat.clone(), 0.5);
-    println!("exact search (SIMD scan, {threads} threads): p50 {} p99 {}", ms(exact_p50), ms(pct(exact_lat, 0.99)));
-    let mut ours = Vec::new();
-    for ef in [16, 32, 48, 64, 96, 128] {
+    println!("exact search (peer): p50 {} p99 {}", ms(pct(exact_lat.clone(), 0.5)), ms(pct(exact_lat, 0.99)));
+    for ef in [32, 64, 96, 128, 256] {
         index.set_ef_search(ef);
         let mut lat = Vec::with_capacity(n_queries);
         let mut found = 0;
@@ -167,38 +96,11 @@ fn index_bench(name: &str, vectors: &[(usize, Vec<f32>)], queries: &[Vec<f32>], 
             found += r.iter().filter(|x| t10.contains(&x.0)).count();
         }
         let recall = found as f64 / (10 * n_queries) as f64;
-        let (p50, p99) = (pct(lat.clone(), 0.5), pct(lat, 0.99));
-        println!("hnsw ef_search {ef:>3}: recall@10 {recall:.3}  p50 {}  p99 {}", ms(p50), ms(p99));
-        ours.push((ef, recall, p99));
-    }
-    if let Some((ef, recall, p99)) = ours.iter().find(|x| x.1 >= 0.95) {
-        println!("=> vector query at recall@10 >= 0.95: ef {ef}, recall {recall:.3}, p99 {}", ms(*p99));
-    }
-    if with_peer {
-        if let Some(p) = peer(vectors, queries) {
-            let f = |k: &str| p.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
-            println!("peer ({}), same vectors and queries:", p.get("version").map_or("hnswlib", |s| s.as_str()));
-            println!(
-                "  build {:.0} vectors/s on {threads} threads (ours {build_rate:.0}/s, {:.2}x)",
-                f("build_per_s"),
-                build_rate / f("build_per_s")
-            );
-            println!(
-                "  numpy exact scan p50 {:.3} ms (ours {}, {:.2}x faster)",
-                f("exact_p50_ms"),
-                ms(exact_p50),
-                f("exact_p50_ms") / (exact_p50.as_secs_f64() * 1e3)
-            );
-            for ef in [32, 64, 96] {
-                let mine = ours.iter().find(|x| x.0 == ef).map_or(f64::NAN, |x| x.2.as_secs_f64() * 1e3);
-                println!(
-                    "  hnswlib ef {ef}: recall@10 {:.3} p50 {:.3} ms p99 {:.3} ms (ours p99 {mine:.3} ms)",
-                    f(&format!("ef{ef}_recall")),
-                    f(&format!("ef{ef}_p50_ms")),
-                    f(&format!("ef{ef}_p99_ms"))
-                );
-            }
-        }
+        println!(
+            "hnsw ef_search {ef:>3}: recall@10 {recall:.3}  p50 {}  p99 {}",
+            ms(pct(lat.clone(), 0.5)),
+            ms(pct(lat, 0.99))
+        );
     }
     Ok(())
 }
@@ -255,9 +157,9 @@ fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
     let n: usize = args.first().and_then(|s| s.parse().ok()).unwrap_or(100_000);
     let embed_sample: usize = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(1_000);
-    let sections = args.get(2).cloned().unwrap_or_else(|| "random,clustered,peer,store,embed".into());
+    let sections = args.get(2).cloned().unwrap_or_else(|| "random,clustered,store,embed".into());
     let on = |name: &str| sections.split(',').any(|s| s == name);
-    let n_queries: usize = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(1_000);
+    let n_queries = 1_000;
     let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
     println!("memory_bench: N = {n}, dim {DIM}, {n_queries} queries, {threads} threads");
 
@@ -265,13 +167,13 @@ fn main() -> anyhow::Result<()> {
     if on("random") {
         let random: Vec<(usize, Vec<f32>)> = (0..n).map(|i| (i + 1, random_unit(DIM, i as u64))).collect();
         let queries: Vec<Vec<f32>> = (0..n_queries).map(|i| random_unit(DIM, 1 << 40 | i as u64)).collect();
-        index_bench("random unit vectors (worst case: no structure)", &random, &queries, false)?;
+        index_bench("random unit vectors (worst case: no structure)", &random, &queries)?;
     }
     if on("clustered") {
         let clustered = Clustered::new();
         let vectors: Vec<(usize, Vec<f32>)> = (0..n).map(|i| (i + 1, clustered.vector(i as u64))).collect();
         let queries: Vec<Vec<f32>> = (0..n_queries).map(|i| clustered.vector(1 << 40 | i as u64)).collect();
-        index_bench("clustered vectors (1,000 clusters, like embeddings)", &vectors, &queries, on("peer"))?;
+        index_bench("clustered vectors (1,000 clusters, like embeddings)", &vectors, &queries)?;
     }
 
     // ---------------- store ----------------
@@ -304,26 +206,17 @@ fn store_bench(n: usize) -> anyhow::Result<()> {
     let emb = Arc::new(ClusteredEmbedder(Clustered::new()));
     let mut config = MemoryConfig::default();
     config.dedup_threshold = None;
-    let singles = 2_000.min(n);
-    let bulk = n - singles;
-    let query_text = |i: usize| format!("something about {} number", WORDS[i % 10]);
     {
         let mut store = MemoryStore::open(&path, emb.clone(), config.clone())?;
         let t = Instant::now();
-        for chunk in (0..bulk).collect::<Vec<_>>().chunks(1000) {
+        for chunk in (0..n).collect::<Vec<_>>().chunks(1000) {
             store.add_many(chunk.iter().map(|&i| NewMemory::new(text(i))).collect())?;
         }
         let d = t.elapsed();
-        println!("add_many (batches of 1000): {:.0} memories/s ({:.1} s)", bulk as f64 / d.as_secs_f64(), d.as_secs_f64());
-        let t = Instant::now();
-        for i in bulk..n {
-            store.add(NewMemory::new(text(i)))?;
-        }
-        let d = t.elapsed();
-        println!("single add (index + SQLite, one transaction each): {:.0} memories/s over {singles}", singles as f64 / d.as_secs_f64());
+        println!("add_many (batches of 1000): {:.0} memories/s ({:.1} s)", n as f64 / d.as_secs_f64(), d.as_secs_f64());
         let mut lat = Vec::new();
         for i in 0..200 {
-            let q = SearchQuery::new(query_text(i), 10).track_access(false);
+            let q = SearchQuery::new(format!("something about {} number", WORDS[i % 10]), 10).track_access(false);
             let t = Instant::now();
             store.search(&q)?;
             lat.push(t.elapsed());
@@ -339,60 +232,24 @@ fn store_bench(n: usize) -> anyhow::Result<()> {
         println!("vector search through the store: p50 {} p99 {}", ms(pct(lat.clone(), 0.5)), ms(pct(lat, 0.99)));
         let t = Instant::now();
         store.close()?;
-        println!("close (saves the index): {:.2} s", t.elapsed().as_secs_f64());
+        println!("close (saves the graph): {:.2} s", t.elapsed().as_secs_f64());
     }
     let db_bytes = dir_size(&path);
-    let index_dir = dir.join("profile.db.hnsw");
-    let graph_bytes = dir_size(&index_dir);
+    let graph_bytes = dir_size(&dir.join("profile.db.hnsw"));
     println!(
-        "file size: database {:.1} MB ({:.0} bytes/memory), saved index {:.1} MB",
+        "file size: database {:.1} MB ({:.0} bytes/memory), saved graph {:.1} MB",
         db_bytes as f64 / 1e6,
         db_bytes as f64 / n as f64,
         graph_bytes as f64 / 1e6
     );
-    let first_query = |store: &mut MemoryStore| -> anyhow::Result<Duration> {
-        let t = Instant::now();
-        store.search(&SearchQuery::new(query_text(3), 10).track_access(false))?;
-        Ok(t.elapsed())
-    };
     let t = Instant::now();
-    let mut store = MemoryStore::open(&path, emb.clone(), config.clone())?;
-    let open = t.elapsed();
-    let q = first_query(&mut store)?;
-    println!(
-        "open with the saved index: {} + first query {} = {} (graph in use: {})",
-        ms(open),
-        ms(q),
-        ms(open + q),
-        store.index_ready()
-    );
-    // Changes since the save: keep the saved file of this generation aside, add 1,000
-    // memories (the close saves a newer one), put the old file back: the open catches up.
-    let saved_file = index_dir.join("index.bin");
-    let old = dir.join("index.bin.old");
-    std::fs::copy(&saved_file, &old)?;
-    store.add_many((n..n + 1000).map(|i| NewMemory::new(text(i))).collect())?;
-    store.close()?;
-    std::fs::copy(&old, &saved_file)?;
-    let t = Instant::now();
-    let mut store = MemoryStore::open(&path, emb.clone(), config.clone())?;
-    let open = t.elapsed();
-    let q = first_query(&mut store)?;
-    println!("open with a saved index 1,000 memories behind (catch-up): {} + first query {}", ms(open), ms(q));
+    let store = MemoryStore::open(&path, emb.clone(), config.clone())?;
+    println!("open with the saved graph: {:.2} s", t.elapsed().as_secs_f64());
     drop(store);
-    std::fs::remove_dir_all(&index_dir)?;
+    std::fs::remove_dir_all(dir.join("profile.db.hnsw"))?;
     let t = Instant::now();
-    let mut store = MemoryStore::open(&path, emb, config.clone())?;
-    let open = t.elapsed();
-    let q = first_query(&mut store)?;
-    let t2 = Instant::now();
-    store.wait_for_index();
-    println!(
-        "open without a saved index: {} + first query (exact, graph building in the background) {}; graph ready {:.2} s later",
-        ms(open),
-        ms(q),
-        t2.elapsed().as_secs_f64() + q.as_secs_f64()
-    );
+    let store = MemoryStore::open(&path, emb, config.clone())?;
+    println!("open with a rebuild from SQLite: {:.2} s", t.elapsed().as_secs_f64());
     drop(store);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -44,7 +44,8 @@ impl Default for MemoryConfig {
     }
 }
 
-/// The HNSW index and when it is used (the same on every target).
+/// The HNSW index and when it is used. (On iOS the index is a flat exact scan: only
+/// `compact_fraction` applies there, and nothing is saved.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 #[non_exhaustive]
@@ -68,7 +69,7 @@ impl Default for IndexConfig {
     fn default() -> Self {
         IndexConfig {
             exact_below: 2_000,
-            max_connections: 16,
+            max_connections: 24,
             ef_construction: 200,
             ef_search: 96,
             compact_fraction: 0.2,

@@ -3,8 +3,7 @@
 //! One SQLite file per user holds what the user told the assistant (memories, with the
 //! history of their changes), the feedback events the trainer learns from, and the lineage of
 //! the adapters it trained. Memories are embedded ([`BertEmbedder`]: any sentence-transformers
-//! BERT folder, all-MiniLM-L6-v2 by default) into an HNSW graph derived from SQLite (our own,
-//! pure Rust, SIMD dot products, the same on every target and saved in the same format), and found
+//! BERT folder, all-MiniLM-L6-v2 by default) into an HNSW graph derived from SQLite, and found
 //! again by hybrid search (vector + FTS5 BM25, fused by reciprocal rank). Forgetting removes
 //! a memory from the file, the full-text index and the graph, for good.
 //!
@@ -13,10 +12,9 @@
 //! has learned it; a later correction of the same question updates that memory, and
 //! forgetting the feedback forgets it.
 //!
-//! The index is saved beside the database (`<db>.hnsw/index.bin`, with the database generation
-//! it reflects and a checksum); an open loads it and applies only the changes made since, or,
-//! when it cannot be trusted, rebuilds the graph in the background and searches exactly
-//! meanwhile (see [`VectorIndex`]).
+//! On iOS, where `hnsw_rs` does not build, the vector index is a flat list instead: search is
+//! always exact (O(n) dot products, fine for one person's memories) and the index is not saved
+//! beside the database but rebuilt from SQLite at every open (see [`VectorIndex`]).
 //!
 //! With the cargo feature `encryption` the file is a SQLCipher database keyed by the host app
 //! ([`MemoryStore::open_encrypted`]).
@@ -57,8 +55,9 @@ pub use config::{IndexConfig, MemoryConfig};
 pub use embedder::{normalize, BertEmbedder, Embed, Pooling};
 pub use error::{Error, ErrorKind, Result};
 pub use exchange::{Export, ExportedMemory, ImportReport, EXPORT_FORMAT, EXPORT_VERSION};
-pub use index::simd::{dot_scalar, kernel_name as dot_kernel};
-pub use index::{dot, Allow, VectorIndex};
+#[cfg(not(target_os = "ios"))]
+pub use index::CosineDistance;
+pub use index::{dot, VectorIndex};
 pub use key::EncryptionKey;
 pub use retrieval::RRF_K;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};

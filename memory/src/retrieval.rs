@@ -57,7 +57,7 @@ impl MemoryStore {
         }
         let mut lexical_ranked: Vec<MemoryId> = Vec::new();
         if query.mode != SearchMode::Vector {
-            if let Some(fts) = self.selective_fts_query(&query.text)? {
+            if let Some(fts) = fts_query(&query.text) {
                 let mut stmt = self.conn.prepare_cached(
                     "SELECT rowid FROM memories_fts WHERE memories_fts MATCH ?1 ORDER BY rank LIMIT ?2",
                 )?;
@@ -125,37 +125,6 @@ impl MemoryStore {
         Ok(hits)
     }
 
-    /// The FTS5 query for `text` without the words found in more than half the memories.
-    ///
-    /// BM25 gives such a word an IDF of at most zero, which FTS5 clamps to 1e-6: it does not
-    /// move the ranking, but every memory it matches has to be scored (a query with one
-    /// common word made FTS5 score all 100,000 rows of a large profile: ~80 ms). Counts come
-    /// from an `fts5vocab` table over the index (created in the `temp` schema per
-    /// connection, nothing stored in the file).
-    fn selective_fts_query(&self, text: &str) -> Result<Option<String>> {
-        let terms = fts_terms(text);
-        if terms.is_empty() {
-            return Ok(None);
-        }
-        // Every memory has a vector (the index is in step: `sync_index` ran).
-        let total = self.index.len() as i64;
-        if total < 1_000 {
-            return Ok(Some(join_terms(&terms)));
-        }
-        self.conn.execute_batch(
-            "CREATE VIRTUAL TABLE IF NOT EXISTS temp.memories_fts_terms USING fts5vocab(main, memories_fts, row);",
-        )?;
-        let mut stmt = self.conn.prepare_cached("SELECT doc FROM temp.memories_fts_terms WHERE term = ?1")?;
-        let mut kept = Vec::with_capacity(terms.len());
-        for t in terms {
-            let docs: i64 = rusqlite::OptionalExtension::optional(stmt.query_row([&t], |r| r.get(0)))?.unwrap_or(0);
-            if docs * 2 <= total {
-                kept.push(t);
-            }
-        }
-        Ok((!kept.is_empty()).then(|| join_terms(&kept)))
-    }
-
     /// Ids of the memories whose metadata matches `filter`.
     pub fn ids_matching(&self, filter: &Filter) -> Result<Vec<MemoryId>> {
         let mut params = Vec::new();
@@ -179,26 +148,17 @@ impl MemoryStore {
 
 /// An FTS5 query matching any content word of `text` (each quoted, so user text can never be
 /// FTS syntax); `None` when there is no such word.
-#[cfg(test)]
 pub(crate) fn fts_query(text: &str) -> Option<String> {
-    let terms = fts_terms(text);
-    (!terms.is_empty()).then(|| join_terms(&terms))
-}
-
-/// The distinct content words of `text`, lowercased, without stopwords.
-fn fts_terms(text: &str) -> Vec<String> {
     let mut seen = HashSet::new();
-    text.split(|c: char| !c.is_alphanumeric())
+    let terms: Vec<String> = text
+        .split(|c: char| !c.is_alphanumeric())
         .filter(|w| !w.is_empty())
         .map(|w| w.to_lowercase())
         .filter(|w| !STOPWORDS.contains(&w.as_str()))
         .filter(|w| seen.insert(w.clone()))
-        .collect()
-}
-
-/// `"a" OR "b" ...` (words quoted, so user text can never be FTS syntax).
-fn join_terms(terms: &[String]) -> String {
-    terms.iter().map(|w| format!("\"{w}\"")).collect::<Vec<_>>().join(" OR ")
+        .map(|w| format!("\"{w}\""))
+        .collect();
+    (!terms.is_empty()).then(|| terms.join(" OR "))
 }
 
 /// SQL condition on `memories.metadata` for `filter`, pushing its parameters.

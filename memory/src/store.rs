@@ -89,66 +89,17 @@ impl MemoryStore {
         store.reembed_stale()?;
         let generation = meta_i64(&store.conn, "index_generation")?;
         let saved = match store.config.index.persist {
-            true => VectorIndex::load_any(&store.index_dir(), &store.profile_id, dim, &store.config.index),
+            true => VectorIndex::load(&store.index_dir(), &store.profile_id, generation, dim, &store.config.index),
             false => None,
         };
         match saved {
             Some(index) => {
                 store.index = index;
-                store.catch_up(generation)?;
+                store.saved = true;
             }
             None => store.rebuild_index()?,
         }
         Ok(store)
-    }
-
-    /// Brings a loaded index up to the database at `generation`: at the same generation it
-    /// is checked against the embedded rows' count and largest `vec_id`; otherwise (or if that
-    /// check fails) the `vec_id`s are compared with SQLite's and only the difference is
-    /// applied: vectors of rows added since are inserted, nodes of rows gone are tombstoned
-    /// (and the saved file, which still holds them, is deleted).
-    fn catch_up(&mut self, generation: i64) -> Result<()> {
-        if self.index.generation == generation {
-            let (count, max): (i64, Option<i64>) =
-                self.conn.query_row("SELECT count(vec_id), max(vec_id) FROM memories", [], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            let max_live = self.index.live_ids().max().map(|m| m as i64);
-            if count as usize == self.index.len() && max == max_live {
-                self.saved = true;
-                return Ok(());
-            }
-        }
-        let db_ids: HashSet<usize> = {
-            let mut stmt = self.conn.prepare("SELECT vec_id FROM memories WHERE vec_id IS NOT NULL")?;
-            let rows = stmt.query_map([], |r| r.get::<_, i64>(0))?;
-            rows.map(|r| r.map(|v| v as usize)).collect::<rusqlite::Result<_>>()?
-        };
-        let live: HashSet<usize> = self.index.live_ids().collect();
-        let gone: Vec<usize> = live.difference(&db_ids).copied().collect();
-        let mut missing: Vec<usize> = db_ids.difference(&live).copied().collect();
-        missing.sort_unstable();
-        let dim = self.embedder.dim();
-        let mut items = Vec::with_capacity(missing.len());
-        {
-            let mut stmt = self.conn.prepare_cached("SELECT embedding FROM memories WHERE vec_id = ?1")?;
-            for vec_id in missing {
-                let v = from_blob(&stmt.query_row([vec_id as i64], |r| r.get::<_, Vec<u8>>(0))?);
-                if v.len() != dim {
-                    return Err(Error::Corrupt { reason: format!("embedding of vec_id {vec_id} has {} values, expected {dim}", v.len()) });
-                }
-                items.push((vec_id, v));
-            }
-        }
-        if !gone.is_empty() {
-            VectorIndex::remove_saved(&self.index_dir());
-        }
-        for id in gone {
-            self.index.remove(id);
-        }
-        self.index.insert_many(&items)?;
-        self.index.generation = generation;
-        self.index.maybe_compact();
-        self.saved = false;
-        Ok(())
     }
 
     /// The database file.
@@ -362,9 +313,7 @@ impl MemoryStore {
         Ok(())
     }
 
-    /// Rebuilds the vector index from the embeddings in SQLite. With many vectors the graph
-    /// is built on another thread; searches scan exactly until it is ready (see
-    /// [`MemoryStore::wait_for_index`]).
+    /// Rebuilds the vector graph from the embeddings in SQLite.
     pub fn rebuild_index(&mut self) -> Result<()> {
         let generation = meta_i64(&self.conn, "index_generation")?;
         let dim = self.embedder.dim();
@@ -380,22 +329,10 @@ impl MemoryStore {
             items.push((vec_id as usize, v));
         }
         drop(stmt);
-        self.index = VectorIndex::build_in_background(dim, self.config.index.clone(), generation, &items);
+        self.index = VectorIndex::build(dim, self.config.index.clone(), generation, &items);
         VectorIndex::remove_saved(&self.index_dir());
         self.saved = false;
         Ok(())
-    }
-
-    /// Waits until the vector graph is built (it is built in the background after a rebuild;
-    /// searches meanwhile are exact, so waiting is never needed for right answers).
-    pub fn wait_for_index(&mut self) {
-        self.index.wait();
-    }
-
-    /// Whether a search now uses the graph (false while it scans exactly: few memories, or
-    /// the graph still being built in the background).
-    pub fn index_ready(&mut self) -> bool {
-        self.index.poll() && !self.index.is_exact()
     }
 
     /// Consumes the store, saving the index when configured.
@@ -405,8 +342,6 @@ impl MemoryStore {
 
     fn save_if_worthwhile(&mut self) -> Result<()> {
         if self.config.index.persist && !self.saved && self.index.len() >= self.config.index.exact_below {
-            // A graph still building is finished first, so the next open loads it.
-            self.index.wait();
             self.persist_index()?;
         }
         Ok(())
@@ -417,18 +352,15 @@ impl MemoryStore {
         let Some((before, after)) = changes.generation else {
             return Ok(());
         };
-        if !changes.removes.is_empty() {
-            // The saved index holds vectors of memories gone now: delete it at once.
+        if self.saved {
+            // The saved graph is stale now, and may hold vectors of forgotten memories.
             VectorIndex::remove_saved(&self.index_dir());
+            self.saved = false;
         }
-        // Added vectors alone leave the saved index valid up to its generation: the next
-        // open catches it up. It is saved again on close.
-        self.saved = false;
         if before != self.index.generation {
-            // Another connection changed embeddings since: catch up with SQLite.
-            return self.catch_up(after);
+            // Another connection changed embeddings since we built the graph.
+            return self.rebuild_index();
         }
-        self.index.poll();
         for r in changes.removes {
             self.index.remove(r);
         }
@@ -438,14 +370,11 @@ impl MemoryStore {
         Ok(())
     }
 
-    /// Catches the index up if another connection changed the embeddings, and adopts a
-    /// graph finished in the background.
+    /// Rebuilds the graph if another connection changed the embeddings.
     pub(crate) fn sync_index(&mut self) -> Result<()> {
-        let generation = meta_i64(&self.conn, "index_generation")?;
-        if generation != self.index.generation {
-            self.catch_up(generation)?;
+        if meta_i64(&self.conn, "index_generation")? != self.index.generation {
+            self.rebuild_index()?;
         }
-        self.index.poll();
         Ok(())
     }
 

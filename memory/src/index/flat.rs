@@ -1,168 +1,137 @@
-//! The vectors of an index: `(id, vector)` rows, the vectors back to back in one contiguous
-//! `f32` matrix, and the exact scan over it (SIMD dot products, a bounded heap for the top
-//! `k`, split over threads when the matrix is large).
+//! The flat backend (iOS): the vectors in one contiguous array, every search an exact scan.
+//!
+//! `hnsw_rs` does not build for iOS (its `mmap-rs` dependency uses a macOS-only libc
+//! function), so there the index is a plain list. A search is an exact scan: O(n) dot
+//! products, fine for one person's memories, with recall 1. Nothing is saved: the index is derived
+//! data, rebuilt from SQLite (the source of truth) each time a store is opened.
+//!
+//! The module is plain Rust and compiled on every target, so its tests run on the host
+//! (against the exact scan of the HNSW backend); only iOS uses it.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::HashSet;
+use std::path::Path;
 
-use super::hnsw::{Cand, Rows};
-use super::simd::kernel;
+use super::{dot, Graph, Header, VectorIndex};
+use crate::config::IndexConfig;
+use crate::error::Result;
 
-/// A filter on node ids that threads can share.
-pub type Allow<'a> = &'a (dyn Fn(usize) -> bool + Sync);
-
-/// `(id, vector)` rows; row `i` is `data[i * dim..(i + 1) * dim]`.
-#[derive(Clone, Default)]
-pub(super) struct Vectors {
-    pub(super) dim: usize,
-    pub(super) ids: Vec<usize>,
-    pub(super) data: Vec<f32>,
+/// `(id, vector)` pairs, vectors of length `dim` back to back in `data`.
+pub(super) struct FlatGraph {
+    dim: usize,
+    ids: Vec<usize>,
+    data: Vec<f32>,
 }
 
-/// Matrices at least this many values are scanned on several threads (≈ 5,000 × 384).
-const PARALLEL_VALUES: usize = 2_000_000;
+impl FlatGraph {
+    fn points(&self) -> impl Iterator<Item = (usize, &[f32])> {
+        // `max(1)`: `chunks_exact(0)` panics; with `dim == 0` there is no data to chunk.
+        self.ids.iter().copied().zip(self.data.chunks_exact(self.dim.max(1)))
+    }
+}
 
-impl Vectors {
-    /// No rows, room for `capacity`.
-    pub(super) fn with_capacity(dim: usize, capacity: usize) -> Self {
-        Vectors { dim, ids: Vec::with_capacity(capacity), data: Vec::with_capacity(capacity * dim) }
+impl Graph for FlatGraph {
+    const EXACT: bool = true;
+
+    fn new(dim: usize, _cfg: &IndexConfig, capacity: usize) -> Self {
+        FlatGraph { dim, ids: Vec::with_capacity(capacity), data: Vec::with_capacity(capacity * dim) }
     }
 
-    /// Rows from pairs (each vector of length `dim`, checked by the caller).
-    pub(super) fn from_items(dim: usize, items: &[(usize, Vec<f32>)]) -> Self {
-        let mut v = Vectors::with_capacity(dim, items.len());
-        for (id, x) in items {
-            v.push(*id, x);
-        }
-        v
-    }
-
-    /// Appends a row.
-    pub(super) fn push(&mut self, id: usize, v: &[f32]) {
+    fn insert(&mut self, id: usize, v: &[f32]) {
         debug_assert_eq!(v.len(), self.dim);
         self.ids.push(id);
         self.data.extend_from_slice(v);
     }
 
-    /// Number of rows.
-    pub(super) fn len(&self) -> usize {
-        self.ids.len()
-    }
-
-    /// Row `i`'s vector.
-    pub(super) fn row(&self, i: usize) -> &[f32] {
-        &self.data[i * self.dim..(i + 1) * self.dim]
-    }
-
-    /// The matrix as the graph sees it.
-    pub(super) fn rows(&self) -> Rows<'_> {
-        Rows { data: &self.data, dim: self.dim }
-    }
-
-    /// The `k` rows most similar to `q` whose id `ok` accepts, best first (ties by id), as
-    /// `(id, similarity)`.
-    pub(super) fn exact(&self, q: &[f32], k: usize, ok: Allow<'_>, threads: usize) -> Vec<(usize, f32)> {
-        if k == 0 || self.dim == 0 || q.len() != self.dim {
-            return Vec::new();
+    fn insert_many(&mut self, items: &[(usize, Vec<f32>)]) {
+        self.ids.reserve(items.len());
+        self.data.reserve(items.len() * self.dim);
+        for (id, v) in items {
+            self.insert(*id, v);
         }
-        let n = self.len();
-        let threads = if n * self.dim >= PARALLEL_VALUES { threads.clamp(1, 8) } else { 1 };
-        let mut top: Vec<Cand> = if threads == 1 {
-            self.scan(q, k, ok, 0..n)
-        } else {
-            let per = n.div_ceil(threads);
-            std::thread::scope(|s| {
-                let parts: Vec<_> = (0..threads)
-                    .map(|t| {
-                        let r = (t * per).min(n)..((t + 1) * per).min(n);
-                        s.spawn(move || self.scan(q, k, ok, r))
-                    })
-                    .collect();
-                parts.into_iter().flat_map(|h| h.join().unwrap_or_default()).collect()
-            })
-        };
-        let mut out: Vec<(usize, f32)> = top.drain(..).map(|c| (self.ids[c.id as usize], c.sim)).collect();
-        out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        out.truncate(k);
-        out
     }
 
-    /// The top `k` of rows `range` (unordered).
-    fn scan(&self, q: &[f32], k: usize, ok: Allow<'_>, range: std::ops::Range<usize>) -> Vec<Cand> {
-        let dot = kernel().0;
-        let mut heap: BinaryHeap<Reverse<Cand>> = BinaryHeap::with_capacity(k + 1);
-        for i in range {
-            let s = dot(q, self.row(i));
-            if heap.len() >= k && heap.peek().is_some_and(|w| s <= w.0.sim) {
-                continue;
-            }
-            if !ok(self.ids[i]) {
-                continue;
-            }
-            heap.push(Reverse(Cand { sim: s, id: i as u32 }));
-            if heap.len() > k {
-                heap.pop();
-            }
+    fn for_each(&self, f: &mut dyn FnMut(usize, &[f32])) {
+        for (id, v) in self.points() {
+            f(id, v);
         }
-        heap.into_iter().map(|r| r.0).collect()
+    }
+
+    fn search(&self, q: &[f32], k: usize, _ef: usize, ok: &dyn Fn(usize) -> bool) -> Vec<(usize, f32)> {
+        let mut all: Vec<(usize, f32)> =
+            self.points().filter(|(id, _)| ok(*id)).map(|(id, v)| (id, dot(q, v))).collect();
+        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        all.truncate(k);
+        all
+    }
+
+    /// Saves nothing; removes a dump an earlier build may have left, so no stale vectors
+    /// linger on disk.
+    fn save(&self, dir: &Path, _header: &Header<'_>, _nodes: usize, _tombstones: &HashSet<usize>) -> Result<()> {
+        VectorIndex::remove_saved(dir);
+        Ok(())
+    }
+
+    fn load(_dir: &Path, _header: &Header<'_>) -> Option<(Self, usize, HashSet<usize>)> {
+        None
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::simd::dot_scalar;
     use crate::testing::random_unit;
 
-    fn reference(v: &Vectors, q: &[f32], k: usize, ok: &dyn Fn(usize) -> bool) -> Vec<usize> {
-        let mut all: Vec<(usize, f32)> =
-            (0..v.len()).filter(|&i| ok(v.ids[i])).map(|i| (v.ids[i], dot_scalar(q, v.row(i)))).collect();
-        all.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        all.into_iter().take(k).map(|x| x.0).collect()
+    fn items(n: usize, dim: usize, seed: u64) -> Vec<(usize, Vec<f32>)> {
+        (0..n).map(|i| (3 * i + 1, random_unit(dim, seed + i as u64))).collect()
     }
 
     #[test]
-    fn exact_scan_is_the_sorted_reference_serial_and_parallel() {
+    fn search_is_the_exact_scan() {
         let dim = 24;
-        let items: Vec<(usize, Vec<f32>)> = (0..700).map(|i| (3 * i + 1, random_unit(dim, 11 + i as u64))).collect();
-        let v = Vectors::from_items(dim, &items);
+        let items = items(700, dim, 11);
+        // Whatever backend `VectorIndex` uses here, `exact` is its exact scan.
+        let cfg = IndexConfig { exact_below: usize::MAX, ..Default::default() };
+        let reference = VectorIndex::build(dim, cfg.clone(), 0, &items);
+        let mut flat = FlatGraph::new(dim, &cfg, 0);
+        flat.insert_many(&items[..400]);
+        for (id, v) in &items[400..] {
+            flat.insert(*id, v);
+        }
         let odd = |id: usize| id % 2 == 1;
         let all = |_: usize| true;
         for (s, k) in [(1u64, 1usize), (2, 10), (3, 100), (4, 700), (5, 1000)] {
             let q = random_unit(dim, 10_000 + s);
-            for ok in [&odd as Allow<'_>, &all] {
-                let want = reference(&v, &q, k, ok);
-                for threads in [1, 3] {
-                    let got: Vec<usize> = match threads {
-                        1 => v.exact(&q, k, ok, 1).into_iter().map(|x| x.0).collect(),
-                        _ => {
-                            // Force the parallel path on a small matrix.
-                            let mut top: Vec<Cand> = Vec::new();
-                            let per = v.len().div_ceil(threads);
-                            for t in 0..threads {
-                                top.extend(v.scan(&q, k, ok, (t * per).min(v.len())..((t + 1) * per).min(v.len())));
-                            }
-                            let mut out: Vec<(usize, f32)> = top.into_iter().map(|c| (v.ids[c.id as usize], c.sim)).collect();
-                            out.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-                            out.into_iter().take(k).map(|x| x.0).collect()
-                        }
-                    };
-                    assert_eq!(got, want, "k = {k}, threads = {threads}");
-                }
+            for ok in [&odd as &dyn Fn(usize) -> bool, &all] {
+                let got = flat.search(&q, k, 0, ok);
+                assert_eq!(got, reference.exact(&q, k, ok), "k = {k}");
+                assert_eq!(got.len(), k.min(items.iter().filter(|(id, _)| ok(*id)).count()));
             }
         }
-        assert!(v.exact(&items[0].1, 0, &all, 1).is_empty());
-        assert!(Vectors::with_capacity(dim, 0).exact(&items[0].1, 5, &all, 2).is_empty());
+        assert!(flat.search(&items[0].1, 0, 0, &all).is_empty());
     }
 
     #[test]
-    fn large_scan_on_threads_matches_one_thread() {
-        let dim = 384;
-        let n = PARALLEL_VALUES / dim + 100;
-        let items: Vec<(usize, Vec<f32>)> = (0..n).map(|i| (i, random_unit(dim, i as u64))).collect();
-        let v = Vectors::from_items(dim, &items);
-        let q = random_unit(dim, 1 << 33);
-        let all = |_: usize| true;
-        assert_eq!(v.exact(&q, 10, &all, 2), v.exact(&q, 10, &all, 1));
+    fn for_each_yields_every_point_in_insertion_order() {
+        let items = items(50, 8, 3);
+        let mut flat = FlatGraph::new(8, &IndexConfig::default(), 50);
+        flat.insert_many(&items);
+        let mut seen = Vec::new();
+        flat.for_each(&mut |id, v| seen.push((id, v.to_vec())));
+        assert_eq!(seen, items);
+        let empty = FlatGraph::new(8, &IndexConfig::default(), 0);
+        empty.for_each(&mut |_, _| panic!("no point in an empty graph"));
+    }
+
+    #[test]
+    fn save_removes_a_stale_dump_and_load_finds_nothing() {
+        let dir = std::env::temp_dir().join(format!("tailor-flat-index-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("manifest.json"), b"{}").unwrap();
+        let mut flat = FlatGraph::new(4, &IndexConfig::default(), 1);
+        flat.insert(1, &[1.0, 0.0, 0.0, 0.0]);
+        let header = Header { profile_id: "p", generation: 1, dim: 4 };
+        flat.save(&dir, &header, 1, &HashSet::new()).unwrap();
+        assert!(!dir.exists());
+        assert!(FlatGraph::load(&dir, &header).is_none());
     }
 }
