@@ -99,9 +99,7 @@ impl SessionOptions {
         }
         let hd = engine.model_config().head_dim;
         for t in [self.cache_type_k, self.cache_type_v].into_iter().flatten() {
-            if t != KvCacheType::F16 && hd % 32 != 0 {
-                return Err(FfiError::invalid(format!("cache type {t} needs a head dimension that is a multiple of 32 (the model's is {hd})")));
-            }
+            t.check_head_dim(hd)?;
         }
         Ok(c)
     }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::decode::forward::Transformer;
-use crate::decode::kv_cache::{KvCache, KvCacheType};
+use crate::decode::kv_cache::KvCacheType;
 use crate::decode::team::Team;
 use crate::model::config::ModelConfig;
 use crate::model::gguf::GgufFile;
@@ -132,7 +132,8 @@ impl Engine {
         let team = Team::with_cpus(threads, cpus.as_deref())
             .map_err(|e| Error::invalid(format!("cannot start {threads} worker threads: {e}")))?;
         // A cache type the model's head dimension cannot take is an error now, not per session.
-        KvCache::with_types(1, 1, cfg.head_dim, 1, config.cache_type_k, config.cache_type_v)?;
+        config.cache_type_k.check_head_dim(cfg.head_dim)?;
+        config.cache_type_v.check_head_dim(cfg.head_dim)?;
         let model = Transformer::new(cfg, weights);
         Ok(Self {
             inner: Arc::new(Inner {

@@ -612,8 +612,7 @@ impl Session {
     fn shift(&mut self, keep: usize) {
         let keep = self.shift_keep(keep);
         let discard = ((self.cached.len() - keep) / 2).max(1);
-        self.engine.inner.model.shift_cache(&mut self.cache, keep, discard);
-        self.cached.drain(keep..keep + discard);
+        self.shift_context(keep, discard);
     }
 
     fn run(&mut self, tokens: &[u32], want: Logits) -> Result<()> {

@@ -53,6 +53,17 @@ impl KvCacheType {
         }
     }
 
+    /// Checks that this type can store rows of `head_dim` values (the quantized types need a
+    /// multiple of 32); the error names the model's head dimension.
+    pub fn check_head_dim(self, head_dim: usize) -> Result<()> {
+        if self != Self::F16 && head_dim % QK != 0 {
+            return Err(Error::invalid(format!(
+                "KV cache type {self} needs a head dimension that is a multiple of {QK}; this model's is {head_dim}"
+            )));
+        }
+        Ok(())
+    }
+
     /// Parses `"k,v"` or a single type for both (`--cache-type q8_0,f16`).
     pub fn parse_pair(s: &str) -> Result<(Self, Self)> {
         match s.split_once(',') {
@@ -184,13 +195,8 @@ impl KvCache {
         k: KvCacheType,
         v: KvCacheType,
     ) -> Result<Self> {
-        for t in [k, v] {
-            if t != KvCacheType::F16 && head_dim % QK != 0 {
-                return Err(Error::invalid(format!(
-                    "KV cache type {t} needs a head dimension that is a multiple of {QK}; this model's is {head_dim}"
-                )));
-            }
-        }
+        k.check_head_dim(head_dim)?;
+        v.check_head_dim(head_dim)?;
         let heads = n_layers * n_kv_heads;
         Ok(Self {
             n_layers,

@@ -75,6 +75,21 @@ unsafe fn fma_i8x8(d: std::arch::x86_64::__m256, q: std::arch::x86_64::__m128i, 
     }
 }
 
+/// `y[0..32] += d · f32(v)` for the 32 `i8` values `v` held as `lo` (0..16) and `hi` (16..32).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[inline]
+unsafe fn fma_i8x32(d: std::arch::x86_64::__m256, lo: std::arch::x86_64::__m128i, hi: std::arch::x86_64::__m128i, y: *mut f32) {
+    use std::arch::x86_64::_mm_unpackhi_epi64;
+    // SAFETY: the caller guarantees 32 floats at `y`.
+    unsafe {
+        fma_i8x8(d, lo, y);
+        fma_i8x8(d, _mm_unpackhi_epi64(lo, lo), y.add(8));
+        fma_i8x8(d, hi, y.add(16));
+        fma_i8x8(d, _mm_unpackhi_epi64(hi, hi), y.add(24));
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn axpy_q8_0_avx2(alpha: f32, x: &[BlockQ8_0], y: &mut [f32]) {
@@ -84,12 +99,7 @@ unsafe fn axpy_q8_0_avx2(alpha: f32, x: &[BlockQ8_0], y: &mut [f32]) {
         unsafe {
             let d = _mm256_set1_ps(alpha * f16_to_f32(b.d));
             let q = _mm256_loadu_si256(b.qs.as_ptr().cast());
-            let (lo, hi) = (_mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q));
-            let p = yb.as_mut_ptr();
-            fma_i8x8(d, lo, p);
-            fma_i8x8(d, _mm_unpackhi_epi64(lo, lo), p.add(8));
-            fma_i8x8(d, hi, p.add(16));
-            fma_i8x8(d, _mm_unpackhi_epi64(hi, hi), p.add(24));
+            fma_i8x32(d, _mm256_castsi256_si128(q), _mm256_extracti128_si256::<1>(q), yb.as_mut_ptr());
         }
     }
 }
@@ -108,11 +118,7 @@ unsafe fn axpy_q4_0_avx2(alpha: f32, x: &[BlockQ4_0], y: &mut [f32]) {
             // Values 0..16 are the low nibbles, 16..32 the high ones, each minus 8.
             let lo = _mm_sub_epi8(_mm_and_si128(q, m), eight);
             let hi = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16::<4>(q), m), eight);
-            let p = yb.as_mut_ptr();
-            fma_i8x8(d, lo, p);
-            fma_i8x8(d, _mm_unpackhi_epi64(lo, lo), p.add(8));
-            fma_i8x8(d, hi, p.add(16));
-            fma_i8x8(d, _mm_unpackhi_epi64(hi, hi), p.add(24));
+            fma_i8x32(d, lo, hi, yb.as_mut_ptr());
         }
     }
 }
